@@ -1,0 +1,105 @@
+//! The command line: every flag has an environment-variable fallback.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use manager::PortSpec;
+
+const EXIT_STATUSES: &str = "\
+Exit statuses:
+  0    clean stop (signal or quit endpoint; every request finished)
+  1    a server failed to start (e.g. no free port) or died, or a hook failed
+  2    bad command line
+  3    the drain deadline cut in-flight requests
+  129  forced exit: a second SIGHUP during shutdown (130 SIGINT, 143 SIGTERM)
+
+Signals: SIGTERM, SIGINT and SIGHUP start a graceful shutdown; a second one forces exit.";
+
+/// Runs several HTTP servers, each on a different Rust web framework, in one process.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = EXIT_STATUSES)]
+pub(crate) struct Cli {
+    /// Address every server binds. Loopback unless you mean otherwise.
+    #[arg(long, env = "MULTI_SERVER_HOST", default_value = "127.0.0.1")]
+    pub(crate) host: IpAddr,
+
+    /// Ports of the flows API (actix-web): 0, 3400, 3400..3410, 3400-3409 or 3400,3402.
+    #[arg(long, env = "MULTI_SERVER_FLOWS_PORTS", default_value = "3400..3410")]
+    pub(crate) flows_ports: PortSpec,
+
+    /// Worker threads of the flows API [default: one per CPU].
+    #[arg(long, env = "MULTI_SERVER_FLOWS_WORKERS")]
+    pub(crate) flows_workers: Option<usize>,
+
+    /// How long in-flight requests may run once shutdown closes the listeners (e.g. 10s, 500ms).
+    #[arg(long, env = "MULTI_SERVER_DRAIN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) drain_deadline: Duration,
+
+    /// How long to keep serving after a shutdown request, readiness already failing, before
+    /// closing listeners (give a load balancer time to notice).
+    #[arg(long, env = "MULTI_SERVER_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub(crate) drain_delay: Duration,
+
+    /// Log format; RUST_LOG filters (default: info).
+    #[arg(long, env = "MULTI_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+
+    /// Dev mode (also on when GENKIT_ENV=dev): the reflection server and Dev UI start.
+    #[arg(long)]
+    pub(crate) dev: bool,
+
+    /// Test only: add a server named "faulty" whose startup hook fails this long after start.
+    #[cfg(feature = "test-faults")]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) test_fail_startup_hook_after: Option<Duration>,
+}
+
+impl Cli {
+    /// Dev mode from the flag or from Genkit's own variable, as the original sample did.
+    pub(crate) fn is_dev(&self) -> bool {
+        self.dev || std::env::var("GENKIT_ENV").is_ok_and(|v| v == "dev")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10s, 500ms, 1m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_ports_and_durations() {
+        let cli = Cli::try_parse_from([
+            "multi-server",
+            "--flows-ports",
+            "0",
+            "--drain-deadline",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(cli.flows_ports, PortSpec::Ephemeral);
+        assert_eq!(cli.drain_deadline, Duration::from_millis(250));
+        let err = Cli::try_parse_from(["multi-server", "--flows-ports", "9..1"]).unwrap_err();
+        assert!(
+            err.to_string().contains("invalid port spec '9..1'"),
+            "{err}"
+        );
+    }
+}

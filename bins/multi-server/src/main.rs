@@ -1,0 +1,160 @@
+//! `multi-server`: the flows API (actix-web) and, in dev mode, Genkit's reflection server and
+//! the Developer UI, in one process under one lifecycle manager. `--help` lists flags and exit
+//! statuses.
+
+mod cli;
+mod logging;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use manager::{InheritedSockets, ManagerHandle, Outcome, ServerConfig, ServerManager};
+
+use crate::cli::Cli;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Exit statuses; `--help` and the README list them.
+mod exit {
+    pub(crate) const SERVER_FAILED: u8 = 1;
+    pub(crate) const REQUESTS_CUT: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Before any thread exists: listenfd reads and clears LISTEN_FDS.
+    let inherited = InheritedSockets::from_env();
+    let _log_flush = logging::init(cli.log_format);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(exit::SERVER_FAILED);
+        }
+    };
+    let code = runtime.block_on(run(cli, inherited));
+    // Connection tasks a framework left behind are dropped here, so their requests are
+    // logged as aborted before the log writer flushes.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    ExitCode::from(code)
+}
+
+async fn run(cli: Cli, inherited: InheritedSockets) -> u8 {
+    let dev = cli.is_dev();
+    if !cli.host.is_loopback() {
+        tracing::warn!(host = %cli.host, "binding a non-loopback address: servers are reachable from the network");
+    }
+    let mut manager = ServerManager::new()
+        .version(VERSION)
+        .drain_deadline(cli.drain_deadline)
+        .drain_delay(cli.drain_delay)
+        .inherited_sockets(inherited);
+    add_servers(&mut manager, &cli);
+    let handle = manager.handle();
+    tokio::spawn(print_banner(handle, dev));
+
+    let report = manager.run().await;
+    for failure in &report.failures {
+        eprintln!("error: {}", manager::error_chain(failure));
+    }
+    match report.outcome() {
+        Outcome::Clean => 0,
+        Outcome::Failed => exit::SERVER_FAILED,
+        Outcome::RequestsCut => {
+            eprintln!(
+                "error: drain deadline ({}) cut {} in-flight request(s)",
+                humantime::format_duration(cli.drain_deadline),
+                report.requests_cut
+            );
+            exit::REQUESTS_CUT
+        }
+    }
+}
+
+fn add_servers(manager: &mut ServerManager, cli: &Cli) {
+    let config = |name: &str| ServerConfig::new(name).host(cli.host).version(VERSION);
+    #[cfg(feature = "actix")]
+    {
+        let mut flows = flows_actix::FlowsApi::new();
+        if let Some(workers) = cli.flows_workers {
+            flows = flows.workers(workers);
+        }
+        manager.add_server(config("flows").ports(cli.flows_ports.clone()), flows);
+
+        #[cfg(feature = "test-faults")]
+        if let Some(delay) = cli.test_fail_startup_hook_after {
+            manager.add_server_after(
+                delay,
+                config("faulty"),
+                faults::FailingStartup(flows_actix::FlowsApi::new().workers(1)),
+            );
+        }
+    }
+    let _ = (manager, config);
+}
+
+/// One banner once every server due at start is up: name, framework and URL of each.
+async fn print_banner(handle: ManagerHandle, dev: bool) {
+    if handle.wait_live().await != manager::ProcessState::Live {
+        return;
+    }
+    let info = handle.server_info();
+    let mut text = format!(
+        "multi-server {VERSION} (pid {}){}\n",
+        info.pid,
+        if dev { ", dev mode" } else { "" }
+    );
+    for server in &info.servers {
+        let place = match (&server.url, server.state) {
+            (Some(url), _) => url.clone(),
+            (None, manager::ServerState::Pending) => {
+                format!("starting soon on ports {}", server.ports)
+            }
+            (None, state) => format!("{state:?} (ports {})", server.ports).to_lowercase(),
+        };
+        text.push_str(&format!(
+            "  {:<12} {:<10} {place}\n",
+            server.name, server.framework
+        ));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+#[cfg(feature = "test-faults")]
+mod faults {
+    //! Faults the end-to-end tests inject. Compiled only with the `test-faults` feature.
+
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    use manager::{BoxFuture, ServeContext, Server};
+
+    /// A server whose startup hook fails.
+    pub(crate) struct FailingStartup<S>(pub(crate) S);
+
+    impl<S: Server> Server for FailingStartup<S> {
+        fn framework(&self) -> &'static str {
+            self.0.framework()
+        }
+
+        fn serve(
+            self: Arc<Self>,
+            _: TcpListener,
+            _: ServeContext,
+        ) -> BoxFuture<'static, anyhow::Result<()>> {
+            Box::pin(async { anyhow::bail!("serve must not run after a failed startup hook") })
+        }
+
+        fn on_startup<'a>(&'a self, _: &'a ServeContext) -> BoxFuture<'a, anyhow::Result<()>> {
+            Box::pin(async { anyhow::bail!("injected startup hook failure") })
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The one middleware every request passes: accounting and logging through the manager's
+//! request guard, panic → JSON 500, and `Connection: close` while draining.
+
+use std::panic::AssertUnwindSafe;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::InternalError;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::{ConnectionType, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{Error, web};
+use futures_util::FutureExt;
+use manager::ServeContext;
+
+use crate::routes::json_error;
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub(crate) async fn track(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let ctx = req
+        .app_data::<web::Data<ServeContext>>()
+        .expect("ServeContext is registered as app data")
+        .clone();
+    let guard = ctx.begin_request(req.method().as_str(), req.path());
+
+    // No clone of the request may be held across `next.call`: actix routes by mutating it in
+    // place. Errors are therefore returned as `Err`, and actix renders them.
+    match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+        Ok(Ok(mut res)) => {
+            if let Ok(id) = HeaderValue::from_str(&guard.id().to_string()) {
+                res.headers_mut().insert(REQUEST_ID.clone(), id);
+            }
+            if ctx.requests().is_draining() {
+                res.response_mut()
+                    .head_mut()
+                    .set_connection_type(ConnectionType::Close);
+            }
+            guard.finish(res.status().as_u16());
+            Ok(res)
+        }
+        Ok(Err(err)) => {
+            guard.finish(err.error_response().status().as_u16());
+            Err(err)
+        }
+        Err(panic) => {
+            let message = panic_message(&*panic);
+            tracing::error!(
+                server = ctx.name(),
+                id = guard.id(),
+                panic = message,
+                "handler panicked"
+            );
+            guard.finish(500);
+            let body = json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            Err(InternalError::from_response("handler panicked", body).into())
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic")
+}

@@ -1,0 +1,320 @@
+//! Per-server request accounting: in-flight count, totals, latency histogram, and the one log
+//! line each request gets.
+//!
+//! Frameworks do not say whether their drain deadline cut requests, and actix notices an idle
+//! server only once a second, so every framework crate wraps each request in a
+//! [`RequestGuard`]. The guard is what lets the manager stop an idle server at once and report
+//! the requests a deadline cut.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Counts the requests of one server. Shared by the server's middleware and the manager.
+#[derive(Debug)]
+pub struct RequestTracker {
+    server: Arc<str>,
+    in_flight: AtomicUsize,
+    served: AtomicU64,
+    server_errors: AtomicU64,
+    aborted: AtomicU64,
+    cut_by_deadline: AtomicU64,
+    draining: AtomicBool,
+    deadline_passed: AtomicBool,
+    idle: Notify,
+    latency: LatencyHistogram,
+}
+
+impl RequestTracker {
+    pub(crate) fn new(server: Arc<str>) -> Self {
+        RequestTracker {
+            server,
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
+            aborted: AtomicU64::new(0),
+            cut_by_deadline: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            deadline_passed: AtomicBool::new(false),
+            idle: Notify::new(),
+            latency: LatencyHistogram::default(),
+        }
+    }
+
+    /// Starts accounting for one request; call [`RequestGuard::finish`] with the status when the
+    /// response is ready. A guard dropped without `finish` is logged as aborted.
+    pub fn begin(self: &Arc<Self>, method: &str, path: &str) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        RequestGuard {
+            tracker: Arc::clone(self),
+            id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// Requests that have begun and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered (any status).
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered with a 5xx status.
+    pub fn server_errors(&self) -> u64 {
+        self.server_errors.load(Ordering::Relaxed)
+    }
+
+    /// Requests that ended without a response (client gone, or cut by the drain deadline).
+    pub fn aborted(&self) -> u64 {
+        self.aborted.load(Ordering::Relaxed)
+    }
+
+    /// Requests still in flight when the drain deadline passed.
+    pub fn cut_by_deadline(&self) -> u64 {
+        self.cut_by_deadline.load(Ordering::Relaxed)
+    }
+
+    /// True once the server has been told to stop: responses should close their connection.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The latency histogram of answered requests.
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Records that the drain deadline passed; returns how many requests it cut.
+    pub(crate) fn deadline_passed(&self) -> u64 {
+        self.deadline_passed.store(true, Ordering::SeqCst);
+        let cut = self.in_flight() as u64;
+        self.cut_by_deadline.store(cut, Ordering::Relaxed);
+        cut
+    }
+
+    /// Resolves once no request is in flight. Only meaningful after draining started, since
+    /// only then does the tracker wake waiters.
+    ///
+    /// # Cancellation safety
+    /// Cancel-safe: it holds no state between polls.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn end(&self) {
+        // SeqCst on both sides pairs with start_draining + wait_idle: either the waiter sees
+        // the count reach zero or this side sees the draining flag and wakes it.
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.draining.load(Ordering::SeqCst)
+        {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+/// One request in flight. Log line and counters are written when it is finished or dropped.
+#[derive(Debug)]
+#[must_use = "a guard dropped at once logs the request as aborted"]
+pub struct RequestGuard {
+    tracker: Arc<RequestTracker>,
+    id: u64,
+    method: String,
+    path: String,
+    started: Instant,
+    finished: bool,
+}
+
+impl RequestGuard {
+    /// The process-unique request id (also sent back as `x-request-id`).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Records the response status and logs the request.
+    pub fn finish(mut self, status: u16) {
+        self.finished = true;
+        let tracker = &self.tracker;
+        let latency = self.started.elapsed();
+        tracker.served.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            tracker.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        tracker.latency.record(latency);
+        tracing::info!(
+            target: "request",
+            server = &*tracker.server,
+            id = self.id,
+            method = self.method,
+            path = self.path,
+            status,
+            latency_ms = latency.as_secs_f64() * 1e3,
+        );
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            let tracker = &self.tracker;
+            tracker.aborted.fetch_add(1, Ordering::Relaxed);
+            let reason = if tracker.deadline_passed.load(Ordering::SeqCst) {
+                "drain deadline"
+            } else {
+                "client gone"
+            };
+            tracing::warn!(
+                target: "request",
+                server = &*tracker.server,
+                id = self.id,
+                method = self.method,
+                path = self.path,
+                status = "aborted",
+                reason,
+                latency_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            );
+        }
+        self.tracker.end();
+    }
+}
+
+const BUCKETS: usize = 40;
+
+/// A lock-free latency histogram with power-of-two microsecond buckets: bucket `i` holds
+/// latencies in `[2^i, 2^(i+1))` µs. Quantiles are reported as the bucket's geometric middle,
+/// which is within ±41% of the true value: enough to tell 1 ms from 10 ms on a dashboard.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; BUCKETS],
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// Adds one observation.
+    pub fn record(&self, latency: Duration) {
+        let micros = latency.as_micros().max(1) as u64;
+        let bucket = (63 - micros.leading_zeros() as usize).min(BUCKETS - 1);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The approximate `q`-quantile (0.0..=1.0), or `None` before the first observation.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                let middle = (1u64 << i) as f64 * std::f64::consts::SQRT_2;
+                return Some(Duration::from_nanos((middle * 1e3) as u64));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> Arc<RequestTracker> {
+        Arc::new(RequestTracker::new("t".into()))
+    }
+
+    #[test]
+    fn counts_finished_and_aborted_requests() {
+        let t = tracker();
+        let a = t.begin("GET", "/a");
+        let b = t.begin("GET", "/b");
+        let c = t.begin("GET", "/c");
+        assert_ne!(a.id(), b.id());
+        assert_eq!(t.in_flight(), 3);
+        a.finish(200);
+        b.finish(503);
+        drop(c);
+        assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.served(), 2);
+        assert_eq!(t.server_errors(), 1);
+        assert_eq!(t.aborted(), 1);
+    }
+
+    #[test]
+    fn deadline_counts_what_is_still_in_flight() {
+        let t = tracker();
+        let slow = t.begin("GET", "/slow");
+        t.begin("GET", "/fast").finish(200);
+        assert_eq!(t.deadline_passed(), 1);
+        assert_eq!(t.cut_by_deadline(), 1);
+        drop(slow);
+        assert_eq!(t.aborted(), 1);
+    }
+
+    #[tokio::test]
+    async fn wait_idle_wakes_when_the_last_request_ends() {
+        let t = tracker();
+        let guard = t.begin("GET", "/");
+        t.start_draining();
+        let waiter = tokio::spawn({
+            let t = Arc::clone(&t);
+            async move { t.wait_idle().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        guard.finish(200);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+
+    #[test]
+    fn histogram_quantiles_land_in_the_right_bucket() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for _ in 0..98 {
+            h.record(Duration::from_micros(100));
+        }
+        h.record(Duration::from_millis(50));
+        h.record(Duration::from_millis(50));
+        let p50 = h.quantile(0.5).unwrap();
+        assert!(p50 >= Duration::from_micros(64) && p50 < Duration::from_micros(128));
+        let p99 = h.quantile(0.99).unwrap();
+        assert!(p99 >= Duration::from_micros(32_768) && p99 < Duration::from_micros(65_536));
+    }
+}

@@ -1,0 +1,189 @@
+//! The server trait every framework crate implements, its configuration, and the context it is
+//! handed.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::requests::{RequestGuard, RequestTracker};
+use crate::{ManagerHandle, PortSpec};
+
+/// A boxed, sendable future: what [`Server`]'s methods return so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One HTTP server the manager runs.
+///
+/// The manager binds the socket (or takes an inherited one) and calls, in order and exactly
+/// once each: [`on_startup`](Server::on_startup), [`serve`](Server::serve), and, after the
+/// server has drained, [`on_shutdown`](Server::on_shutdown).
+///
+/// # Contract of `serve`
+/// - Serve on `listener` (already bound, listening and non-blocking) until
+///   [`ServeContext::shutdown`] is cancelled.
+/// - Then stop accepting, close idle keep-alive connections, let in-flight requests finish,
+///   and return once they have, or once [`ServeContext::drain_deadline`] has passed.
+/// - Wrap every request in [`ServeContext::begin_request`]: that is how the manager knows a
+///   server is idle and which requests a deadline cut.
+/// - Returning before the token is cancelled, `Ok` or `Err`, means the server died: a required
+///   server then brings the whole process down.
+pub trait Server: Send + Sync + 'static {
+    /// The framework's name, shown in `/__serverz` (e.g. `"actix-web"`).
+    fn framework(&self) -> &'static str;
+
+    /// Serves until shutdown; see the trait's contract.
+    fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        ctx: ServeContext,
+    ) -> BoxFuture<'static, anyhow::Result<()>>;
+
+    /// Runs after the socket is bound and before serving. An error stops the server from
+    /// starting (and, for a required server, the process).
+    fn on_startup<'a>(&'a self, ctx: &'a ServeContext) -> BoxFuture<'a, anyhow::Result<()>> {
+        let _ = ctx;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Runs after the server has drained, in reverse start order across servers.
+    fn on_shutdown<'a>(&'a self, ctx: &'a ServeContext) -> BoxFuture<'a, anyhow::Result<()>> {
+        let _ = ctx;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// What the manager needs to know to run a server.
+///
+/// ```
+/// use manager::ServerConfig;
+/// let config = ServerConfig::new("flows").ports("3400..3410".parse().unwrap()).optional();
+/// assert_eq!(config.name(), "flows");
+/// assert!(!config.is_required());
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a config does nothing until it is given to ServerManager::add_server"]
+pub struct ServerConfig {
+    pub(crate) name: Arc<str>,
+    pub(crate) host: IpAddr,
+    pub(crate) ports: PortSpec,
+    pub(crate) version: String,
+    pub(crate) start_delay: Duration,
+    pub(crate) required: bool,
+}
+
+impl ServerConfig {
+    /// A required server on `127.0.0.1`, ephemeral port, no delay.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        ServerConfig {
+            name: name.into(),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: PortSpec::Ephemeral,
+            version: String::from("0.0.0"),
+            start_delay: Duration::ZERO,
+            required: true,
+        }
+    }
+
+    /// The address to bind (loopback unless told otherwise).
+    pub fn host(mut self, host: IpAddr) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// The ports to try.
+    pub fn ports(mut self, ports: PortSpec) -> Self {
+        self.ports = ports;
+        self
+    }
+
+    /// The version shown in `/__serverz`.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Start this long after the manager runs (or after it is added, while running).
+    pub fn start_delay(mut self, delay: Duration) -> Self {
+        self.start_delay = delay;
+        self
+    }
+
+    /// A server whose failure is logged and shown, but does not stop the process.
+    pub fn optional(mut self) -> Self {
+        self.required = false;
+        self
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether a failure of this server stops the process.
+    pub fn is_required(&self) -> bool {
+        self.required
+    }
+}
+
+/// What a server gets from the manager: the shutdown signal, the drain budget, request
+/// accounting and a handle to the manager.
+#[derive(Debug, Clone)]
+pub struct ServeContext {
+    pub(crate) name: Arc<str>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) drain_deadline: Duration,
+    pub(crate) requests: Arc<RequestTracker>,
+    pub(crate) manager: ManagerHandle,
+}
+
+impl ServeContext {
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Cancelled when the server must stop accepting and drain.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// How long in-flight requests may take once shutdown began.
+    pub fn drain_deadline(&self) -> Duration {
+        self.drain_deadline
+    }
+
+    /// Starts accounting (and logging) for one request.
+    pub fn begin_request(&self, method: &str, path: &str) -> RequestGuard {
+        self.requests.begin(method, path)
+    }
+
+    /// This server's request counters.
+    pub fn requests(&self) -> &Arc<RequestTracker> {
+        &self.requests
+    }
+
+    /// The manager that runs this server: admin data, shutdown requests.
+    pub fn manager(&self) -> &ManagerHandle {
+        &self.manager
+    }
+
+    /// Resolves once shutdown was requested and then either no request is in flight or the
+    /// drain deadline has passed: the moment a server that cannot detect idleness itself
+    /// (actix polls once a second) may force-close what is left.
+    ///
+    /// # Cancellation safety
+    /// Cancel-safe.
+    pub async fn drained(&self) {
+        self.shutdown.cancelled().await;
+        let _ = tokio::time::timeout(self.drain_deadline, self.requests.wait_idle()).await;
+    }
+}

@@ -1,0 +1,305 @@
+//! Helpers of the end-to-end tests: start the real `multi-server` binary on ephemeral ports,
+//! talk real HTTP to it, and always kill what was started.
+//!
+//! Every wait here is bounded; a test that hangs fails with a message instead.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The longest any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A running `multi-server` process with its output captured to files. Killed on drop.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    dir: PathBuf,
+    /// Server name → base URL, read from the start-up banner.
+    pub urls: BTreeMap<String, String>,
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "multi-server-e2e-{}-{}-{label}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+impl Process {
+    /// Starts `binary` with `args` and waits for the banner (every immediate server up).
+    ///
+    /// # Panics
+    /// When the process exits or prints no banner within [`WAIT`].
+    pub fn start(binary: &str, args: &[&str]) -> Process {
+        Self::start_with_env(binary, args, &[])
+    }
+
+    /// As [`start`](Self::start), with extra environment variables.
+    pub fn start_with_env(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut process = Self::spawn(binary, args, env);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = process.stdout();
+            if let Some(urls) = parse_banner(&out) {
+                process.urls = urls;
+                return process;
+            }
+            if let Some(status) = process.child.try_wait().expect("try_wait") {
+                panic!(
+                    "multi-server exited with {status} before its banner\nstdout:\n{out}\nstderr:\n{}",
+                    process.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no banner within {WAIT:?}:\n{}",
+                process.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the binary without waiting for anything (for runs expected to fail).
+    pub fn spawn(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let dir = temp_dir("run");
+        let stdout = fs::File::create(dir.join("stdout")).expect("stdout file");
+        let stderr = fs::File::create(dir.join("stderr")).expect("stderr file");
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .current_dir(&dir)
+            .env_remove("GENKIT_ENV")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn multi-server");
+        Process {
+            child,
+            dir,
+            urls: BTreeMap::new(),
+        }
+    }
+
+    /// The base URL of server `name`.
+    ///
+    /// # Panics
+    /// When the banner did not list it.
+    pub fn url(&self, name: &str) -> &str {
+        self.urls
+            .get(name)
+            .unwrap_or_else(|| panic!("no server '{name}' in banner {:?}", self.urls))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+
+    /// Everything logged on stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `HUP`, `KILL`) with the system's `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits for the process to exit.
+    ///
+    /// # Panics
+    /// When it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {timeout:?}\nstderr:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until stderr contains `needle`.
+    ///
+    /// # Panics
+    /// When it does not within [`WAIT`].
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.stderr().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "log never showed {needle:?}:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Only our own child, by pid; reaped so no zombie is left.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Reads `name framework url` lines of the banner; `None` until the banner is complete.
+fn parse_banner(stdout: &str) -> Option<BTreeMap<String, String>> {
+    let mut lines = stdout.lines();
+    lines.find(|l| l.starts_with("multi-server "))?;
+    let urls: BTreeMap<String, String> = lines
+        .map_while(|l| l.strip_prefix("  "))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?;
+            let url = words.find(|w| w.starts_with("http://"))?;
+            Some((name.to_owned(), url.to_owned()))
+        })
+        .collect();
+    (!urls.is_empty()).then_some(urls)
+}
+
+/// A reply: status, headers we care about, and the body parsed as JSON (`Null` if not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// The body as JSON.
+    pub json: Value,
+    /// The raw body.
+    pub text: String,
+    /// Response headers, lower-case names.
+    pub headers: BTreeMap<String, String>,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(WAIT))
+        .build()
+        .into()
+}
+
+fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &str) -> Reply {
+    let mut res = result.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let status = res.status().as_u16();
+    let text = res.body_mut().read_to_string().unwrap_or_default();
+    Reply {
+        status,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+        headers,
+    }
+}
+
+/// `GET url`.
+pub fn get(url: &str) -> Reply {
+    reply(agent().get(url).call(), &format!("GET {url}"))
+}
+
+/// `GET url`, returning the transport error instead of panicking on one.
+pub fn try_get(url: &str) -> Result<Reply, ureq::Error> {
+    let res = agent().get(url).call()?;
+    Ok(reply(Ok(res), url))
+}
+
+/// `POST url` with a raw body and content type.
+pub fn post(url: &str, content_type: &str, body: &str) -> Reply {
+    let req = agent().post(url).header("content-type", content_type);
+    reply(req.send(body), &format!("POST {url}"))
+}
+
+/// `method url` with no body.
+pub fn request(method: &str, url: &str) -> Reply {
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(())
+        .expect("request");
+    reply(agent().run(req), &format!("{method} {url}"))
+}
+
+/// Ports `p..p+n` that were all free a moment ago, with `p` itself held open (busy).
+///
+/// Retries a few blocks, since other tests bind ports in parallel.
+pub fn busy_first_of_free_block(n: u16) -> (TcpListener, u16) {
+    for _ in 0..50 {
+        let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = held.local_addr().expect("addr").port();
+        if port > u16::MAX - n {
+            continue;
+        }
+        let rest_free = (1..n).all(|i| TcpListener::bind(("127.0.0.1", port + i)).is_ok());
+        if rest_free {
+            return (held, port);
+        }
+    }
+    panic!("no block of {n} free ports found");
+}
+
+/// Holds `n` consecutive ports busy; returns the listeners and the first port.
+pub fn busy_block(n: u16) -> (Vec<TcpListener>, u16) {
+    for _ in 0..50 {
+        let first = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = first.local_addr().expect("addr").port();
+        if port > u16::MAX - n {
+            continue;
+        }
+        let mut held = vec![first];
+        for i in 1..n {
+            match TcpListener::bind(("127.0.0.1", port + i)) {
+                Ok(l) => held.push(l),
+                Err(_) => break,
+            }
+        }
+        if held.len() == n as usize {
+            return (held, port);
+        }
+    }
+    panic!("no block of {n} bindable ports found");
+}
