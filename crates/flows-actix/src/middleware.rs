@@ -2,6 +2,7 @@
 //! request guard, panic → JSON 500, and `Connection: close` while draining.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -9,9 +10,9 @@ use actix_web::error::InternalError;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{Error, web};
+use actix_web::{Error, HttpMessage, web};
 use futures_util::FutureExt;
-use manager::ServeContext;
+use manager::{GuardCell, ServeContext};
 
 use crate::routes::json_error;
 
@@ -26,12 +27,21 @@ pub(crate) async fn track(
         .expect("ServeContext is registered as app data")
         .clone();
     let guard = ctx.begin_request(req.method().as_str(), req.path());
+    let id = guard.id();
+    // Parked in the request so a streaming handler can carry it into its body.
+    let cell = Arc::new(GuardCell::new(guard));
+    req.extensions_mut().insert(Arc::clone(&cell));
+    let finish = |status: u16| {
+        if let Some(guard) = cell.take() {
+            guard.finish(status);
+        }
+    };
 
     // No clone of the request may be held across `next.call`: actix routes by mutating it in
     // place. Errors are therefore returned as `Err`, and actix renders them.
     match AssertUnwindSafe(next.call(req)).catch_unwind().await {
         Ok(Ok(mut res)) => {
-            if let Ok(id) = HeaderValue::from_str(&guard.id().to_string()) {
+            if let Ok(id) = HeaderValue::from_str(&id.to_string()) {
                 res.headers_mut().insert(REQUEST_ID.clone(), id);
             }
             if ctx.requests().is_draining() {
@@ -39,22 +49,17 @@ pub(crate) async fn track(
                     .head_mut()
                     .set_connection_type(ConnectionType::Close);
             }
-            guard.finish(res.status().as_u16());
+            finish(res.status().as_u16());
             Ok(res)
         }
         Ok(Err(err)) => {
-            guard.finish(err.error_response().status().as_u16());
+            finish(err.error_response().status().as_u16());
             Err(err)
         }
         Err(panic) => {
             let message = panic_message(&*panic);
-            tracing::error!(
-                server = ctx.name(),
-                id = guard.id(),
-                panic = message,
-                "handler panicked"
-            );
-            guard.finish(500);
+            tracing::error!(server = ctx.name(), id, panic = message, "handler panicked");
+            finish(500);
             let body = json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
             Err(InternalError::from_response("handler panicked", body).into())
         }

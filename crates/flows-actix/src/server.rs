@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
@@ -9,6 +10,10 @@ use manager::{BoxFuture, ServeContext, Server};
 
 use crate::middleware::track;
 use crate::routes;
+
+/// How long to wait for actix's worker threads to drop the requests a forced stop cut. Less
+/// than the manager's grace after the deadline.
+const WORKER_UNWIND: Duration = Duration::from_millis(400);
 
 type Configure = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
@@ -108,6 +113,7 @@ impl Server for FlowsApi {
         Box::pin(async move {
             let server = self.build(listener, &ctx)?;
             let handle = server.handle();
+            let requests = Arc::clone(ctx.requests());
             // actix checks a graceful stop's progress once a second and counts idle keep-alive
             // connections as busy. Instead: stop accepting, wait until the manager's count of
             // in-flight requests is zero (or the deadline passed), then close what is left.
@@ -119,6 +125,9 @@ impl Server for FlowsApi {
             });
             let result = server.await;
             stopper.abort();
+            // A forced stop returns before the worker threads have dropped the requests they
+            // cut; wait (briefly) for those drops, so each cut request is logged before exit.
+            let _ = tokio::time::timeout(WORKER_UNWIND, requests.wait_idle()).await;
             result.map_err(Into::into)
         })
     }

@@ -199,6 +199,25 @@ impl Drop for RequestGuard {
     }
 }
 
+/// A [`RequestGuard`] parked where both a framework's middleware and a handler can reach it
+/// (request extensions). A handler that streams its body takes the guard into the body, so
+/// the request counts as in flight until the last byte; otherwise the middleware finishes it
+/// with the response status.
+#[derive(Debug)]
+pub struct GuardCell(std::sync::Mutex<Option<RequestGuard>>);
+
+impl GuardCell {
+    /// Parks `guard`.
+    pub fn new(guard: RequestGuard) -> Self {
+        GuardCell(std::sync::Mutex::new(Some(guard)))
+    }
+
+    /// Takes the guard out, once.
+    pub fn take(&self) -> Option<RequestGuard> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 const BUCKETS: usize = 40;
 
 /// A lock-free latency histogram with power-of-two microsecond buckets: bucket `i` holds
