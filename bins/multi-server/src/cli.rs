@@ -32,6 +32,18 @@ pub(crate) struct Cli {
     #[arg(long, env = "MULTI_SERVER_FLOWS_WORKERS")]
     pub(crate) flows_workers: Option<usize>,
 
+    /// Ports of the Genkit reflection API (poem; dev mode only, always on loopback).
+    #[arg(
+        long,
+        env = "MULTI_SERVER_REFLECTION_PORTS",
+        default_value = "3100..3110"
+    )]
+    pub(crate) reflection_ports: PortSpec,
+
+    /// How long after start the reflection server starts (the original waited 2s).
+    #[arg(long, env = "MULTI_SERVER_REFLECTION_DELAY", default_value = "250ms", value_parser = parse_duration)]
+    pub(crate) reflection_delay: Duration,
+
     /// How long in-flight requests may run once shutdown closes the listeners (e.g. 10s, 500ms).
     #[arg(long, env = "MULTI_SERVER_DRAIN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub(crate) drain_deadline: Duration,

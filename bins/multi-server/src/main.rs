@@ -3,6 +3,7 @@
 //! statuses.
 
 mod cli;
+mod flows;
 mod logging;
 
 use std::io::Write;
@@ -55,7 +56,7 @@ async fn run(cli: Cli, inherited: InheritedSockets) -> u8 {
         .drain_deadline(cli.drain_deadline)
         .drain_delay(cli.drain_delay)
         .inherited_sockets(inherited);
-    add_servers(&mut manager, &cli);
+    add_servers(&mut manager, &cli, dev);
     let handle = manager.handle();
     tokio::spawn(print_banner(handle, dev));
 
@@ -77,26 +78,38 @@ async fn run(cli: Cli, inherited: InheritedSockets) -> u8 {
     }
 }
 
-fn add_servers(manager: &mut ServerManager, cli: &Cli) {
+fn add_servers(manager: &mut ServerManager, cli: &Cli, dev: bool) {
+    let registry = flows::registry();
     let config = |name: &str| ServerConfig::new(name).host(cli.host).version(VERSION);
     #[cfg(feature = "actix")]
     {
-        let mut flows = flows_actix::FlowsApi::new();
+        let mut api = flows_actix::FlowsApi::new(std::sync::Arc::clone(&registry));
         if let Some(workers) = cli.flows_workers {
-            flows = flows.workers(workers);
+            api = api.workers(workers);
         }
-        manager.add_server(config("flows").ports(cli.flows_ports.clone()), flows);
+        manager.add_server(config("flows").ports(cli.flows_ports.clone()), api);
 
         #[cfg(feature = "test-faults")]
         if let Some(delay) = cli.test_fail_startup_hook_after {
-            manager.add_server_after(
-                delay,
-                config("faulty"),
-                faults::FailingStartup(flows_actix::FlowsApi::new().workers(1)),
-            );
+            let api = flows_actix::FlowsApi::new(std::sync::Arc::clone(&registry)).workers(1);
+            manager.add_server_after(delay, config("faulty"), faults::FailingStartup(api));
         }
     }
-    let _ = (manager, config);
+    #[cfg(feature = "poem")]
+    if dev {
+        // Genkit's tools talk to this server only from this machine: loopback, whatever --host.
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        let reflection = config("reflection")
+            .host(loopback)
+            .ports(cli.reflection_ports.clone());
+        manager.add_server_after(
+            cli.reflection_delay,
+            reflection,
+            reflection_poem::ReflectionApi::new(std::sync::Arc::clone(&registry))
+                .name("multi-server"),
+        );
+    }
+    let _ = (manager, config, registry, dev);
 }
 
 /// One banner once every server due at start is up: name, framework and URL of each.

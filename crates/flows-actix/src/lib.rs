@@ -1,7 +1,10 @@
 //! The public flows API of multi-server on actix-web: an implementation of the manager's
 //! [`Server`](manager::Server) trait.
 //!
-//! Routes: `GET /greet`, `GET /flow/run`, and the admin endpoints every managed server has
+//! Routes: `GET /greet`, `GET /flow/run` (the original sample's fixed answer), `POST
+//! /flow/<name>` (runs a flow of the shared [`flows::Registry`]: JSON input in, `{"result":
+//! ...}` out; `Accept: text/event-stream` streams Server-Sent Events, `?stream=true` NDJSON),
+//! and the admin endpoints every managed server has
 //! (`GET /__healthz`, `GET /__readyz`, `GET /__serverz`, `POST /__quitquitquitz`). Every
 //! request goes through one middleware that counts it for the manager, logs one `tracing`
 //! line (server, request id, method, path, status, latency), turns a handler panic into a JSON
@@ -16,10 +19,11 @@
 //! use manager::{ServerConfig, ServerManager};
 //!
 //! # #[tokio::main] async fn main() {
+//! let registry = flows::Registry::new();
 //! let mut manager = ServerManager::new();
 //! manager.add_server(
 //!     ServerConfig::new("flows").ports("3400..3410".parse().unwrap()),
-//!     FlowsApi::new().workers(2),
+//!     FlowsApi::new(registry).workers(2),
 //! );
 //! let report = manager.run().await; // until SIGTERM
 //! # let _ = report;
@@ -29,6 +33,7 @@
 //! # Features
 //! - `test-routes`: `GET /__test/slow?ms=N` and `GET /__test/panic`, for end-to-end tests.
 
+mod flows;
 mod middleware;
 mod routes;
 mod server;

@@ -10,6 +10,11 @@ use serde_json::json;
 pub(crate) fn mount(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/greet", greet))
         .service(get("/flow/run", flow_run))
+        .service(
+            web::resource("/flow/{name}")
+                .route(web::post().to(crate::flows::run_flow))
+                .default_service(web::to(|| async { method_not_allowed("POST") })),
+        )
         .service(get("/__healthz", healthz))
         .service(get("/__readyz", readyz))
         .service(get("/__serverz", serverz))

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
+use flows::Registry;
 use manager::{BoxFuture, ServeContext, Server};
 
 use crate::middleware::track;
@@ -21,6 +22,7 @@ type Configure = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 #[derive(Clone)]
 #[must_use = "a server does nothing until it is added to a ServerManager"]
 pub struct FlowsApi {
+    registry: Arc<Registry>,
     workers: usize,
     extra_routes: Option<Configure>,
 }
@@ -34,16 +36,11 @@ impl std::fmt::Debug for FlowsApi {
     }
 }
 
-impl Default for FlowsApi {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl FlowsApi {
-    /// One worker per CPU, the standard routes.
-    pub fn new() -> Self {
+    /// One worker per CPU, the standard routes, the flows of `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
         FlowsApi {
+            registry,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             extra_routes: None,
         }
@@ -72,6 +69,7 @@ impl FlowsApi {
         ctx: &ServeContext,
     ) -> std::io::Result<actix_web::dev::Server> {
         let data = web::Data::new(ctx.clone());
+        let registry = web::Data::new(Arc::clone(&self.registry));
         let extra = self.extra_routes.clone();
         // actix counts whole seconds; the manager enforces the exact deadline itself.
         let deadline_secs = ctx.drain_deadline().as_secs().max(1);
@@ -79,6 +77,7 @@ impl FlowsApi {
             let extra = extra.clone();
             App::new()
                 .app_data(data.clone())
+                .app_data(registry.clone())
                 .app_data(routes::json_config())
                 .app_data(routes::query_config())
                 .configure(move |cfg| {
@@ -168,20 +167,22 @@ mod tests {
         let entered = Arc::new(Notify::new());
         let release = Arc::new(Notify::new());
         let (e, r) = (Arc::clone(&entered), Arc::clone(&release));
-        let api = FlowsApi::new().workers(1).routes(move |cfg| {
-            let (e, r) = (Arc::clone(&e), Arc::clone(&r));
-            cfg.route(
-                "/hold",
-                web::get().to(move || {
-                    let (e, r) = (Arc::clone(&e), Arc::clone(&r));
-                    async move {
-                        e.notify_one();
-                        r.notified().await;
-                        "released"
-                    }
-                }),
-            );
-        });
+        let api = FlowsApi::new(Registry::new())
+            .workers(1)
+            .routes(move |cfg| {
+                let (e, r) = (Arc::clone(&e), Arc::clone(&r));
+                cfg.route(
+                    "/hold",
+                    web::get().to(move || {
+                        let (e, r) = (Arc::clone(&e), Arc::clone(&r));
+                        async move {
+                            e.notify_one();
+                            r.notified().await;
+                            "released"
+                        }
+                    }),
+                );
+            });
         let mut manager = ServerManager::new()
             .handle_signals(false)
             .drain_deadline(Duration::from_secs(5));

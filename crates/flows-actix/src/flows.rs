@@ -1,0 +1,161 @@
+//! `POST /flow/<name>`: run a registered flow. JSON body = input; JSON answer
+//! `{"result": ...}`; streaming as Server-Sent Events (`Accept: text/event-stream`) or NDJSON
+//! (`?stream=true`). Errors are JSON with the flow's status code name and the trace id.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{ACCEPT, CONTENT_TYPE};
+use actix_web::web::{Bytes, Data, Path, Query};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
+use flows::{FlowError, FlowRun, Registry, RunOptions};
+use futures_util::stream;
+use manager::{GuardCell, RequestGuard};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::routes::{BODY_LIMIT, json_error};
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RunQuery {
+    stream: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Whole,
+    Sse,
+    Ndjson,
+}
+
+pub(crate) async fn run_flow(
+    req: HttpRequest,
+    name: Path<String>,
+    query: Query<RunQuery>,
+    body: Bytes,
+    registry: Data<Arc<Registry>>,
+) -> HttpResponse {
+    if body.len() > BODY_LIMIT {
+        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body exceeds 1 MiB");
+    }
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !body.is_empty() && !content_type.is_empty() && !content_type.starts_with("application/json")
+    {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("content type must be application/json, not {content_type}"),
+        );
+    }
+    // An empty body is no input (null): flows that take none accept it, others say why not.
+    let input = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(input) => input,
+            Err(err) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid JSON body: {err}"),
+                );
+            }
+        }
+    };
+    let accepts_sse = req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let mode = if accepts_sse {
+        Mode::Sse
+    } else if query.stream.as_deref() == Some("true") {
+        Mode::Ndjson
+    } else {
+        Mode::Whole
+    };
+    let options = RunOptions {
+        stream: mode != Mode::Whole,
+        ..RunOptions::default()
+    };
+    let run = match registry.start(&format!("/flow/{name}"), input, options) {
+        Ok(run) => run,
+        Err(err) => return flow_error(&err),
+    };
+    // Rejected input is a plain 400, even when a stream was asked for.
+    if let Some(err) = run.rejected() {
+        return flow_error(err);
+    }
+    let trace_id = run.trace_id.clone();
+    if mode == Mode::Whole {
+        return match run.result().await {
+            Ok(result) => HttpResponse::Ok()
+                .insert_header(("X-Genkit-Trace-Id", trace_id.clone()))
+                .json(json!({ "result": result, "traceId": trace_id })),
+            Err(err) => flow_error(&err),
+        };
+    }
+    // The request stays in flight (for drain and logs) until the stream's last event.
+    let guard = req
+        .extensions()
+        .get::<Arc<GuardCell>>()
+        .and_then(|cell| cell.take());
+    let content_type = if mode == Mode::Sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header(("X-Genkit-Trace-Id", trace_id))
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(events(run, mode, guard))
+}
+
+/// A flow's error as JSON: `{"error": message, "code": "INVALID_ARGUMENT", "traceId": ...}`.
+fn flow_error(err: &FlowError) -> HttpResponse {
+    let status =
+        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).json(error_body(err))
+}
+
+fn error_body(err: &FlowError) -> Value {
+    json!({
+        "error": err.message,
+        "code": err.code.name(),
+        "status": err.http_status(),
+        "traceId": err.trace_id,
+    })
+}
+
+/// Chunks as they come, then the result (or the error) as the last event.
+fn events(
+    run: FlowRun,
+    mode: Mode,
+    guard: Option<RequestGuard>,
+) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
+    stream::unfold(Some((run, guard)), move |state| async move {
+        let (mut run, guard) = state?;
+        if let Some(chunk) = run.next_chunk().await {
+            let event = match mode {
+                Mode::Sse => format!("data: {chunk}\n\n"),
+                _ => format!("{}\n", json!({ "chunk": chunk })),
+            };
+            return Some((Ok(Bytes::from(event)), Some((run, guard))));
+        }
+        let (kind, body) = match run.result().await {
+            Ok(result) => ("result", json!({ "result": result })),
+            Err(err) => ("error", error_body(&err)),
+        };
+        let event = match mode {
+            Mode::Sse => format!("event: {kind}\ndata: {body}\n\n"),
+            _ => format!("{body}\n"),
+        };
+        if let Some(guard) = guard {
+            guard.finish(200);
+        }
+        Some((Ok(Bytes::from(event)), None))
+    })
+}

@@ -1,0 +1,403 @@
+//! The registry: flow definitions, starting runs, cancelling them, and the trace feed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use schemars::JsonSchema;
+use schemars::generate::SchemaSettings;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::FlowError;
+use crate::run::{FlowContext, FlowRun, RunShared};
+use crate::telemetry::{self, Telemetry};
+use crate::trace::{SpanData, TraceData, TraceStore, lock, new_span_id, new_trace_id};
+
+/// How many finished or running traces stay in memory.
+pub const TRACE_HISTORY: usize = 100;
+/// Chunks a streaming flow may run ahead of its reader before `send_chunk` waits.
+const CHUNK_BUFFER: usize = 16;
+/// Trace updates a slow subscriber may lag behind before it misses some.
+const TRACE_FEED: usize = 1024;
+
+/// One registered action as Genkit's `GET /api/actions` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionDesc {
+    /// `/flow/<name>`.
+    pub key: String,
+    /// The flow name.
+    pub name: String,
+    /// The action kind: `flow`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What the flow does.
+    pub description: String,
+    /// Draft-07 JSON Schema of the input.
+    pub input_schema: Option<Value>,
+    /// Draft-07 JSON Schema of the output.
+    pub output_schema: Option<Value>,
+    /// Free-form metadata (an object).
+    pub metadata: Value,
+}
+
+/// How to run a flow.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The request's `context` object, handed to the flow as is ([`FlowContext::context`]).
+    pub context: Value,
+    /// Whether the caller reads chunks ([`FlowRun::next_chunk`]).
+    pub stream: bool,
+    /// Telemetry labels, recorded as attributes of the root span.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A type-erased flow: checks and parses the input, then yields the run.
+type Prepare = dyn Fn(&Value) -> Result<Job, FlowError> + Send + Sync;
+/// A parsed-input flow, ready to run with its context.
+type Job = Box<dyn FnOnce(FlowContext) -> BoxFuture<'static, Result<Value, FlowError>> + Send>;
+
+struct FlowEntry {
+    desc: ActionDesc,
+    prepare: Arc<Prepare>,
+}
+
+/// The flows of this process, their running instances and their recent traces.
+///
+/// Create one with [`Registry::new`] and share the `Arc` with every server.
+pub struct Registry {
+    flows: RwLock<BTreeMap<String, FlowEntry>>,
+    /// Cancellation handles of runs still going, by trace id.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    traces: TraceStore,
+    feed: broadcast::Sender<TraceData>,
+    telemetry: Telemetry,
+    /// The runtime flows run on: the one `new` was called in, when there was one. A server
+    /// with runtimes of its own (actix runs one per worker thread) then still runs flows on
+    /// the process's main runtime, where a stopping worker cannot take them down.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field(
+                "flows",
+                &self
+                    .flows
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .collect::<Vec<_>>(),
+            )
+            .field("running", &lock(&self.running).len())
+            .field("telemetry", &self.telemetry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// An empty registry. Reads `GENKIT_TELEMETRY_SERVER` once, here: when it is set, traces
+    /// are exported there and [`set_telemetry_server`](Self::set_telemetry_server) is ignored.
+    pub fn new() -> Arc<Registry> {
+        Self::with_env_telemetry(std::env::var(telemetry::ENV_VAR).ok())
+    }
+
+    pub(crate) fn with_env_telemetry(env_url: Option<String>) -> Arc<Registry> {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Arc::new(Registry {
+            flows: RwLock::default(),
+            running: Mutex::default(),
+            traces: TraceStore::new(TRACE_HISTORY),
+            feed: broadcast::channel(TRACE_FEED).0,
+            telemetry: Telemetry::new(env_url, runtime.clone()),
+            runtime,
+        })
+    }
+
+    /// Registers the flow `name` under the key `/flow/<name>`, with JSON Schemas (draft-07)
+    /// derived from `I` and `O`.
+    ///
+    /// Defining a name twice replaces the first definition (and logs a warning): runs already
+    /// started keep the old one.
+    pub fn define_flow<I, O, F, Fut>(&self, name: &str, description: &str, f: F)
+    where
+        I: serde::de::DeserializeOwned + JsonSchema + Send + 'static,
+        O: Serialize + JsonSchema + Send + 'static,
+        F: Fn(I, FlowContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, FlowError>> + Send + 'static,
+    {
+        let key = format!("/flow/{name}");
+        let desc = ActionDesc {
+            key: key.clone(),
+            name: name.to_owned(),
+            kind: "flow".into(),
+            description: description.to_owned(),
+            input_schema: Some(schema_for::<I>()),
+            output_schema: Some(schema_for::<O>()),
+            metadata: json!({}),
+        };
+        let f = Arc::new(f);
+        let prepare = move |input: &Value| -> Result<Job, FlowError> {
+            let input: I = serde_path_to_error::deserialize(input).map_err(invalid_input)?;
+            let f = Arc::clone(&f);
+            Ok(Box::new(move |ctx| {
+                Box::pin(async move {
+                    let output = f(input, ctx).await?;
+                    serde_json::to_value(output).map_err(|e| {
+                        FlowError::internal(format!("flow output cannot be encoded as JSON: {e}"))
+                    })
+                })
+            }))
+        };
+        let entry = FlowEntry {
+            desc,
+            prepare: Arc::new(prepare),
+        };
+        let mut flows = self.flows.write().unwrap_or_else(|e| e.into_inner());
+        if flows.insert(key.clone(), entry).is_some() {
+            tracing::warn!(%key, "flow defined twice; the later definition wins");
+        }
+    }
+
+    /// Every registered action, sorted by key.
+    pub fn actions(&self) -> Vec<ActionDesc> {
+        let flows = self.flows.read().unwrap_or_else(|e| e.into_inner());
+        flows.values().map(|e| e.desc.clone()).collect()
+    }
+
+    /// The action with this key (`/flow/<name>`), if registered.
+    pub fn action(&self, key: &str) -> Option<ActionDesc> {
+        let flows = self.flows.read().unwrap_or_else(|e| e.into_inner());
+        flows.get(key).map(|e| e.desc.clone())
+    }
+
+    /// Starts the flow `key` on `input` and returns at once with the run's trace id.
+    ///
+    /// The input is checked by deserializing it into the flow's input type. Input that does not
+    /// fit still gives `Ok`: a [`FlowRun`] whose [`result`](FlowRun::result) is the
+    /// `INVALID_ARGUMENT` error, with a failed trace recorded, so callers always have a trace
+    /// id to show (as Genkit does).
+    ///
+    /// # Errors
+    ///
+    /// `NOT_FOUND` when no action has that key; no trace is recorded then.
+    ///
+    /// # Panics
+    ///
+    /// When the registry was made outside a tokio runtime and `start` is called outside one
+    /// too (the flow is spawned on it).
+    pub fn start(
+        self: &Arc<Self>,
+        key: &str,
+        input: Value,
+        options: RunOptions,
+    ) -> Result<FlowRun, FlowError> {
+        let (name, prepare) = {
+            let flows = self.flows.read().unwrap_or_else(|e| e.into_inner());
+            let entry = flows
+                .get(key)
+                .ok_or_else(|| FlowError::not_found(format!("action '{key}' not found")))?;
+            (entry.desc.name.clone(), Arc::clone(&entry.prepare))
+        };
+        let trace_id = new_trace_id();
+        let span_id = new_span_id();
+        let root_path = format!("/{{{name},t:action,s:flow}}");
+
+        let mut attributes: BTreeMap<String, Value> = options
+            .labels
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        for (k, v) in [
+            ("genkit:type", "action"),
+            ("genkit:metadata:subtype", "flow"),
+            ("genkit:name", &name),
+            ("genkit:path", &root_path),
+        ] {
+            attributes.insert(k.into(), Value::String(v.into()));
+        }
+        attributes.insert("genkit:isRoot".into(), Value::Bool(true));
+        attributes.insert("genkit:input".into(), Value::String(input.to_string()));
+        let root = SpanData::open(&trace_id, span_id.clone(), None, &name, attributes);
+        let mut trace = TraceData {
+            trace_id: trace_id.clone(),
+            display_name: Some(name.clone()),
+            start_time: root.start_time,
+            end_time: 0.0,
+            spans: BTreeMap::from([(span_id.clone(), root)]),
+        };
+
+        let job = match prepare(&input) {
+            Ok(job) => job,
+            Err(error) => {
+                // The flow never runs: record one finished, failed trace right away.
+                let error = error.with_trace_id(&trace_id);
+                if let Some(root) = trace.spans.get_mut(&span_id) {
+                    root.close(Err(&error.message));
+                    trace.end_time = root.end_time;
+                }
+                self.publish(&trace, true);
+                return Ok(FlowRun::failed(trace_id, span_id, error));
+            }
+        };
+
+        let cancel = CancellationToken::new();
+        let done = CancellationToken::new();
+        let (chunk_tx, chunk_rx) = if options.stream {
+            let (tx, rx) = mpsc::channel(CHUNK_BUFFER);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let (result_tx, result_rx) = oneshot::channel();
+        let shared = Arc::new(RunShared {
+            registry: Arc::clone(self),
+            trace_id: trace_id.clone(),
+            root_span_id: span_id.clone(),
+            root_path,
+            context: options.context,
+            cancel: cancel.clone(),
+            trace: Mutex::new(trace),
+        });
+        shared.publish_start();
+        lock(&self.running).insert(trace_id.clone(), cancel.clone());
+
+        let ctx = FlowContext::new(Arc::clone(&shared), chunk_tx);
+        let task_done = done.clone();
+        let task = async move {
+            let outcome = tokio::select! {
+                // Checked first so that a cancelled run ends even if the flow is always ready.
+                biased;
+                () = shared.cancel.cancelled() => Err(FlowError::cancelled()),
+                // A panic inside the flow becomes INTERNAL instead of a silently dead task.
+                caught = AssertUnwindSafe(job(ctx)).catch_unwind() => match caught {
+                    Ok(outcome) => outcome,
+                    Err(panic) => Err(FlowError::internal(panic_message(panic.as_ref()))),
+                },
+            };
+            // The flow future (and with it the FlowContext's chunk sender) is gone by now, so
+            // readers see the end of the chunk stream before the result.
+            let outcome = outcome.map_err(|mut e| {
+                e.trace_id.get_or_insert_with(|| shared.trace_id.clone());
+                e
+            });
+            shared.finish(&outcome);
+            task_done.cancel();
+            // The caller may have gone away; then nobody wants the result.
+            let _ = result_tx.send(outcome);
+        };
+        match &self.runtime {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
+        };
+
+        Ok(FlowRun::running(
+            trace_id, span_id, chunk_rx, done, result_rx, cancel,
+        ))
+    }
+
+    /// Cancels the running flow with this trace id. Returns whether one was running.
+    ///
+    /// The run ends promptly with `CANCELLED` ("Action was cancelled"), even if the flow
+    /// never looks at [`FlowContext::is_cancelled`]: its future is dropped at its next await.
+    pub fn cancel(&self, trace_id: &str) -> bool {
+        match lock(&self.running).get(trace_id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The last [`TRACE_HISTORY`] traces, newest first (by start time), running ones included.
+    pub fn recent_traces(&self) -> Vec<TraceData> {
+        self.traces.recent()
+    }
+
+    /// One of the recent traces.
+    pub fn trace(&self, trace_id: &str) -> Option<TraceData> {
+        self.traces.get(trace_id)
+    }
+
+    /// A feed of trace updates: the whole trace at each run's start, each step's start and
+    /// end, and the run's end. A subscriber that lags far behind misses updates
+    /// ([`broadcast::error::RecvError::Lagged`]); the latest state is always in
+    /// [`trace`](Self::trace).
+    pub fn subscribe_traces(&self) -> broadcast::Receiver<TraceData> {
+        self.feed.subscribe()
+    }
+
+    /// Adopts the telemetry server a tool announced (`POST /api/notify`), or forgets it with
+    /// `None`. Ignored when `GENKIT_TELEMETRY_SERVER` was set at [`new`](Self::new).
+    pub fn set_telemetry_server(&self, url: Option<String>) {
+        self.telemetry.set_url(url);
+    }
+
+    /// Where traces are exported, if anywhere.
+    pub fn telemetry_server(&self) -> Option<String> {
+        self.telemetry.url()
+    }
+
+    /// How many trace posts reached the telemetry server.
+    pub fn telemetry_sent(&self) -> u64 {
+        self.telemetry.sent()
+    }
+
+    /// How many trace posts were dropped (queue full, server down or failing).
+    pub fn telemetry_dropped(&self) -> u64 {
+        self.telemetry.dropped()
+    }
+
+    /// Stores, broadcasts and exports one state of a trace. `new` puts it at the front of the
+    /// history; otherwise it replaces the stored copy.
+    pub(crate) fn publish(&self, trace: &TraceData, new: bool) {
+        if new {
+            self.traces.insert(trace.clone());
+        } else {
+            self.traces.update(trace);
+        }
+        // No subscribers is fine: the feed is for whoever listens now.
+        let _ = self.feed.send(trace.clone());
+        self.telemetry.export(trace);
+    }
+
+    pub(crate) fn forget_running(&self, trace_id: &str) {
+        lock(&self.running).remove(trace_id);
+    }
+}
+
+/// The draft-07 JSON Schema of `T`, as Genkit's tools expect.
+fn schema_for<T: JsonSchema>() -> Value {
+    SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value()
+}
+
+/// Words the problem like Genkit's own schema errors, naming where in the input it is.
+fn invalid_input(error: serde_path_to_error::Error<serde_json::Error>) -> FlowError {
+    let path = error.path().to_string();
+    let at = if path == "." { "(root)" } else { &path };
+    FlowError::invalid_argument(format!(
+        "Schema validation failed. Parse Errors:\n\n- {at}: {}",
+        error.inner()
+    ))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("flow panicked");
+    format!("flow panicked: {text}")
+}

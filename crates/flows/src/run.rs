@@ -1,0 +1,312 @@
+//! One run of a flow: the caller's handle ([`FlowRun`]) and the flow's side ([`FlowContext`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::FlowError;
+use crate::registry::Registry;
+use crate::trace::{SpanData, TraceData, lock, new_span_id};
+
+/// The caller's handle on a started run: its ids, its chunks, its result.
+///
+/// Dropping it before [`result`](Self::result) has returned cancels the flow: the client
+/// went away, so nobody wants the answer.
+pub struct FlowRun {
+    /// The run's trace id (32 lower-case hex digits).
+    pub trace_id: String,
+    /// The root span's id (16 lower-case hex digits).
+    pub span_id: String,
+    chunks: Option<mpsc::Receiver<Value>>,
+    /// Fires once the flow has finished (its result is on the way).
+    done: CancellationToken,
+    result: ResultSlot,
+    cancel: Option<CancellationToken>,
+}
+
+enum ResultSlot {
+    Ready(Option<Result<Value, FlowError>>),
+    Pending(oneshot::Receiver<Result<Value, FlowError>>),
+}
+
+impl fmt::Debug for FlowRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlowRun")
+            .field("trace_id", &self.trace_id)
+            .field("span_id", &self.span_id)
+            .field("streaming", &self.chunks.is_some())
+            .field("finished", &self.done.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlowRun {
+    pub(crate) fn running(
+        trace_id: String,
+        span_id: String,
+        chunks: Option<mpsc::Receiver<Value>>,
+        done: CancellationToken,
+        result: oneshot::Receiver<Result<Value, FlowError>>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            trace_id,
+            span_id,
+            chunks,
+            done,
+            result: ResultSlot::Pending(result),
+            cancel: Some(cancel),
+        }
+    }
+
+    /// A run that ended before it began (its input was rejected).
+    pub(crate) fn failed(trace_id: String, span_id: String, error: FlowError) -> Self {
+        let done = CancellationToken::new();
+        done.cancel();
+        Self {
+            trace_id,
+            span_id,
+            chunks: None,
+            done,
+            result: ResultSlot::Ready(Some(Err(error))),
+            cancel: None,
+        }
+    }
+
+    /// The error, when the run was rejected before it began (input that does not fit the
+    /// flow's type): lets an HTTP server answer 400 instead of starting a stream.
+    pub fn rejected(&self) -> Option<&FlowError> {
+        match &self.result {
+            ResultSlot::Ready(Some(Err(err))) if self.cancel.is_none() => Some(err),
+            _ => None,
+        }
+    }
+
+    /// The next chunk the flow streamed, in order; `None` once the flow has finished and every
+    /// chunk was read, and always `None` when the run is not streaming.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Cancel-safe: dropping the future loses no chunk.
+    pub async fn next_chunk(&mut self) -> Option<Value> {
+        let chunks = self.chunks.as_mut()?;
+        tokio::select! {
+            // Chunks first: everything sent before the flow finished is delivered.
+            biased;
+            chunk = chunks.recv() => chunk,
+            // The flow is done but a clone of its context outlived it (say, in a task it
+            // spawned) and keeps the channel open: take what is buffered, then stop.
+            () = self.done.cancelled() => chunks.try_recv().ok(),
+        }
+    }
+
+    /// Waits for the flow's output, or its error (which carries the trace id).
+    ///
+    /// Chunks not read yet are discarded, and a streaming flow no longer waits for a reader.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Dropping this future drops the run, which cancels the flow.
+    pub async fn result(mut self) -> Result<Value, FlowError> {
+        self.chunks = None;
+        match &mut self.result {
+            ResultSlot::Ready(outcome) => outcome
+                .take()
+                .unwrap_or_else(|| Err(FlowError::internal("result already taken"))),
+            ResultSlot::Pending(rx) => rx.await.unwrap_or_else(|_| {
+                // Only when the runtime dropped the task (shutting down).
+                Err(
+                    FlowError::internal("the flow's task ended without a result")
+                        .with_trace_id(&self.trace_id),
+                )
+            }),
+        }
+    }
+}
+
+impl Drop for FlowRun {
+    fn drop(&mut self) {
+        // After the flow finished this is a no-op; before, it is the "client went away" case.
+        if let Some(cancel) = &self.cancel {
+            cancel.cancel();
+        }
+    }
+}
+
+/// State one run shares between its task and its [`FlowContext`]s.
+pub(crate) struct RunShared {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) trace_id: String,
+    pub(crate) root_span_id: String,
+    pub(crate) root_path: String,
+    pub(crate) context: Value,
+    pub(crate) cancel: CancellationToken,
+    /// The trace as it stands; every change is published while this lock is held, so the
+    /// history, the feed and the telemetry server see the states in order.
+    pub(crate) trace: Mutex<TraceData>,
+}
+
+impl RunShared {
+    pub(crate) fn publish_start(&self) {
+        let trace = lock(&self.trace);
+        self.registry.publish(&trace, true);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut TraceData)) {
+        let mut trace = lock(&self.trace);
+        change(&mut trace);
+        self.registry.publish(&trace, false);
+    }
+
+    /// Closes the root span (and any step the flow was still in) and forgets the run.
+    pub(crate) fn finish(&self, outcome: &Result<Value, FlowError>) {
+        let output = match outcome {
+            Ok(value) => Ok(value.to_string()),
+            Err(error) => Err(error.message.as_str()),
+        };
+        self.update(|trace| {
+            let message = match &output {
+                Ok(_) => "flow ended while this step was running",
+                Err(message) => message,
+            };
+            for span in trace.spans.values_mut() {
+                if span.span_id != self.root_span_id && span.end_time == 0.0 {
+                    span.close(Err(message));
+                }
+            }
+            if let Some(root) = trace.spans.get_mut(&self.root_span_id) {
+                root.close(output.as_deref().map_err(|e| *e));
+                trace.end_time = root.end_time;
+            }
+        });
+        self.registry.forget_running(&self.trace_id);
+    }
+}
+
+/// What a flow function gets besides its input: the request context, chunk streaming,
+/// cancellation, and traced steps.
+///
+/// Cheap to clone; clones talk about the same run.
+#[derive(Clone)]
+pub struct FlowContext {
+    shared: Arc<RunShared>,
+    chunks: Option<mpsc::Sender<Value>>,
+}
+
+impl fmt::Debug for FlowContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlowContext")
+            .field("trace_id", &self.shared.trace_id)
+            .field("streaming", &self.chunks.is_some())
+            .field("cancelled", &self.shared.cancel.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlowContext {
+    pub(crate) fn new(shared: Arc<RunShared>, chunks: Option<mpsc::Sender<Value>>) -> Self {
+        Self { shared, chunks }
+    }
+
+    /// The request's `context` object (`Null` when it had none).
+    pub fn context(&self) -> &Value {
+        &self.shared.context
+    }
+
+    /// Whether the caller reads chunks; a flow may skip producing them when not.
+    pub fn is_streaming(&self) -> bool {
+        self.chunks.is_some()
+    }
+
+    /// Sends one chunk to the caller. Does nothing when the run is not streaming, when the
+    /// caller stopped reading, or when the chunk cannot be encoded as JSON (logged).
+    ///
+    /// The channel is bounded: when the caller is slow, this waits (backpressure), until there
+    /// is room or the run is cancelled. The chunk is encoded before the future is returned,
+    /// so `T` need not be `Send`.
+    pub fn send_chunk<T: Serialize>(&self, chunk: T) -> impl Future<Output = ()> + Send + '_ {
+        let encoded = match &self.chunks {
+            Some(_) => serde_json::to_value(&chunk)
+                .inspect_err(|error| tracing::warn!(%error, "chunk dropped: not JSON"))
+                .ok(),
+            None => None,
+        };
+        async move {
+            let (Some(tx), Some(chunk)) = (&self.chunks, encoded) else {
+                return;
+            };
+            tokio::select! {
+                // A send error means the reader is gone; the flow goes on regardless.
+                _ = tx.send(chunk) => {}
+                () = self.shared.cancel.cancelled() => {}
+            }
+        }
+    }
+
+    /// Whether the run was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.cancel.is_cancelled()
+    }
+
+    /// Resolves once the run is cancelled. A flow need not watch for this (its future is
+    /// dropped on cancellation anyway); it is for cleanup that must happen first, or for work
+    /// handed to other tasks.
+    pub async fn cancelled(&self) {
+        self.shared.cancel.cancelled().await;
+    }
+
+    /// The run's trace id.
+    pub fn trace_id(&self) -> &str {
+        &self.shared.trace_id
+    }
+
+    /// Runs `step` as a traced step: a span named `step_name` under the flow's root span
+    /// (`genkit:type` = `flowStep`) that records the step's output or error.
+    ///
+    /// # Errors
+    ///
+    /// The step's own error, unchanged.
+    pub async fn run<T, Fut>(&self, step_name: &str, step: Fut) -> Result<T, FlowError>
+    where
+        T: Serialize,
+        Fut: Future<Output = Result<T, FlowError>>,
+    {
+        let span_id = new_span_id();
+        let path = format!("{}/{{{step_name},t:flowStep}}", self.shared.root_path);
+        let attributes = BTreeMap::from([
+            ("genkit:type".to_owned(), Value::String("flowStep".into())),
+            ("genkit:name".to_owned(), Value::String(step_name.into())),
+            ("genkit:path".to_owned(), Value::String(path)),
+        ]);
+        let span = SpanData::open(
+            &self.shared.trace_id,
+            span_id.clone(),
+            Some(self.shared.root_span_id.clone()),
+            step_name,
+            attributes,
+        );
+        self.shared.update(|trace| {
+            trace.spans.insert(span_id.clone(), span);
+        });
+
+        let outcome = step.await;
+
+        let recorded = match &outcome {
+            Ok(value) => Ok(serde_json::to_string(value)
+                .unwrap_or_else(|e| format!("<output cannot be encoded as JSON: {e}>"))),
+            Err(error) => Err(error.message.as_str()),
+        };
+        self.shared.update(|trace| {
+            if let Some(span) = trace.spans.get_mut(&span_id) {
+                span.close(recorded.as_deref().map_err(|e| *e));
+            }
+        });
+        outcome
+    }
+}

@@ -1,0 +1,592 @@
+//! Unit tests of the registry. Every wait is bounded, so a hang fails instead of blocking CI.
+//! Real time, not paused time: telemetry tests talk over real sockets (tokio issue #4522).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::timeout;
+
+use crate::{FlowContext, FlowError, Registry, RunOptions, StatusCode, TraceData};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Person {
+    /// Who to greet.
+    name: String,
+    age: u32,
+}
+
+/// A registry without telemetry (whatever the environment says), with the test flows.
+fn registry() -> Arc<Registry> {
+    let registry = Registry::with_env_telemetry(None);
+    registry.define_flow(
+        "greet",
+        "Greets with a step.",
+        |name: String, ctx: FlowContext| async move {
+            ctx.run("compose", async {
+                Ok::<_, FlowError>(format!("Hello, {name}!"))
+            })
+            .await
+        },
+    );
+    registry.define_flow(
+        "plain",
+        "No steps.",
+        |n: i64, _ctx: FlowContext| async move { Ok::<_, FlowError>(n * 2) },
+    );
+    registry.define_flow(
+        "person",
+        "Structured input.",
+        |p: Person, _ctx: FlowContext| async move {
+            Ok::<_, FlowError>(format!("{} is {}", p.name, p.age))
+        },
+    );
+    registry.define_flow(
+        "count",
+        "Streams 0..n.",
+        |n: u32, ctx: FlowContext| async move {
+            for i in 0..n {
+                ctx.send_chunk(json!({ "i": i })).await;
+            }
+            Ok::<_, FlowError>(n)
+        },
+    );
+    registry.define_flow(
+        "stuck",
+        "Streams once, then never ends nor checks for cancellation.",
+        |_: (), ctx: FlowContext| async move {
+            ctx.send_chunk("first").await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, FlowError>(())
+        },
+    );
+    registry.define_flow("boom", "Panics.", |_: (), _ctx: FlowContext| async move {
+        if true {
+            panic!("kaboom {}", 42);
+        }
+        Ok::<_, FlowError>(())
+    });
+    registry.define_flow(
+        "echo_context",
+        "Returns its context.",
+        |_: (), ctx: FlowContext| async move { Ok::<_, FlowError>(ctx.context().clone()) },
+    );
+    registry
+}
+
+async fn wait_finished(registry: &Registry, trace_id: &str) -> TraceData {
+    timeout(WAIT, async {
+        loop {
+            if let Some(trace) = registry.trace(trace_id).filter(TraceData::is_finished) {
+                return trace;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("trace never finished")
+}
+
+fn attr<'a>(span: &'a crate::SpanData, key: &str) -> &'a str {
+    span.attributes
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("attribute {key} missing in {:?}", span.attributes))
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[test]
+fn schema_of_a_struct_input_is_draft07() {
+    let registry = registry();
+    let action = registry.action("/flow/person").expect("registered");
+    assert_eq!(action.kind, "flow");
+    assert_eq!(action.name, "person");
+    let schema = action.input_schema.expect("input schema");
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    assert_eq!(schema["type"], "object");
+    assert_eq!(schema["properties"]["name"]["type"], "string");
+    assert_eq!(schema["properties"]["name"]["description"], "Who to greet.");
+    assert_eq!(schema["properties"]["age"]["type"], "integer");
+    let mut required: Vec<_> = schema["required"].as_array().unwrap().iter().collect();
+    required.sort_by_key(|v| v.as_str());
+    assert_eq!(required, [&json!("age"), &json!("name")]);
+    assert_eq!(action.output_schema.unwrap()["type"], "string");
+
+    let as_json = serde_json::to_value(registry.action("/flow/greet").unwrap()).unwrap();
+    assert_eq!(as_json["type"], "flow");
+    assert_eq!(as_json["key"], "/flow/greet");
+    assert_eq!(as_json["inputSchema"]["type"], "string");
+
+    let keys: Vec<_> = registry.actions().into_iter().map(|a| a.key).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    assert!(registry.action("/flow/nope").is_none());
+}
+
+#[tokio::test]
+async fn valid_run_returns_output_and_records_root_and_step_spans() {
+    let registry = registry();
+    let run = registry
+        .start("/flow/greet", json!("Alice"), RunOptions::default())
+        .unwrap();
+    assert!(is_hex(&run.trace_id, 32), "{}", run.trace_id);
+    assert!(is_hex(&run.span_id, 16), "{}", run.span_id);
+    let (trace_id, root_id) = (run.trace_id.clone(), run.span_id.clone());
+    let output = timeout(WAIT, run.result()).await.unwrap().unwrap();
+    assert_eq!(output, "Hello, Alice!");
+
+    let trace = wait_finished(&registry, &trace_id).await;
+    assert_eq!(registry.recent_traces()[0].trace_id, trace_id);
+    assert_eq!(trace.display_name.as_deref(), Some("greet"));
+    assert_eq!(trace.spans.len(), 2);
+    let root = &trace.spans[&root_id];
+    assert_eq!(root.parent_span_id, None);
+    assert_eq!(root.display_name, "greet");
+    assert_eq!(attr(root, "genkit:type"), "action");
+    assert_eq!(attr(root, "genkit:metadata:subtype"), "flow");
+    assert_eq!(attr(root, "genkit:name"), "greet");
+    assert_eq!(attr(root, "genkit:path"), "/{greet,t:action,s:flow}");
+    assert_eq!(attr(root, "genkit:input"), "\"Alice\"");
+    assert_eq!(attr(root, "genkit:output"), "\"Hello, Alice!\"");
+    assert_eq!(attr(root, "genkit:state"), "success");
+    assert_eq!(root.status.as_ref().unwrap().code, 0);
+    assert_eq!(root.span_kind, "INTERNAL");
+    assert_eq!(root.instrumentation_library.name, "genkit-tracer");
+    assert!(root.end_time >= root.start_time && root.start_time > 1.0e12);
+    assert_eq!(trace.start_time, root.start_time);
+    assert_eq!(trace.end_time, root.end_time);
+
+    let step = trace.spans.values().find(|s| s.span_id != root_id).unwrap();
+    assert!(is_hex(&step.span_id, 16));
+    assert_eq!(step.parent_span_id.as_deref(), Some(root_id.as_str()));
+    assert_eq!(step.display_name, "compose");
+    assert_eq!(attr(step, "genkit:type"), "flowStep");
+    assert_eq!(
+        attr(step, "genkit:path"),
+        "/{greet,t:action,s:flow}/{compose,t:flowStep}"
+    );
+    assert_eq!(attr(step, "genkit:output"), "\"Hello, Alice!\"");
+    assert_eq!(attr(step, "genkit:state"), "success");
+    assert!(step.start_time >= root.start_time && step.end_time <= root.end_time);
+
+    // The wire shape Genkit's telemetry server parses.
+    let wire = serde_json::to_value(&trace).unwrap();
+    assert_eq!(wire["traceId"], trace_id.as_str());
+    assert!(wire["spans"][&root_id].get("parentSpanId").is_none());
+    assert_eq!(
+        wire["spans"][&root_id]["instrumentationLibrary"]["version"],
+        "v1"
+    );
+    assert_eq!(wire["spans"][&root_id]["spanKind"], "INTERNAL");
+    assert_eq!(wire["spans"][&root_id]["status"], json!({ "code": 0 }));
+}
+
+#[tokio::test]
+async fn invalid_input_is_invalid_argument_naming_the_problem_and_traced_as_error() {
+    let registry = registry();
+    let run = registry
+        .start(
+            "/flow/person",
+            json!({ "name": "Bob", "age": "old" }),
+            RunOptions::default(),
+        )
+        .unwrap();
+    let trace_id = run.trace_id.clone();
+    let error = timeout(WAIT, run.result()).await.unwrap().unwrap_err();
+    assert_eq!(error.code, StatusCode::InvalidArgument);
+    assert_eq!(error.http_status(), 400);
+    assert!(error.message.contains("age"), "{}", error.message);
+    assert!(error.message.contains("invalid type"), "{}", error.message);
+    assert_eq!(error.trace_id.as_deref(), Some(trace_id.as_str()));
+    let status = error.to_status();
+    assert_eq!(status["code"], 3);
+    assert_eq!(status["details"]["traceId"], trace_id.as_str());
+
+    let trace = registry.trace(&trace_id).expect("failed run is traced");
+    assert!(trace.is_finished());
+    let root = trace.root_span().unwrap();
+    assert_eq!(attr(root, "genkit:state"), "error");
+    assert_eq!(root.status.as_ref().unwrap().code, 2);
+    assert_eq!(
+        root.status.as_ref().unwrap().message.as_deref(),
+        Some(error.message.as_str())
+    );
+
+    let missing = registry
+        .start("/flow/person", json!({ "age": 3 }), RunOptions::default())
+        .unwrap();
+    let error = missing.result().await.unwrap_err();
+    assert_eq!(error.code, StatusCode::InvalidArgument);
+    assert!(
+        error.message.contains("missing field `name`"),
+        "{}",
+        error.message
+    );
+
+    let absent = registry
+        .start("/flow/greet", Value::Null, RunOptions::default())
+        .unwrap();
+    let error = absent.result().await.unwrap_err();
+    assert_eq!(error.code, StatusCode::InvalidArgument);
+    assert!(
+        error.message.contains("expected a string"),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test]
+async fn unknown_key_is_not_found() {
+    let registry = registry();
+    let error = registry
+        .start("/flow/nope", json!(1), RunOptions::default())
+        .unwrap_err();
+    assert_eq!(error.code, StatusCode::NotFound);
+    assert_eq!(error.http_status(), 404);
+    assert!(error.message.contains("/flow/nope"), "{}", error.message);
+    assert_eq!(error.to_status()["code"], 5);
+    assert!(registry.recent_traces().is_empty());
+}
+
+#[tokio::test]
+async fn streamed_chunks_arrive_in_order_before_the_result() {
+    let registry = registry();
+    let options = RunOptions {
+        stream: true,
+        ..RunOptions::default()
+    };
+    // More chunks than the channel holds, so backpressure is exercised too.
+    let mut run = registry.start("/flow/count", json!(40), options).unwrap();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = timeout(WAIT, run.next_chunk()).await.unwrap() {
+        chunks.push(chunk["i"].as_u64().unwrap());
+    }
+    assert_eq!(chunks, (0..40).collect::<Vec<_>>());
+    assert_eq!(timeout(WAIT, run.result()).await.unwrap().unwrap(), 40);
+
+    // Not streaming: no chunks, and the flow does not block on an unread channel.
+    let mut quiet = registry
+        .start("/flow/count", json!(40), RunOptions::default())
+        .unwrap();
+    assert_eq!(quiet.next_chunk().await, None);
+    assert_eq!(timeout(WAIT, quiet.result()).await.unwrap().unwrap(), 40);
+
+    // Streaming but the caller only wants the result: unread chunks must not block the flow.
+    let options = RunOptions {
+        stream: true,
+        ..RunOptions::default()
+    };
+    let skipped = registry.start("/flow/count", json!(40), options).unwrap();
+    assert_eq!(timeout(WAIT, skipped.result()).await.unwrap().unwrap(), 40);
+}
+
+#[tokio::test]
+async fn cancel_ends_a_running_streaming_flow_quickly() {
+    let registry = registry();
+    let options = RunOptions {
+        stream: true,
+        ..RunOptions::default()
+    };
+    let mut run = registry.start("/flow/stuck", Value::Null, options).unwrap();
+    let trace_id = run.trace_id.clone();
+    assert_eq!(
+        timeout(WAIT, run.next_chunk()).await.unwrap(),
+        Some(json!("first"))
+    );
+
+    assert!(registry.cancel(&trace_id));
+    assert_eq!(
+        timeout(Duration::from_secs(1), run.next_chunk())
+            .await
+            .unwrap(),
+        None
+    );
+    let error = timeout(Duration::from_secs(1), run.result())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.code, StatusCode::Cancelled);
+    assert_eq!(error.message, "Action was cancelled");
+    assert_eq!(error.http_status(), 409);
+    assert_eq!(error.trace_id.as_deref(), Some(trace_id.as_str()));
+
+    let trace = wait_finished(&registry, &trace_id).await;
+    let root = trace.root_span().unwrap();
+    assert_eq!(attr(root, "genkit:state"), "error");
+    assert_eq!(
+        root.status.as_ref().unwrap().message.as_deref(),
+        Some("Action was cancelled")
+    );
+    assert!(
+        !registry.cancel(&trace_id),
+        "a finished run is no longer cancellable"
+    );
+    assert!(!registry.cancel("0123456789abcdef0123456789abcdef"));
+}
+
+#[tokio::test]
+async fn dropping_the_run_cancels_the_flow() {
+    struct Guard(Option<oneshot::Sender<()>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    let registry = registry();
+    let (dropped_tx, dropped_rx) = oneshot::channel();
+    let dropped_tx = Arc::new(Mutex::new(Some(dropped_tx)));
+    let started = Arc::new(Notify::new());
+    let flow_started = Arc::clone(&started);
+    registry.define_flow("hold", "Waits forever.", move |_: (), _ctx: FlowContext| {
+        let guard = Guard(dropped_tx.lock().unwrap().take());
+        let started = Arc::clone(&flow_started);
+        async move {
+            let _guard = guard;
+            started.notify_one();
+            std::future::pending::<()>().await;
+            Ok::<_, FlowError>(())
+        }
+    });
+
+    let run = registry
+        .start("/flow/hold", Value::Null, RunOptions::default())
+        .unwrap();
+    let trace_id = run.trace_id.clone();
+    timeout(WAIT, started.notified())
+        .await
+        .expect("flow started");
+    drop(run);
+    timeout(Duration::from_secs(1), dropped_rx)
+        .await
+        .expect("flow future dropped after its run was dropped")
+        .unwrap();
+    let trace = wait_finished(&registry, &trace_id).await;
+    let status = trace.root_span().unwrap().status.clone().unwrap();
+    assert_eq!(status.code, 2);
+    assert_eq!(status.message.as_deref(), Some("Action was cancelled"));
+}
+
+#[tokio::test]
+async fn a_panicking_flow_is_internal_with_the_panic_message() {
+    let registry = registry();
+    let run = registry
+        .start("/flow/boom", Value::Null, RunOptions::default())
+        .unwrap();
+    let trace_id = run.trace_id.clone();
+    let error = timeout(WAIT, run.result()).await.unwrap().unwrap_err();
+    assert_eq!(error.code, StatusCode::Internal);
+    assert_eq!(error.http_status(), 500);
+    assert!(error.message.contains("kaboom 42"), "{}", error.message);
+    let trace = wait_finished(&registry, &trace_id).await;
+    assert_eq!(attr(trace.root_span().unwrap(), "genkit:state"), "error");
+}
+
+#[tokio::test]
+async fn context_reaches_the_flow_and_labels_reach_the_trace() {
+    let registry = registry();
+    let options = RunOptions {
+        context: json!({ "auth": { "uid": "u1" } }),
+        labels: BTreeMap::from([("team".to_owned(), "flows".to_owned())]),
+        ..RunOptions::default()
+    };
+    let run = registry
+        .start("/flow/echo_context", Value::Null, options)
+        .unwrap();
+    let trace_id = run.trace_id.clone();
+    assert_eq!(
+        run.result().await.unwrap(),
+        json!({ "auth": { "uid": "u1" } })
+    );
+    let trace = wait_finished(&registry, &trace_id).await;
+    assert_eq!(attr(trace.root_span().unwrap(), "team"), "flows");
+}
+
+#[tokio::test]
+async fn the_feed_sees_start_and_end_and_history_keeps_the_newest_100() {
+    let registry = registry();
+    let mut feed = registry.subscribe_traces();
+    let run = registry
+        .start("/flow/plain", json!(2), RunOptions::default())
+        .unwrap();
+    let trace_id = run.trace_id.clone();
+    assert_eq!(run.result().await.unwrap(), 4);
+    let first = timeout(WAIT, feed.recv()).await.unwrap().unwrap();
+    assert_eq!(first.trace_id, trace_id);
+    assert!(!first.is_finished());
+    let last = timeout(WAIT, feed.recv()).await.unwrap().unwrap();
+    assert_eq!(last.trace_id, trace_id);
+    assert!(last.is_finished());
+
+    let mut ids = Vec::new();
+    for n in 0..(crate::TRACE_HISTORY as i64 + 5) {
+        let run = registry
+            .start("/flow/plain", json!(n), RunOptions::default())
+            .unwrap();
+        ids.push(run.trace_id.clone());
+        run.result().await.unwrap();
+    }
+    let recent: Vec<_> = registry
+        .recent_traces()
+        .into_iter()
+        .map(|t| t.trace_id)
+        .collect();
+    ids.reverse();
+    ids.truncate(crate::TRACE_HISTORY);
+    assert_eq!(recent, ids);
+    assert!(registry.trace(&trace_id).is_none(), "oldest evicted");
+}
+
+#[test]
+fn telemetry_url_from_env_wins_over_notify() {
+    let registry = Registry::with_env_telemetry(Some("http://localhost:4033/".into()));
+    registry.set_telemetry_server(Some("http://localhost:9999".into()));
+    assert_eq!(
+        registry.telemetry_server().as_deref(),
+        Some("http://localhost:4033")
+    );
+
+    let registry = Registry::with_env_telemetry(Some(String::new()));
+    assert_eq!(registry.telemetry_server(), None);
+    registry.set_telemetry_server(Some("http://localhost:4034".into()));
+    assert_eq!(
+        registry.telemetry_server().as_deref(),
+        Some("http://localhost:4034")
+    );
+    registry.set_telemetry_server(None);
+    assert_eq!(registry.telemetry_server(), None);
+}
+
+#[test]
+fn status_codes_serialize_as_numbers() {
+    assert_eq!(
+        serde_json::to_value(StatusCode::InvalidArgument).unwrap(),
+        json!(3)
+    );
+    let status = FlowError::cancelled()
+        .with_trace_id("t")
+        .with_stack("s")
+        .to_status();
+    assert_eq!(
+        status,
+        json!({ "code": 1, "message": "Action was cancelled", "details": { "traceId": "t", "stack": "s" } })
+    );
+    assert_eq!(FlowError::internal("x").to_status()["details"], json!({}));
+    assert_eq!(FlowError::not_found("x").to_string(), "NOT_FOUND: x");
+}
+
+/// A stand-in telemetry server: forwards each POST's path and JSON body.
+async fn telemetry_sink() -> (String, mpsc::UnboundedReceiver<(String, Value)>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response, server::conn::http1, service::service_fn};
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let path = request.uri().path().to_owned();
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let _ = tx.send((path, json));
+                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"OK"))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn telemetry_receives_the_start_and_end_of_a_run() {
+    let (url, mut posts) = telemetry_sink().await;
+    let registry = registry();
+    registry.set_telemetry_server(Some(format!("{url}/")));
+    let run = registry
+        .start("/flow/plain", json!(21), RunOptions::default())
+        .unwrap();
+    let trace_id = run.trace_id.clone();
+    let span_id = run.span_id.clone();
+    assert_eq!(run.result().await.unwrap(), 42);
+
+    let (path, start) = timeout(WAIT, posts.recv()).await.unwrap().unwrap();
+    assert_eq!(path, "/api/traces");
+    assert_eq!(start["traceId"], trace_id.as_str());
+    assert_eq!(start["endTime"], 0.0);
+    assert_eq!(start["displayName"], "plain");
+    assert_eq!(start["spans"][&span_id]["endTime"], 0.0);
+    assert_eq!(start["spans"][&span_id]["attributes"]["genkit:input"], "21");
+
+    let (path, end) = timeout(WAIT, posts.recv()).await.unwrap().unwrap();
+    assert_eq!(path, "/api/traces");
+    assert_eq!(end["traceId"], trace_id.as_str());
+    assert!(end["endTime"].as_f64().unwrap() > 0.0);
+    let root = &end["spans"][&span_id];
+    assert_eq!(root["attributes"]["genkit:output"], "42");
+    assert_eq!(root["attributes"]["genkit:state"], "success");
+    assert_eq!(root["status"]["code"], 0);
+    // It parses back into our own type, which mirrors Genkit's schema.
+    let parsed: TraceData = serde_json::from_value(end).unwrap();
+    assert!(parsed.is_finished());
+
+    timeout(WAIT, async {
+        while registry.telemetry_sent() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both posts counted as sent");
+    assert_eq!(registry.telemetry_dropped(), 0);
+}
+
+#[tokio::test]
+async fn a_dead_telemetry_server_neither_fails_nor_slows_the_flow() {
+    // A server that hangs up on every connection. (Not a closed port: another test's sink
+    // could be given that port meanwhile and receive our posts.)
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let registry = registry();
+    registry.set_telemetry_server(Some(format!("http://{addr}")));
+    let run = registry
+        .start("/flow/plain", json!(1), RunOptions::default())
+        .unwrap();
+    let output = timeout(Duration::from_millis(500), run.result())
+        .await
+        .unwrap();
+    assert_eq!(output.unwrap(), 2);
+    timeout(WAIT, async {
+        while registry.telemetry_dropped() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("failed posts are counted as dropped");
+}

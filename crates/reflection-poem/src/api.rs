@@ -1,0 +1,321 @@
+//! The Reflection API's handlers, shapes and status codes as the genkit CLI expects them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flows::{FlowRun, RunOptions, StatusCode as FlowCode};
+use futures_util::stream;
+use poem::http::StatusCode;
+use poem::web::{Data, Query};
+use poem::{Body, Request, Response, Route, get, handler, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::server::State;
+
+pub(crate) fn routes(route: Route) -> Route {
+    route
+        .at("/api/__health", get(health))
+        .at("/api/actions", get(actions))
+        .at("/api/runAction", post(run_action))
+        .at("/api/cancelAction", post(cancel_action))
+        .at("/api/notify", post(notify))
+        .at("/api/values", get(values))
+        .at("/api/envs", get(envs))
+        .at("/api/__quitquitquit", get(quit).post(quit))
+        .at("/__healthz", get(healthz))
+        .at("/__readyz", get(readyz))
+        .at("/__serverz", get(serverz))
+        .at("/__quitquitquitz", post(quit))
+}
+
+/// A JSON error answer: `{"error": "...", "status": N}`.
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
+    json_response(
+        status,
+        &manager::admin::error_body(status.as_u16(), message),
+    )
+}
+
+/// The answer to an error poem raised before a handler ran (404, 405, bad extractor input).
+pub(crate) fn error_response(status: StatusCode, path: &str) -> Response {
+    match status {
+        StatusCode::NOT_FOUND => json_response(
+            status,
+            &json!({ "error": "not found", "status": 404, "path": path }),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => json_error(status, "method not allowed"),
+        _ => json_error(status, status.canonical_reason().unwrap_or("error")),
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("application/json")
+        .body(body.to_string())
+}
+
+fn ok(body: &Value) -> Response {
+    json_response(StatusCode::OK, body)
+}
+
+/// Parses a JSON object body, or says (for a 400) what is wrong with it.
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|err| {
+        if body.is_empty() {
+            "request body is empty; expected a JSON object".to_owned()
+        } else {
+            format!("invalid JSON body: {err}")
+        }
+    })
+}
+
+/// 400 with `{"error": message}`, the shape the CLI prints.
+fn bad_request(message: &str) -> Response {
+    json_response(StatusCode::BAD_REQUEST, &json!({ "error": message }))
+}
+
+#[derive(Deserialize)]
+struct HealthQuery {
+    id: Option<String>,
+}
+
+#[handler]
+fn health(Query(query): Query<HealthQuery>, Data(state): Data<&Arc<State>>) -> Response {
+    match query.id {
+        Some(id) if id != state.runtime_id => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": format!("runtime id {id} is not this runtime ({})", state.runtime_id) }),
+        ),
+        _ => ok(&json!({ "status": "OK" })),
+    }
+}
+
+#[handler]
+fn actions(Data(state): Data<&Arc<State>>) -> Response {
+    let actions: BTreeMap<String, Value> = state
+        .registry
+        .actions()
+        .into_iter()
+        .map(|action| {
+            let value = serde_json::to_value(&action).unwrap_or(Value::Null);
+            (action.key, value)
+        })
+        .collect();
+    ok(&json!(actions))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunActionBody {
+    key: Option<String>,
+    #[serde(default)]
+    input: Value,
+    #[serde(default)]
+    context: Value,
+    #[serde(default)]
+    telemetry_labels: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    stream: Option<String>,
+}
+
+#[handler]
+fn run_action(
+    req: &Request,
+    body: Bytes,
+    Query(query): Query<StreamQuery>,
+    Data(state): Data<&Arc<State>>,
+) -> Response {
+    let body: RunActionBody = match parse_body(&body) {
+        Ok(body) => body,
+        Err(message) => return bad_request(&message),
+    };
+    let Some(key) = body.key.filter(|k| !k.is_empty()) else {
+        return bad_request("key is required");
+    };
+    let stream = query.stream.as_deref() == Some("true");
+    let labels = body
+        .telemetry_labels
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+        .collect();
+    let options = RunOptions {
+        context: body.context,
+        stream,
+        labels,
+    };
+    let run = match state.registry.start(&key, body.input, options) {
+        Ok(run) => run,
+        Err(err) if err.code == FlowCode::NotFound => {
+            return json_response(StatusCode::NOT_FOUND, &json!({ "error": err.message }));
+        }
+        Err(err) => return ok(&json!({ "error": err.to_status() })),
+    };
+    // The guard travels with the body, so the request stays in flight until the last byte.
+    let guard = req
+        .extensions()
+        .get::<Arc<manager::GuardCell>>()
+        .and_then(|slot| slot.take());
+    let trace_id = run.trace_id.clone();
+    let span_id = run.span_id.clone();
+    let body = Body::from_bytes_stream(run_body(run, stream, guard));
+    // Headers (with the trace id) go out now; the result follows when the flow ends.
+    Response::builder()
+        .status(StatusCode::OK)
+        .content_type(if stream {
+            "text/plain"
+        } else {
+            "application/json"
+        })
+        .header("X-Genkit-Trace-Id", trace_id)
+        .header("X-Genkit-Span-Id", span_id)
+        .body(body)
+}
+
+enum Phase {
+    Chunks(FlowRun),
+    Result(FlowRun),
+    Done,
+}
+
+/// Each chunk as one `JSON\n` line, then the final object without a newline.
+fn run_body(
+    run: FlowRun,
+    stream: bool,
+    guard: Option<manager::RequestGuard>,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
+    let first = if stream {
+        Phase::Chunks(run)
+    } else {
+        Phase::Result(run)
+    };
+    stream::unfold((first, guard), |(phase, guard)| async move {
+        let run = match phase {
+            Phase::Chunks(mut run) => match run.next_chunk().await {
+                Some(chunk) => {
+                    let mut line = chunk.to_string().into_bytes();
+                    line.push(b'\n');
+                    return Some((Ok(Bytes::from(line)), (Phase::Chunks(run), guard)));
+                }
+                None => run,
+            },
+            Phase::Result(run) => run,
+            Phase::Done => return None,
+        };
+        let trace_id = run.trace_id.clone();
+        let last = match run.result().await {
+            Ok(result) => json!({ "result": result, "telemetry": { "traceId": trace_id } }),
+            Err(err) => json!({ "error": err.to_status() }),
+        };
+        if let Some(guard) = guard {
+            guard.finish(200);
+        }
+        Some((Ok(Bytes::from(last.to_string())), (Phase::Done, None)))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CancelBody {
+    trace_id: Option<String>,
+}
+
+#[handler]
+fn cancel_action(body: Bytes, Data(state): Data<&Arc<State>>) -> Response {
+    let body: CancelBody = match parse_body(&body) {
+        Ok(body) => body,
+        Err(message) => return bad_request(&message),
+    };
+    let Some(trace_id) = body.trace_id.filter(|t| !t.is_empty()) else {
+        return bad_request("traceId is required");
+    };
+    if state.registry.cancel(&trace_id) {
+        ok(&json!({ "message": "Action cancelled" }))
+    } else {
+        json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "message": "Action not found or already completed" }),
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NotifyBody {
+    telemetry_server_url: Option<String>,
+    reflection_api_spec_version: Option<Value>,
+}
+
+#[handler]
+fn notify(body: Bytes, Data(state): Data<&Arc<State>>) -> Response {
+    let body: NotifyBody = match parse_body(&body) {
+        Ok(body) => body,
+        Err(message) => return bad_request(&message),
+    };
+    if let Some(url) = body.telemetry_server_url {
+        state.registry.set_telemetry_server(Some(url));
+    }
+    let version = body.reflection_api_spec_version.and_then(|v| v.as_u64());
+    if version != Some(u64::from(crate::REFLECTION_API_SPEC_VERSION)) {
+        tracing::warn!(
+            server = state.ctx.name(),
+            theirs = ?version,
+            ours = crate::REFLECTION_API_SPEC_VERSION,
+            "the genkit tools speak another reflection API version; some features may not work"
+        );
+    }
+    ok(&json!({}))
+}
+
+#[derive(Deserialize)]
+struct ValuesQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[handler]
+fn values(Query(query): Query<ValuesQuery>) -> Response {
+    match query.kind {
+        Some(_) => ok(&json!({})),
+        None => bad_request("Query parameter \"type\" is required."),
+    }
+}
+
+#[handler]
+fn envs() -> Response {
+    ok(&json!(["dev"]))
+}
+
+#[handler]
+fn quit(req: &Request, Data(state): Data<&Arc<State>>) -> Response {
+    let Some(peer) = req.remote_addr().as_socket_addr() else {
+        return json_error(StatusCode::FORBIDDEN, "peer address unknown");
+    };
+    match state.ctx.manager().quit(peer.ip(), state.ctx.name()) {
+        Ok(()) => ok(&json!({ "status": "OK" })),
+        Err(refused) => json_error(StatusCode::FORBIDDEN, &refused.to_string()),
+    }
+}
+
+#[handler]
+fn healthz(Data(state): Data<&Arc<State>>) -> Response {
+    ok(&json!(state.ctx.manager().health()))
+}
+
+#[handler]
+fn readyz(Data(state): Data<&Arc<State>>) -> Response {
+    let readiness = state.ctx.manager().readiness();
+    let status = StatusCode::from_u16(readiness.http_status()).unwrap_or(StatusCode::OK);
+    json_response(status, &json!(readiness))
+}
+
+#[handler]
+fn serverz(Data(state): Data<&Arc<State>>) -> Response {
+    ok(&json!(state.ctx.manager().server_info()))
+}
