@@ -60,7 +60,7 @@ pub use manager::{
     error_chain,
 };
 pub use port::{ParsePortSpecError, PortSpec, bind};
-pub use requests::{GuardCell, LatencyHistogram, RequestGuard, RequestTracker};
+pub use requests::{GuardCell, LatencyHistogram, RequestEvent, RequestGuard, RequestTracker};
 pub use server::{BoxFuture, ServeContext, Server, ServerConfig};
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,7 @@ use crate::admin::{
 };
 use crate::error::Error;
 use crate::inherited::InheritedSockets;
-use crate::requests::RequestTracker;
+use crate::requests::{RequestEvent, RequestFeed, RequestTracker};
 use crate::server::{ServeContext, Server, ServerConfig};
 
 /// How long a framework may take to unwind after the drain deadline before it is abandoned.
@@ -187,6 +187,7 @@ struct Shared {
     started_servers: Mutex<Vec<Started>>,
     failures: Mutex<Vec<Error>>,
     optional_failures: Mutex<Vec<Error>>,
+    requests_feed: Arc<RequestFeed>,
 }
 
 /// A cheap, cloneable handle to a running manager: admin data and shutdown requests.
@@ -253,6 +254,7 @@ impl ServerManager {
             started_servers: Mutex::default(),
             failures: Mutex::default(),
             optional_failures: Mutex::default(),
+            requests_feed: Arc::default(),
         };
         ServerManager {
             handle: ManagerHandle {
@@ -712,7 +714,10 @@ impl ManagerHandle {
         let slot = Arc::new(Slot {
             index: servers.len(),
             framework: server.framework(),
-            tracker: Arc::new(RequestTracker::new(Arc::clone(&config.name))),
+            tracker: Arc::new(RequestTracker::new(
+                Arc::clone(&config.name),
+                Arc::clone(&self.shared.requests_feed),
+            )),
             config,
             state: Mutex::new(ServerState::Pending),
             addr: OnceLock::new(),
@@ -813,6 +818,18 @@ impl ManagerHandle {
                 change
             });
         }
+    }
+
+    /// Every request of every server from now on, as it finishes or is aborted (the Dev UI's
+    /// live log tail). A slow subscriber misses events (`RecvError::Lagged`), never slows a
+    /// request.
+    pub fn subscribe_requests(&self) -> tokio::sync::broadcast::Receiver<RequestEvent> {
+        self.shared.requests_feed.subscribe()
+    }
+
+    /// Resolves at every process state change; `borrow()` the receiver for the state.
+    pub fn watch_state(&self) -> watch::Receiver<ProcessState> {
+        self.shared.state.subscribe()
     }
 
     /// Liveness data for `/__healthz`.

@@ -27,11 +27,13 @@ pub struct RequestTracker {
     deadline_passed: AtomicBool,
     idle: Notify,
     latency: LatencyHistogram,
+    feed: Arc<RequestFeed>,
 }
 
 impl RequestTracker {
-    pub(crate) fn new(server: Arc<str>) -> Self {
+    pub(crate) fn new(server: Arc<str>, feed: Arc<RequestFeed>) -> Self {
         RequestTracker {
+            feed,
             server,
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
@@ -171,6 +173,17 @@ impl RequestGuard {
             status,
             latency_ms = latency.as_secs_f64() * 1e3,
         );
+        // After the log line: the event takes the method and path.
+        tracker.feed.publish(|| RequestEvent {
+            server: tracker.server.to_string(),
+            id: self.id,
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
+            status: Some(status),
+            aborted: None,
+            latency_ms: latency.as_secs_f64() * 1e3,
+            at_ms: epoch_ms(),
+        });
     }
 }
 
@@ -184,6 +197,7 @@ impl Drop for RequestGuard {
             } else {
                 "client gone"
             };
+            let latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
             tracing::warn!(
                 target: "request",
                 server = &*tracker.server,
@@ -192,8 +206,18 @@ impl Drop for RequestGuard {
                 path = self.path,
                 status = "aborted",
                 reason,
-                latency_ms = self.started.elapsed().as_secs_f64() * 1e3,
+                latency_ms,
             );
+            tracker.feed.publish(|| RequestEvent {
+                server: tracker.server.to_string(),
+                id: self.id,
+                method: std::mem::take(&mut self.method),
+                path: std::mem::take(&mut self.path),
+                status: None,
+                aborted: Some(reason),
+                latency_ms,
+                at_ms: epoch_ms(),
+            });
         }
         self.tracker.end();
     }
@@ -216,6 +240,65 @@ impl GuardCell {
     pub fn take(&self) -> Option<RequestGuard> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
+}
+
+/// One finished (or aborted) request, as the live request feed carries it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RequestEvent {
+    /// The server that handled it.
+    pub server: String,
+    /// Process-unique request id.
+    pub id: u64,
+    /// HTTP method.
+    pub method: String,
+    /// Request path (no query string).
+    pub path: String,
+    /// Response status; `None` when the request was aborted.
+    pub status: Option<u16>,
+    /// Why it was aborted: `"client gone"` or `"drain deadline"`.
+    pub aborted: Option<&'static str>,
+    /// Time to the response (or to the abort), milliseconds.
+    pub latency_ms: f64,
+    /// When it ended, milliseconds since the Unix epoch.
+    pub at_ms: f64,
+}
+
+/// The process-wide feed of [`RequestEvent`]s. Costs nothing until someone subscribes: a
+/// production process without a Dev UI never builds an event.
+#[derive(Debug)]
+pub(crate) struct RequestFeed {
+    sender: tokio::sync::broadcast::Sender<RequestEvent>,
+    subscribed: AtomicBool,
+}
+
+impl Default for RequestFeed {
+    fn default() -> Self {
+        RequestFeed {
+            sender: tokio::sync::broadcast::channel(1024).0,
+            subscribed: AtomicBool::new(false),
+        }
+    }
+}
+
+impl RequestFeed {
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RequestEvent> {
+        self.subscribed.store(true, Ordering::Relaxed);
+        self.sender.subscribe()
+    }
+
+    fn publish(&self, event: impl FnOnce() -> RequestEvent) {
+        if self.subscribed.load(Ordering::Relaxed) {
+            let _ = self.sender.send(event());
+        }
+    }
+}
+
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1e3
 }
 
 const BUCKETS: usize = 40;
@@ -273,7 +356,7 @@ mod tests {
     use super::*;
 
     fn tracker() -> Arc<RequestTracker> {
-        Arc::new(RequestTracker::new("t".into()))
+        Arc::new(RequestTracker::new("t".into(), Arc::default()))
     }
 
     #[test]
@@ -291,6 +374,31 @@ mod tests {
         assert_eq!(t.served(), 2);
         assert_eq!(t.server_errors(), 1);
         assert_eq!(t.aborted(), 1);
+    }
+
+    #[test]
+    fn the_feed_carries_finished_and_aborted_requests_once_subscribed() {
+        let feed = Arc::new(RequestFeed::default());
+        let t = Arc::new(RequestTracker::new("t".into(), Arc::clone(&feed)));
+        t.begin("GET", "/unseen").finish(200);
+        let mut rx = feed.subscribe();
+        t.begin("GET", "/a").finish(201);
+        drop(t.begin("POST", "/b"));
+        let a = rx.try_recv().unwrap();
+        assert_eq!(
+            (a.server.as_str(), a.method.as_str(), a.path.as_str()),
+            ("t", "GET", "/a")
+        );
+        assert_eq!(a.status, Some(201));
+        let b = rx.try_recv().unwrap();
+        assert_eq!(
+            (b.path.as_str(), b.status, b.aborted),
+            ("/b", None, Some("client gone"))
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "the request before subscribing is not replayed"
+        );
     }
 
     #[test]
