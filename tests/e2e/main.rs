@@ -1,8 +1,11 @@
 //! End-to-end tests: the real `multi-server` binary (built with `test-faults`), ephemeral
 //! ports, real HTTP, real signals. Each test owns its process and kills it on drop.
 
+mod devui;
 mod endpoints;
+mod flows_api;
 mod ports;
+mod reflection;
 mod shutdown;
 
 /// The binary under test.
@@ -13,4 +16,42 @@ fn start(args: &[&str]) -> multi_server_e2e::Process {
     let mut all = vec!["--flows-ports", "0", "--flows-workers", "2"];
     all.extend_from_slice(args);
     multi_server_e2e::Process::start(BIN, &all)
+}
+
+/// Starts the binary in dev mode: the reflection server on an ephemeral port at once, the flows
+/// API on an ephemeral port, plus `args`. No telemetry server unless `env` names one.
+fn start_dev(args: &[&str]) -> multi_server_e2e::Process {
+    start_dev_env(args, &[])
+}
+
+/// As [`start_dev`], with extra environment variables (they win over the defaults here).
+fn start_dev_env(args: &[&str], env: &[(&str, &str)]) -> multi_server_e2e::Process {
+    let mut all = dev_args();
+    all.extend_from_slice(args);
+    let mut all_env = DEV_ENV.to_vec();
+    all_env.extend_from_slice(env);
+    multi_server_e2e::Process::start_with_env(BIN, &all, &all_env)
+}
+
+/// The environment of [`start_dev`]: an empty `GENKIT_TELEMETRY_SERVER` is "no telemetry
+/// server", whatever the test runner's environment says; the Developer UI (when the binary has
+/// one) on an ephemeral port, so parallel dev processes do not compete for its default range.
+const DEV_ENV: &[(&str, &str)] = &[
+    ("GENKIT_TELEMETRY_SERVER", ""),
+    ("MULTI_SERVER_DEVUI_PORTS", "0"),
+];
+
+/// The flags of [`start_dev`].
+fn dev_args() -> Vec<&'static str> {
+    vec![
+        "--dev",
+        "--reflection-ports",
+        "0",
+        "--reflection-delay",
+        "0s",
+        "--flows-ports",
+        "0",
+        "--flows-workers",
+        "2",
+    ]
 }

@@ -303,3 +303,316 @@ pub fn busy_block(n: u16) -> (Vec<TcpListener>, u16) {
     }
     panic!("no block of {n} bindable ports found");
 }
+
+impl Process {
+    /// The process's own temporary directory (its working directory when started with
+    /// [`start`](Self::start), [`start_with_env`](Self::start_with_env) or
+    /// [`spawn`](Self::spawn)).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// As [`start_with_env`](Self::start_with_env), with `cwd` as the working directory
+    /// (several processes may share one); output still goes to a fresh directory of its own.
+    ///
+    /// # Panics
+    /// When the process exits or prints no banner within [`WAIT`].
+    pub fn start_in(
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        cwd: &std::path::Path,
+    ) -> Process {
+        let dir = temp_dir("run");
+        let stdout = fs::File::create(dir.join("stdout")).expect("stdout file");
+        let stderr = fs::File::create(dir.join("stderr")).expect("stderr file");
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("GENKIT_ENV")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn multi-server");
+        let mut process = Process {
+            child,
+            dir,
+            urls: BTreeMap::new(),
+        };
+        process.wait_banner();
+        process
+    }
+
+    /// Waits for the start-up banner and records its URLs.
+    ///
+    /// # Panics
+    /// When the process exits or prints no banner within [`WAIT`].
+    pub fn wait_banner(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = self.stdout();
+            if let Some(urls) = parse_banner(&out) {
+                self.urls = urls;
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "multi-server exited with {status} before its banner\nstdout:\n{out}\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no banner within {WAIT:?}:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, at most [`WAIT`].
+///
+/// # Panics
+/// When it never does; the message names `what`.
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `method url` with extra headers and an optional body.
+pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    let mut builder = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let what = format!("{method} {url}");
+    match body {
+        Some(body) => reply(
+            agent().run(builder.body(body.to_owned()).expect("request")),
+            &what,
+        ),
+        None => reply(agent().run(builder.body(()).expect("request")), &what),
+    }
+}
+
+/// A response whose body is read as it arrives, line by line.
+pub struct Streaming {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers, lower-case names.
+    pub headers: BTreeMap<String, String>,
+    reader: std::io::BufReader<ureq::BodyReader<'static>>,
+}
+
+impl std::fmt::Debug for Streaming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Streaming {
+    /// The next line, with its `\n` if it had one; `None` at the end of the body.
+    ///
+    /// # Panics
+    /// On a transport error (the request's overall time limit is [`WAIT`]).
+    pub fn next_line(&mut self) -> Option<String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read body line");
+        (n > 0).then_some(line)
+    }
+
+    /// The rest of the body.
+    ///
+    /// # Panics
+    /// On a transport error.
+    pub fn rest(&mut self) -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        self.reader.read_to_string(&mut text).expect("read body");
+        text
+    }
+}
+
+/// `POST url` with `headers` and `body`, returning as soon as the response headers arrive.
+///
+/// # Panics
+/// On a transport error.
+pub fn post_streaming(url: &str, headers: &[(&str, &str)], body: &str) -> Streaming {
+    let mut req = agent().post(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let res = req.send(body).unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let status = res.status().as_u16();
+    Streaming {
+        status,
+        headers,
+        reader: std::io::BufReader::new(res.into_body().into_reader()),
+    }
+}
+
+/// One request a [`Recorder`] received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The method, e.g. `POST`.
+    pub method: String,
+    /// The request target, e.g. `/api/traces`.
+    pub path: String,
+    /// The body as text.
+    pub body: String,
+}
+
+/// A tiny HTTP/1.1 server on an ephemeral loopback port that records every request (bodies
+/// sized by `content-length`) and answers each with `200 {}`. Stops accepting on drop.
+#[derive(Debug)]
+pub struct Recorder {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Recorder {
+    /// Starts listening.
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub fn start() -> Recorder {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind recorder");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (got, stopped) = (Arc::clone(&received), Arc::clone(&stop));
+        thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let got = Arc::clone(&got);
+                        thread::spawn(move || serve_recorded(stream, &got));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Recorder {
+            url,
+            received,
+            stop,
+        }
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until `done` holds for the requests received so far, at most [`WAIT`].
+    ///
+    /// # Panics
+    /// When it never does; the message names `what` and lists what arrived.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        mut done: impl FnMut(&[Recorded]) -> bool,
+    ) -> Vec<Recorded> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let requests = self.requests();
+            if done(&requests) {
+                return requests;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "recorder never saw {what}; got {requests:#?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads requests off one connection until it closes, answering each with `200 {}`.
+fn serve_recorded(stream: std::net::TcpStream, got: &std::sync::Mutex<Vec<Recorded>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut words = request_line.split_whitespace();
+        let method = words.next().unwrap_or("").to_owned();
+        let path = words.next().unwrap_or("").to_owned();
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.trim().eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        got.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Recorded {
+                method,
+                path,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        let answer =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}

@@ -40,6 +40,10 @@ pub(crate) struct Cli {
     )]
     pub(crate) reflection_ports: PortSpec,
 
+    /// Ports of the Developer UI (salvo; dev mode only, always on loopback).
+    #[arg(long, env = "MULTI_SERVER_DEVUI_PORTS", default_value = "4000..4010")]
+    pub(crate) devui_ports: PortSpec,
+
     /// How long after start the reflection server starts (the original waited 2s).
     #[arg(long, env = "MULTI_SERVER_REFLECTION_DELAY", default_value = "250ms", value_parser = parse_duration)]
     pub(crate) reflection_delay: Duration,

@@ -109,6 +109,20 @@ fn add_servers(manager: &mut ServerManager, cli: &Cli, dev: bool) {
                 .name("multi-server"),
         );
     }
+    #[cfg(feature = "salvo")]
+    if dev {
+        // A page for the developer at this machine: loopback, whatever --host; no delay.
+        // Optional: with every port of its range taken (another dev process), the flows and
+        // the reflection server still run; the failure is logged and shown in /__serverz.
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        manager.add_server(
+            config("devui")
+                .host(loopback)
+                .ports(cli.devui_ports.clone())
+                .optional(),
+            devui_salvo::DevUi::new(std::sync::Arc::clone(&registry)),
+        );
+    }
     let _ = (manager, config, registry, dev);
 }
 

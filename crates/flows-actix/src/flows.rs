@@ -14,7 +14,7 @@ use manager::{GuardCell, RequestGuard};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::routes::{BODY_LIMIT, json_error};
+use crate::routes::json_error;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct RunQuery {
@@ -35,9 +35,6 @@ pub(crate) async fn run_flow(
     body: Bytes,
     registry: Data<Arc<Registry>>,
 ) -> HttpResponse {
-    if body.len() > BODY_LIMIT {
-        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body exceeds 1 MiB");
-    }
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)

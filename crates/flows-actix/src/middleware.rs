@@ -4,24 +4,24 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::InternalError;
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 use futures_util::FutureExt;
 use manager::{GuardCell, ServeContext};
 
-use crate::routes::json_error;
+use crate::routes::{BODY_LIMIT, json_error};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub(crate) async fn track(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let ctx = req
         .app_data::<web::Data<ServeContext>>()
         .expect("ServeContext is registered as app data")
@@ -40,7 +40,8 @@ pub(crate) async fn track(
     // No clone of the request may be held across `next.call`: actix routes by mutating it in
     // place. Errors are therefore returned as `Err`, and actix renders them.
     match AssertUnwindSafe(next.call(req)).catch_unwind().await {
-        Ok(Ok(mut res)) => {
+        Ok(Ok(res)) => {
+            let mut res = json_for_errors(res);
             if let Ok(id) = HeaderValue::from_str(&id.to_string()) {
                 res.headers_mut().insert(REQUEST_ID.clone(), id);
             }
@@ -64,6 +65,30 @@ pub(crate) async fn track(
             Err(InternalError::from_response("handler panicked", body).into())
         }
     }
+}
+
+/// An error actix answered itself (an extractor's 413, 400...) comes with a plain-text body;
+/// give it the JSON body every other error has.
+fn json_for_errors<B>(res: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
+    let is_json = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let message = match res.response().error() {
+        Some(err) if !is_json => err.to_string(),
+        _ => return res.map_into_left_body(),
+    };
+    let status = res.status();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!(
+            "request body is larger than the {} KiB (1 MiB) limit",
+            BODY_LIMIT / 1024
+        )
+    } else {
+        message
+    };
+    res.into_response(json_error(status, &message))
+        .map_into_right_body()
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

@@ -79,6 +79,7 @@ impl FlowsApi {
                 .app_data(data.clone())
                 .app_data(registry.clone())
                 .app_data(routes::json_config())
+                .app_data(web::PayloadConfig::new(routes::BODY_LIMIT))
                 .app_data(routes::query_config())
                 .configure(move |cfg| {
                     if let Some(extra) = &extra {

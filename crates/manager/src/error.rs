@@ -44,6 +44,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The inherited sockets (`LISTEN_FDS`) do not fit the servers.
+    #[error("inherited sockets (LISTEN_FDS) don't match the servers: {detail}")]
+    InheritedMismatch {
+        /// What does not fit.
+        detail: String,
+    },
     /// The startup hook returned an error.
     #[error("server '{server}': startup hook failed")]
     StartupHook {
@@ -106,9 +112,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// The name of the server the error is about.
+    /// The name of the server the error is about (empty for process-wide errors).
     pub fn server(&self) -> &str {
         match self {
+            Error::InheritedMismatch { .. } => "",
             Error::NoFreePort { server, .. }
             | Error::Bind { server, .. }
             | Error::Inherited { server, .. }

@@ -353,14 +353,14 @@ impl ServerManager {
                 why: format!("cannot install signal handlers: {err}"),
             });
         }
-        let extra = lock(&shared.inherited)
-            .len()
-            .saturating_sub(self.registered.len());
-        if extra > 0 {
-            tracing::warn!(
-                extra,
-                "more inherited sockets than servers; the extra ones are unused"
-            );
+        let names: Vec<&str> = self.registered.iter().map(|r| r.slot.name()).collect();
+        if let Err(detail) = lock(&shared.inherited).assign(&names) {
+            let err = Error::InheritedMismatch { detail };
+            tracing::error!(error = %err, "cannot start");
+            let why = err.to_string();
+            lock(&shared.failures).push(err);
+            self.handle
+                .request_shutdown(ShutdownReason::Requested { why });
         }
 
         let mut tasks = JoinSet::new();

@@ -841,20 +841,60 @@ async fn a_busy_port_is_an_error_naming_server_host_and_port() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_first_server_serves_on_the_inherited_socket() {
+async fn inherited_sockets_go_to_servers_in_order() {
     bounded(async {
-        let inherited = TcpListener::bind("127.0.0.1:0").unwrap();
-        inherited.set_nonblocking(true).unwrap();
-        let addr = inherited.local_addr().unwrap();
+        let sockets: Vec<TcpListener> = (0..2)
+            .map(|_| {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                l.set_nonblocking(true).unwrap();
+                l
+            })
+            .collect();
+        let addrs: Vec<_> = sockets.iter().map(|l| l.local_addr().unwrap()).collect();
         let events = Events::default();
         let first = Fake::new("first", &events);
         let first_on = Arc::clone(&first.served_on);
         let second = Fake::new("second", &events);
         let second_on = Arc::clone(&second.served_on);
-        let mut manager =
-            manager().inherited_sockets(InheritedSockets::from_listeners([inherited]));
+        let mut manager = manager().inherited_sockets(InheritedSockets::from_listeners(sockets));
         // Port specs are ignored when a socket is inherited.
         manager.add_server(ServerConfig::new("first").ports(PortSpec::Single(1)), first);
+        manager.add_server(
+            ServerConfig::new("second").ports(PortSpec::Single(2)),
+            second,
+        );
+        let handle = manager.handle();
+        let run = tokio::spawn(manager.run());
+        eventually("both serving", || {
+            first_on.lock().unwrap().is_some() && second_on.lock().unwrap().is_some()
+        })
+        .await;
+        assert_eq!(*first_on.lock().unwrap(), Some(addrs[0]));
+        assert_eq!(*second_on.lock().unwrap(), Some(addrs[1]));
+        assert_eq!(
+            entry(&handle, "first").url,
+            Some(format!("http://{}", addrs[0]))
+        );
+        handle.request_shutdown(requested());
+        assert_eq!(report_of(run).await.outcome(), Outcome::Clean);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn named_inherited_sockets_go_to_the_server_of_that_name() {
+    bounded(async {
+        let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let events = Events::default();
+        let first = Fake::new("first", &events);
+        let first_on = Arc::clone(&first.served_on);
+        let second = Fake::new("second", &events);
+        let second_on = Arc::clone(&second.served_on);
+        let sockets = InheritedSockets::from_listeners([socket]).with_names(["second"]);
+        let mut manager = manager().inherited_sockets(sockets);
+        manager.add_server(ServerConfig::new("first"), first);
         manager.add_server(ServerConfig::new("second"), second);
         let handle = manager.handle();
         let run = tokio::spawn(manager.run());
@@ -862,20 +902,46 @@ async fn the_first_server_serves_on_the_inherited_socket() {
             first_on.lock().unwrap().is_some() && second_on.lock().unwrap().is_some()
         })
         .await;
-
-        assert_eq!(*first_on.lock().unwrap(), Some(addr));
-        assert_eq!(entry(&handle, "first").address, Some(addr.to_string()));
-        assert_eq!(entry(&handle, "first").url, Some(format!("http://{addr}")));
-        let second_addr = second_on.lock().unwrap().unwrap();
-        assert_ne!(second_addr, addr);
-        assert_eq!(
-            entry(&handle, "second").address,
-            Some(second_addr.to_string())
-        );
-
+        assert_eq!(*second_on.lock().unwrap(), Some(addr));
+        assert_ne!(*first_on.lock().unwrap(), Some(addr));
         handle.request_shutdown(requested());
-        let report = report_of(run).await;
-        assert_eq!(report.outcome(), Outcome::Clean);
+        assert_eq!(report_of(run).await.outcome(), Outcome::Clean);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn inherited_sockets_that_do_not_fit_the_servers_are_one_clear_error() {
+    bounded(async {
+        let socket = || {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        };
+        let cases = [
+            (
+                InheritedSockets::from_listeners([socket()]),
+                "1 socket(s) inherited but 2 server(s) to serve (a, b)",
+            ),
+            (
+                InheritedSockets::from_listeners([socket()]).with_names(["c"]),
+                "a socket is named 'c' but no server has that name (servers: a, b)",
+            ),
+        ];
+        for (sockets, expected) in cases {
+            let events = Events::default();
+            let mut manager = manager().inherited_sockets(sockets);
+            manager.add_server(ServerConfig::new("a"), Fake::new("a", &events));
+            manager.add_server(ServerConfig::new("b"), Fake::new("b", &events));
+            let report = report_of(tokio::spawn(manager.run())).await;
+            assert_eq!(report.outcome(), Outcome::Failed);
+            let message = report.failures[0].to_string();
+            assert!(message.contains(expected), "{message}");
+            assert!(
+                !events.has("a:serve") && !events.has("b:serve"),
+                "nothing may serve"
+            );
+        }
     })
     .await;
 }

@@ -1,0 +1,67 @@
+//! The Developer UI of multi-server on salvo: an implementation of the manager's
+//! [`Server`](manager::Server) trait that shows every server of the process, runs flows and
+//! reads their traces, live.
+//!
+//! One page, served from inside the binary: its HTML, CSS and script are embedded at compile
+//! time (no CDN, no npm build, no network). The page is fed by a JSON API under `/api/` and one
+//! Server-Sent Events stream; everything it shows is read in-process from the
+//! [`ManagerHandle`](manager::ManagerHandle) and the [`flows::Registry`]. It shows:
+//! - every server: name, framework, address (a link), state, uptime, requests served, errors,
+//!   latency p50/p99, and the process's own state and readiness, with controls to fail or
+//!   restore readiness (as Envoy's `/healthcheck/fail`) and to quit (after a confirmation);
+//! - the flows, their input and output schemas, a run form prefilled with a valid example
+//!   built from the input schema, streamed chunks as they arrive, the result or the error,
+//!   and a cancel button;
+//! - recent runs and their traces: spans on a timeline with durations, input, output, error;
+//! - a live tail of the request log of every server.
+//!
+//! It is meant for a developer's machine: the binary adds it in dev mode only, on loopback.
+//! It has no authentication; instead, changes (every `POST`) are accepted from loopback peers
+//! only and, when a browser sends an `Origin`, only from the page itself, and the page and API
+//! answer only under a loopback `Host` name (so another site cannot drive or read them).
+//!
+//! # API
+//!
+//! Errors are JSON, `{"error": "...", "status": N}`; bad input is a 4xx, never a 5xx.
+//!
+//! | Method and path | Answer |
+//! | --- | --- |
+//! | `GET /` | The page (`/assets/app.js`, `/assets/app.css` next to it). |
+//! | `GET /api/servers` | `{"process": <`/__serverz` data>, "readiness": <`/__readyz` data>, "self": "<this server's name>"}` |
+//! | `GET /api/flows` | `{"flows": [{key, name, description, inputSchema, outputSchema, example}]}`; `example` is a valid input built from `inputSchema`. |
+//! | `POST /api/flows/<name>/run` | Body `{"input": <JSON>}`. Streams NDJSON: `{"type":"start","traceId"}`, then `{"type":"chunk","chunk"}` per chunk, then `{"type":"result","result","traceId"}` or `{"type":"error","error":{message,code,status},"traceId"}`. Input that does not fit the schema: 400 `{"error": "Schema validation failed...", "code": "INVALID_ARGUMENT", "traceId"}`; unknown flow: 404; a body that is not `{"input": ...}`: 400. Closing the connection cancels the run. |
+//! | `POST /api/runs/<traceId>/cancel` | `{"cancelled": true, "traceId"}`; 404 when no run with that id is going on. |
+//! | `GET /api/traces` | `{"traces": [TraceData...]}`, newest first (Genkit's trace shape). |
+//! | `GET /api/traces/<traceId>` | One `TraceData`; 404 when not among the recent ones. |
+//! | `GET /api/events` | Server-Sent Events: `servers` (as `GET /api/servers`, at once and every second), `request` (each finished request of every server: server, id, method, path, status or aborted, latency_ms, at_ms), `trace` (each update of a run's `TraceData`), `lagged`. Ends when this server drains. |
+//! | `POST /api/readiness/fail` | Forces the process's readiness to fail (`/__readyz` answers 503 on every server); answers the readiness. |
+//! | `POST /api/readiness/ok` | Lets readiness follow the servers again; answers the readiness. |
+//! | `POST /api/quit` | Graceful shutdown of the whole process; `{"status": "OK"}`. |
+//! | `GET /__healthz`, `GET /__readyz`, `GET /__serverz`, `POST /__quitquitquitz` | The admin endpoints every managed server has. |
+//!
+//! Every request goes through one middleware that counts it for the manager and logs one
+//! `tracing` line, turns a handler panic into a JSON 500, and asks keep-alive clients to close
+//! once the server drains.
+//!
+//! ```no_run
+//! use devui_salvo::DevUi;
+//! use manager::{ServerConfig, ServerManager};
+//!
+//! # #[tokio::main] async fn main() {
+//! let registry = flows::Registry::new();
+//! let mut manager = ServerManager::new();
+//! manager.add_server(
+//!     ServerConfig::new("devui").ports("4000..4010".parse().unwrap()),
+//!     DevUi::new(registry),
+//! );
+//! let _report = manager.run().await; // until SIGTERM; open http://127.0.0.1:4000
+//! # }
+//! ```
+
+mod api;
+mod events;
+mod example;
+mod server;
+
+pub use example::example_from_schema;
+pub use server::DevUi;
