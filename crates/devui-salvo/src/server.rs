@@ -70,6 +70,8 @@ impl Server for DevUi {
                 async move {
                     ctx.shutdown().cancelled().await;
                     handle.stop_graceful(Some(ctx.drain_deadline()));
+                    // salvo leaves its socket listening while it drains.
+                    ctx.stop_listening().await;
                 }
             });
             // `try_serve`, not `serve`: `serve` panics on an I/O error instead of returning it.

@@ -120,6 +120,7 @@ impl Server for FlowsApi {
             let stopper = tokio::spawn(async move {
                 ctx.shutdown().cancelled().await;
                 handle.pause().await;
+                ctx.stop_listening().await;
                 ctx.drained().await;
                 handle.stop(false).await;
             });

@@ -18,7 +18,7 @@ use crate::admin::{
 use crate::error::Error;
 use crate::inherited::InheritedSockets;
 use crate::requests::{RequestEvent, RequestFeed, RequestTracker};
-use crate::server::{ServeContext, Server, ServerConfig};
+use crate::server::{ListeningSocket, ServeContext, Server, ServerConfig};
 
 /// How long a framework may take to unwind after the drain deadline before it is abandoned.
 const FRAMEWORK_GRACE: Duration = Duration::from_millis(500);
@@ -471,6 +471,7 @@ async fn supervise(shared: Arc<Shared>, Registration { slot, server }: Registrat
     set_state(&slot, ServerState::Starting);
 
     let inherited = lock(&shared.inherited).take(slot.index);
+    let inherited_socket = inherited.is_some();
     let listener = match inherited {
         Some(Ok(listener)) => Ok(listener),
         Some(Err(source)) => Err(Error::Inherited {
@@ -492,8 +493,14 @@ async fn supervise(shared: Arc<Shared>, Registration { slot, server }: Registrat
         Err(err) => return fail(&shared, &slot, err),
     };
     let _ = slot.addr.set(local_addr);
+    let listening = if inherited_socket {
+        ListeningSocket::default()
+    } else {
+        ListeningSocket::of(&listener)
+    };
 
     let ctx = ServeContext {
+        listening: Arc::new(listening),
         name: Arc::clone(&slot.config.name),
         local_addr,
         shutdown: shared.stop_accepting.clone(),
@@ -540,6 +547,8 @@ async fn supervise(shared: Arc<Shared>, Registration { slot, server }: Registrat
     }
     .update_liveness();
 
+    // Whichever way serve ends, our handle on the socket goes too, so the port is released.
+    let _release_socket = ReleaseOnDrop(Arc::clone(&ctx.listening));
     let mut serve = tokio::spawn(Arc::clone(&server).serve(listener, ctx));
     let exited = tokio::select! {
         joined = &mut serve => Some(joined),
@@ -593,6 +602,14 @@ async fn supervise(shared: Arc<Shared>, Registration { slot, server }: Registrat
         served = slot.tracker.served(),
         "stopped"
     );
+}
+
+struct ReleaseOnDrop(Arc<ListeningSocket>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 fn report_cut(slot: &Slot) {

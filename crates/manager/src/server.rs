@@ -24,8 +24,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// # Contract of `serve`
 /// - Serve on `listener` (already bound, listening and non-blocking) until
 ///   [`ServeContext::shutdown`] is cancelled.
-/// - Then stop accepting, close idle keep-alive connections, let in-flight requests finish,
-///   and return once they have, or once [`ServeContext::drain_deadline`] has passed.
+/// - Then stop accepting, call [`ServeContext::stop_listening`], close idle keep-alive
+///   connections, let in-flight requests finish, and return once they have, or once
+///   [`ServeContext::drain_deadline`] has passed.
 /// - Wrap every request in [`ServeContext::begin_request`]: that is how the manager knows a
 ///   server is idle and which requests a deadline cut.
 /// - Returning before the token is cancelled, `Ok` or `Err`, means the server died: a required
@@ -138,6 +139,33 @@ pub struct ServeContext {
     pub(crate) drain_deadline: Duration,
     pub(crate) requests: Arc<RequestTracker>,
     pub(crate) manager: ManagerHandle,
+    pub(crate) listening: Arc<ListeningSocket>,
+}
+
+/// See [`ServeContext::stop_listening`].
+const ACCEPT_LOOP_SETTLE: Duration = Duration::from_millis(10);
+
+/// A second handle on a server's listening socket, kept so the socket can stop listening
+/// while the framework still owns (and has not yet closed) it.
+#[derive(Debug, Default)]
+pub(crate) struct ListeningSocket(std::sync::Mutex<Option<socket2::Socket>>);
+
+impl ListeningSocket {
+    /// For a socket the manager bound. Inherited sockets get none: they belong to the parent
+    /// (systemd, watchexec), which keeps them listening for the next process.
+    pub(crate) fn of(listener: &TcpListener) -> Self {
+        let dup = listener.try_clone().ok().map(socket2::Socket::from);
+        ListeningSocket(std::sync::Mutex::new(dup))
+    }
+
+    pub(crate) fn stop(&self) {
+        let dup = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(socket) = dup {
+            // On a listening socket, shutdown(SHUT_RD) leaves the LISTEN state: from now on a
+            // connect is refused at once instead of waiting in the backlog to be reset.
+            let _ = socket.shutdown(std::net::Shutdown::Read);
+        }
+    }
 }
 
 impl ServeContext {
@@ -164,6 +192,21 @@ impl ServeContext {
     /// Starts accounting (and logging) for one request.
     pub fn begin_request(&self, method: &str, path: &str) -> RequestGuard {
         self.requests.begin(method, path)
+    }
+
+    /// Makes the listening socket refuse new connections. Call it right after telling the
+    /// framework to stop accepting: a client connecting during the drain then gets
+    /// "connection refused" (and retries elsewhere) instead of waiting in the kernel's
+    /// backlog only to be reset when the socket closes.
+    ///
+    /// It first waits a few milliseconds, so that the framework's accept loop (often on
+    /// another thread) has taken the stop command: an accept on a socket that no longer
+    /// listens fails, and frameworks log that as an error. Idempotent; a no-op for inherited
+    /// sockets, whose parent keeps them listening for the next process (hot reload, socket
+    /// activation).
+    pub async fn stop_listening(&self) {
+        tokio::time::sleep(ACCEPT_LOOP_SETTLE).await;
+        self.listening.stop();
     }
 
     /// This server's request counters.

@@ -121,13 +121,16 @@ impl Server for ReflectionApi {
                 ctx: ctx.clone(),
             });
             let acceptor = TcpAcceptor::from_std(listener)?;
-            let shutdown = ctx.shutdown().clone();
+            // poem stops accepting (and closes its handle) when this future finishes.
+            let stop = {
+                let ctx = ctx.clone();
+                async move {
+                    ctx.shutdown().cancelled().await;
+                    ctx.stop_listening().await;
+                }
+            };
             poem::Server::new_with_acceptor(acceptor)
-                .run_with_graceful_shutdown(
-                    app(state),
-                    shutdown.cancelled_owned(),
-                    Some(ctx.drain_deadline()),
-                )
+                .run_with_graceful_shutdown(app(state), stop, Some(ctx.drain_deadline()))
                 .await?;
             Ok(())
         })
