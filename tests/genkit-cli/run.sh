@@ -11,7 +11,7 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 binary="${1:-}"
 if [[ -z "$binary" ]]; then
   (cd "$repo" && cargo build -q --bin multi-server) || { echo "build failed"; exit 1; }
-  binary="$repo/target/debug/multi-server"
+  binary="${CARGO_TARGET_DIR:-$repo/target}/debug/multi-server"
 fi
 command -v npm >/dev/null || { echo "npm is required (apt-get install nodejs npm)"; exit 1; }
 

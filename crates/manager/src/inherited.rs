@@ -47,7 +47,11 @@ impl InheritedSockets {
                     Err(err) => return Some(Err(err)),
                 };
                 // Inherited sockets arrive blocking; every framework here expects non-blocking.
-                Some(listener.set_nonblocking(true).map(|()| listener))
+                // TCP_NODELAY as on the sockets the manager binds (see port.rs).
+                let prepared = listener
+                    .set_nonblocking(true)
+                    .and_then(|()| socket2::SockRef::from(&listener).set_tcp_nodelay(true));
+                Some(prepared.map(|()| listener))
             })
             .collect();
         InheritedSockets { sockets, names }

@@ -167,6 +167,9 @@ pub fn bind(server: &str, host: IpAddr, ports: &PortSpec) -> Result<TcpListener,
 fn bind_addr(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    // Accepted connections inherit it (Linux): small responses written in parts (headers
+    // first, then a streamed body) must not wait on Nagle + delayed ACK, 40 ms a time.
+    socket.set_tcp_nodelay(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }

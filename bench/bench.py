@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""The benchmarks of bench/run.sh. Every figure is measured next to a baseline taken in the
+same run, on the same machine, and reported as medians (and ratios), since these machines
+are noisy. Loopback only; every load run is bounded in time.
+
+Prints a markdown table and writes the same figures as JSON (path printed at the end).
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+BINARY = RELEASE / "multi-server"
+# The original Python sample, measured on a 2-core machine (shared/spec/lifecycle.md).
+ORIGINAL = {"startup_ms": 820, "shutdown_idle_ms": 416, "shutdown_loaded_ms": 600,
+            "rss_mib": 75, "greet_rps": 450, "reflection_run_rps": 1680}
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        kib = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+    return kib / 1024
+
+
+def http_get(addr, path, timeout=2.0):
+    """One HTTP/1.1 GET on a fresh connection; returns the status code or None."""
+    host, port = addr
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            head = s.recv(64)
+        return int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else None
+    except OSError:
+        return None
+
+
+class Ours:
+    """multi-server in dev mode (all three servers), delays 0, logs to a file."""
+
+    def __init__(self, workdir, extra=()):
+        self.log = open(Path(workdir) / f"multi-server-{time.monotonic_ns()}.log", "w")
+        self.started = time.perf_counter()
+        env = dict(os.environ, RUST_LOG="info")
+        env.pop("GENKIT_TELEMETRY_SERVER", None)
+        self.proc = subprocess.Popen(
+            [str(BINARY), "--dev", "--flows-ports", "0", "--reflection-ports", "0",
+             "--devui-ports", "0", "--reflection-delay", "0s", *extra],
+            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.urls = {}
+        deadline = time.time() + 20
+        while len(self.urls) < 3 and time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            m = re.match(r"\s+(\w+)\s+\S+\s+http://([\d.]+):(\d+)", line)
+            if m:
+                self.urls[m.group(1)] = (m.group(2), int(m.group(3)))
+        if len(self.urls) < 3:
+            self.stop()
+            sys.exit(f"multi-server did not start: {self.urls}")
+
+    def url(self, name, path):
+        host, port = self.urls[name]
+        return f"http://{host}:{port}{path}"
+
+    def stop(self, sig=signal.SIGTERM):
+        t = time.perf_counter()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.log.close()
+        return code, (time.perf_counter() - t) * 1e3
+
+
+class Bare:
+    """A bench-only bare server (no manager, no middleware) on an ephemeral port."""
+
+    def __init__(self, name):
+        self.proc = subprocess.Popen([str(RELEASE / name), "0"], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        m = re.match(r"http://([\d.]+):(\d+)", line)
+        if not m:
+            self.stop()
+            sys.exit(f"{name} did not start")
+        self.addr = (m.group(1), int(m.group(2)))
+
+    def url(self, path):
+        return f"http://{self.addr[0]}:{self.addr[1]}{path}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def parse_ms(text):
+    value = float(re.match(r"[\d.]+", text).group(0))
+    if text.endswith("us"):
+        return value / 1000
+    if text.endswith("ms"):
+        return value
+    if text.endswith("s"):
+        return value * 1000
+    return value
+
+
+def wrk(url, seconds, connections=50, script=None):
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {p: parse_ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"), "requests": total,
+            "socket_errors": dict(zip(["connect", "read", "write", "timeout"],
+                                      map(int, errors.groups()))) if errors else {},
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def median_of(runs, key):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def overhead(workdir, seconds, rounds):
+    """Ours against a bare server of the same framework, alternating, same machine, same run."""
+    cases = [("flows", "/greet", "bare-actix", "/greet", "actix-web"),
+             ("reflection", "/api/__health", "bare-poem", "/api/__health", "poem"),
+             ("devui", "/__healthz", "bare-salvo", "/__healthz", "salvo")]
+    ours = Ours(workdir)
+    rss_start = rss_mib(ours.proc.pid)
+    results = []
+    try:
+        for server, path, bare_name, bare_path, framework in cases:
+            bare = Bare(bare_name)
+            try:
+                wrk(bare.url(bare_path), 1)  # warm-up
+                wrk(ours.url(server, path), 1)
+                mine, base = [], []
+                for _ in range(rounds):
+                    base.append(wrk(bare.url(bare_path), seconds))
+                    mine.append(wrk(ours.url(server, path), seconds))
+            finally:
+                bare.stop()
+            row = {"framework": framework, "endpoint": f"GET {path}",
+                   "ours": {k: median_of(mine, k) for k in ("rps", "p50_ms", "p99_ms")},
+                   "bare": {k: median_of(base, k) for k in ("rps", "p50_ms", "p99_ms")},
+                   "errors": sum(sum(r["socket_errors"].values()) + r["non_2xx"] for r in mine)}
+            row["ratio"] = row["ours"]["rps"] / row["bare"]["rps"]
+            results.append(row)
+        rss_loaded = rss_mib(ours.proc.pid)
+        log_lines = sum(1 for _ in open(ours.log.name))
+    finally:
+        code, _ = ours.stop()
+    return results, {"rss_after_start_mib": rss_start, "rss_after_load_mib": rss_loaded,
+                     "log_lines": log_lines, "exit": code}
+
+
+def startup(workdir, runs):
+    """exec -> every server answering /__healthz, with every delay 0."""
+    times = []
+    for _ in range(runs):
+        ours = Ours(workdir)
+        for addr in ours.urls.values():
+            while http_get(addr, "/__healthz") != 200:
+                if time.perf_counter() - ours.started > 10:
+                    sys.exit("a server never answered /__healthz")
+        times.append((time.perf_counter() - ours.started) * 1e3)
+        ours.stop()
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+
+
+def shutdown(workdir, runs, load):
+    """SIGTERM -> exit, idle or with wrk -c50 on /greet; failed requests of the loaded runs."""
+    times, failures = [], []
+    for _ in range(runs):
+        ours = Ours(workdir)
+        if load:
+            w = subprocess.Popen(["wrk", "-t2", "-c50", "-d3s", ours.url("flows", "/greet")],
+                                 stdout=subprocess.PIPE, text=True)
+            time.sleep(1.0)
+        code, ms = ours.stop()
+        times.append(ms)
+        if code != 0:
+            sys.exit(f"exit status {code} after SIGTERM")
+        if load:
+            out = w.communicate(timeout=30)[0]
+            err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+            non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+            # connect errors come after the signal (refused, as intended); read/write/timeout
+            # errors and non-2xx answers are requests that were accepted and then lost.
+            lost = (sum(map(int, err.groups()[1:])) if err else 0) + (int(non2xx.group(1)) if non2xx else 0)
+            failures.append({"lost": lost, "refused_after_signal": int(err.group(1)) if err else 0})
+    result = {"median_ms": statistics.median(times), "max_ms": max(times)}
+    if load:
+        result["lost_requests_total"] = sum(f["lost"] for f in failures)
+        result["refused_after_signal_total"] = sum(f["refused_after_signal"] for f in failures)
+    return result
+
+
+def scale(sizes):
+    rows = []
+    for n in sizes:
+        out = subprocess.run(["bash", "-c", f'ulimit -n 8192 && exec "{RELEASE / "scale"}" {n}'],
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            sys.exit(f"scale {n} failed: {out.stderr}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def reflection(workdir, seconds, rounds):
+    """runAction of multi_server_flow against the same server's GET /api/__health."""
+    script = Path(workdir) / "run_action.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      'wrk.body = \'{"key":"/flow/multi_server_flow","input":"Alice"}\'\n')
+    ours = Ours(workdir)
+    try:
+        health, run = [], []
+        for _ in range(rounds):
+            health.append(wrk(ours.url("reflection", "/api/__health"), seconds))
+            run.append(wrk(ours.url("reflection", "/api/runAction"), seconds, script=str(script)))
+    finally:
+        ours.stop()
+    h = {k: median_of(health, k) for k in ("rps", "p50_ms", "p99_ms")}
+    r = {k: median_of(run, k) for k in ("rps", "p50_ms", "p99_ms")}
+    return {"health": h, "run_action": r, "ratio": r["rps"] / h["rps"],
+            "errors": sum(sum(x["socket_errors"].values()) + x["non_2xx"] for x in run)}
+
+
+def fmt(v, digits=0):
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs per comparison")
+    ap.add_argument("--runs", type=int, default=10, help="start/stop runs for the medians")
+    ap.add_argument("--out", default=str(ROOT / "target" / "bench" / "results.json"))
+    args = ap.parse_args()
+    workdir = tempfile.mkdtemp(prefix="multi-server-bench-")
+
+    over, memory = overhead(workdir, args.seconds, args.rounds)
+    start = startup(workdir, args.runs)
+    idle = shutdown(workdir, args.runs, load=False)
+    loaded = shutdown(workdir, args.runs, load=True)
+    sizes = scale([1, 16, 128, 512])
+    refl = reflection(workdir, args.seconds, args.rounds)
+
+    results = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+               "settings": vars(args), "overhead": over, "memory": memory, "startup": start,
+               "shutdown_idle": idle, "shutdown_loaded": loaded, "scale": sizes,
+               "reflection": refl, "original_python_sample": ORIGINAL}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+
+    print(f"## multi-server benchmarks ({os.cpu_count()} CPUs; wrk -t2 -c50, "
+          f"{args.seconds}s x {args.rounds} alternating rounds, medians)\n")
+    print("### 1. Manager overhead: ours (manager + middleware + per-request logging to a file) vs bare\n")
+    print("| server | endpoint | ours req/s | bare req/s | ratio (goal >= 0.95) | ours p50/p99 ms | bare p50/p99 ms |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in over:
+        print(f"| {r['framework']} | {r['endpoint']} | {fmt(r['ours']['rps'])} | {fmt(r['bare']['rps'])} "
+              f"| {r['ratio']:.3f} | {fmt(r['ours']['p50_ms'], 2)}/{fmt(r['ours']['p99_ms'], 2)} "
+              f"| {fmt(r['bare']['p50_ms'], 2)}/{fmt(r['bare']['p99_ms'], 2)} |")
+    print(f"\nErrors during our load runs: {sum(r['errors'] for r in over)}; "
+          f"request log lines written: {memory['log_lines']:,}\n")
+    print("### 2-4. Startup, shutdown, memory (original Python sample in brackets)\n")
+    print("| measure | figure | goal |")
+    print("|---|---:|---|")
+    print(f"| exec -> all 3 servers answer /__healthz, median of {args.runs} | {start['median_ms']:.1f} ms "
+          f"(min {start['min_ms']:.1f}, max {start['max_ms']:.1f}) [820 ms] | <= 20 ms |")
+    print(f"| SIGTERM -> exit, idle, median of {args.runs} | {idle['median_ms']:.1f} ms (max {idle['max_ms']:.1f}) [416 ms] | <= 50 ms |")
+    print(f"| SIGTERM -> exit under wrk -c50, median of {args.runs} | {loaded['median_ms']:.1f} ms (max {loaded['max_ms']:.1f}) [~600 ms] | - |")
+    print(f"| requests lost (accepted, then failed) in those loaded runs | {loaded['lost_requests_total']} "
+          f"(connections refused after the signal: {loaded['refused_after_signal_total']}) | 0 |")
+    print(f"| RSS after start (3 servers) | {memory['rss_after_start_mib']:.1f} MiB [75 MiB] | <= 20 MiB |")
+    print(f"| RSS after the load runs | {memory['rss_after_load_mib']:.1f} MiB | <= 20 MiB |")
+    print("\n### 5. Scale: N servers, frameworks in turn (actix with 1 worker)\n")
+    print("| N | manager live ms | all answered /__healthz ms | stop ms | RSS MiB | RSS per server KiB |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for s in sizes:
+        print(f"| {s['servers']} | {s['live_ms']:.1f} | {s['all_answered_ms']:.1f} | {s['stop_ms']:.1f} "
+              f"| {s['rss_mib']:.1f} | {s['rss_per_server_kib']:.0f} |")
+    print("\n### 6. Reflection: runAction(multi_server_flow) vs GET /api/__health, same server\n")
+    print("| endpoint | req/s | p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|")
+    print(f"| GET /api/__health (baseline) | {fmt(refl['health']['rps'])} | {fmt(refl['health']['p50_ms'], 2)} | {fmt(refl['health']['p99_ms'], 2)} |")
+    print(f"| POST /api/runAction [original ~1,680 req/s] | {fmt(refl['run_action']['rps'])} | {fmt(refl['run_action']['p50_ms'], 2)} | {fmt(refl['run_action']['p99_ms'], 2)} |")
+    print(f"\nrunAction / health = {refl['ratio']:.2f}; errors during runAction load: {refl['errors']}")
+    print(f"\nJSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
