@@ -3,10 +3,13 @@
 
 mod devui;
 mod endpoints;
+mod faults;
 mod flows_api;
+mod kubelet;
 mod ports;
 mod reflection;
 mod shutdown;
+mod socket_activation;
 
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_multi-server");

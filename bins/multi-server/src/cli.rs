@@ -69,6 +69,12 @@ pub(crate) struct Cli {
     #[cfg(feature = "test-faults")]
     #[arg(long, value_parser = parse_duration)]
     pub(crate) test_fail_startup_hook_after: Option<Duration>,
+
+    /// Test only: add a second, optional flows server named "flows-optional" on an ephemeral
+    /// port (its `POST /__test/crash` shows what an optional server's death does).
+    #[cfg(feature = "test-faults")]
+    #[arg(long)]
+    pub(crate) test_optional_flows: bool,
 }
 
 impl Cli {

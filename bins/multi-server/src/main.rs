@@ -94,6 +94,11 @@ fn add_servers(manager: &mut ServerManager, cli: &Cli, dev: bool) {
             let api = flows_actix::FlowsApi::new(std::sync::Arc::clone(&registry)).workers(1);
             manager.add_server_after(delay, config("faulty"), faults::FailingStartup(api));
         }
+        #[cfg(feature = "test-faults")]
+        if cli.test_optional_flows {
+            let api = flows_actix::FlowsApi::new(std::sync::Arc::clone(&registry)).workers(1);
+            manager.add_server(config("flows-optional").optional(), api);
+        }
     }
     #[cfg(feature = "poem")]
     if dev {

@@ -16,8 +16,9 @@ use crate::events;
 use crate::example::example_from_schema;
 use crate::server::State;
 
-/// The largest run request body accepted.
-const MAX_BODY: usize = 1 << 20;
+/// The largest body `POST /api/flows/<name>/run` accepts (1 MiB, as the flows API's); a
+/// larger one is a 413 with a JSON error.
+pub const MAX_BODY: usize = 1 << 20;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -180,6 +181,19 @@ async fn run_flow(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             );
         }
     };
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !body.is_empty() && !content_type.is_empty() && !content_type.starts_with("application/json")
+    {
+        return json_error(
+            res,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("content type must be application/json, not {content_type}"),
+        );
+    }
     let input = match serde_json::from_slice::<RunRequest>(&body) {
         Ok(request) => request.input,
         Err(err) => {

@@ -39,6 +39,14 @@
 //! | `POST /api/quit` | Graceful shutdown of the whole process; `{"status": "OK"}`. |
 //! | `GET /__healthz`, `GET /__readyz`, `GET /__serverz`, `POST /__quitquitquitz` | The admin endpoints every managed server has. |
 //!
+//! # Limits
+//! - `POST /api/flows/<name>/run` accepts a body of at most [`MAX_BODY`] (1 MiB): a larger
+//!   one is a 413 with a JSON error. A non-empty body whose `Content-Type` is given and is not
+//!   `application/json` is a 415. The other `POST` endpoints take no body and ignore one.
+//! - A client must send each request head within [`HEAD_TIMEOUT`] (10 s; salvo's default is
+//!   30 s), or its connection is dropped (slowloris); the same limit closes a keep-alive
+//!   connection that sits idle that long between requests.
+//!
 //! Every request goes through one middleware that counts it for the manager and logs one
 //! `tracing` line, turns a handler panic into a JSON 500, and asks keep-alive clients to close
 //! once the server drains.
@@ -63,5 +71,6 @@ mod events;
 mod example;
 mod server;
 
+pub use api::MAX_BODY;
 pub use example::example_from_schema;
-pub use server::DevUi;
+pub use server::{DevUi, HEAD_TIMEOUT};

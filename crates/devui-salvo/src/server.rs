@@ -9,11 +9,17 @@ use flows::Registry;
 use futures_util::FutureExt;
 use manager::{BoxFuture, GuardCell, ServeContext, Server};
 use salvo::conn::tcp::TcpAcceptor;
+use salvo::conn::{Accepted, Acceptor, Holding};
+use salvo::fuse::ArcFusePolicy;
 use salvo::http::header::{CONNECTION, HOST, HeaderName, HeaderValue, ORIGIN};
 use salvo::http::{Method, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, Service, async_trait};
 
 use crate::api;
+
+/// How long a client may take to send a request head (also how long a keep-alive connection
+/// may sit idle between requests): salvo's fuse `http1_header_timeout`.
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -60,8 +66,14 @@ impl Server for DevUi {
                 ctx: ctx.clone(),
             });
             listener.set_nonblocking(true)?;
-            let acceptor = TcpAcceptor::try_from(tokio::net::TcpListener::from_std(listener)?)?;
-            let server = salvo::Server::new(acceptor);
+            let acceptor = StopAwareAcceptor {
+                inner: TcpAcceptor::try_from(tokio::net::TcpListener::from_std(listener)?)?,
+                ctx: ctx.clone(),
+            };
+            // salvo's default header-read timeout is 30 s; a client that has not sent its
+            // request head after HEAD_TIMEOUT is dropped (slowloris).
+            let fuse = salvo::fuse::FuseConfig::default().with_http1_header_timeout(HEAD_TIMEOUT);
+            let server = salvo::Server::new(acceptor).fuse_config(fuse);
             let handle = server.handle();
             // salvo stops on a command, not on a future: send it when the manager says so.
             // The event streams end on the same token, so open pages do not hold the drain.
@@ -69,9 +81,11 @@ impl Server for DevUi {
                 let ctx = ctx.clone();
                 async move {
                     ctx.shutdown().cancelled().await;
+                    // The acceptor has stopped accepting on the same token, so the socket
+                    // (which salvo keeps open while it drains) can stop listening first:
+                    // clients that salvo's graceful stop sends away are refused at once.
+                    ctx.stop_listening();
                     handle.stop_graceful(Some(ctx.drain_deadline()));
-                    // salvo leaves its socket listening while it drains.
-                    ctx.stop_listening().await;
                 }
             });
             // `try_serve`, not `serve`: `serve` panics on an I/O error instead of returning it.
@@ -86,6 +100,34 @@ impl Server for DevUi {
             tracing::info!(server = ctx.name(), url = %format!("http://{}", ctx.local_addr()), "Developer UI");
             Ok(())
         })
+    }
+}
+
+/// salvo's TCP acceptor, made to stop accepting the moment the manager says so instead of
+/// when salvo's accept loop takes its stop command: no accept can then race the socket
+/// ceasing to listen.
+struct StopAwareAcceptor {
+    inner: TcpAcceptor,
+    ctx: ServeContext,
+}
+
+impl Acceptor for StopAwareAcceptor {
+    type Coupler = <TcpAcceptor as Acceptor>::Coupler;
+    type Stream = <TcpAcceptor as Acceptor>::Stream;
+
+    fn holdings(&self) -> &[Holding] {
+        self.inner.holdings()
+    }
+
+    async fn accept(
+        &mut self,
+        fuse_policy: Option<ArcFusePolicy>,
+    ) -> std::io::Result<Accepted<Self::Coupler, Self::Stream>> {
+        tokio::select! {
+            biased;
+            () = self.ctx.shutdown().cancelled() => std::future::pending().await,
+            accepted = self.inner.accept(fuse_policy) => accepted,
+        }
     }
 }
 
@@ -121,7 +163,7 @@ impl Handler for Track {
             .catch_unwind()
             .await
         {
-            let message = panic_message(&*panic);
+            let message = manager::admin::panic_message(&*panic);
             tracing::error!(server = ctx.name(), id, panic = message, "handler panicked");
             res.take_body();
             res.headers_mut().clear();
@@ -208,14 +250,6 @@ fn is_loopback_host(host: &str) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(manager::admin::is_loopback)
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("non-string panic")
 }
 
 #[cfg(test)]

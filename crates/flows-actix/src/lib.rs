@@ -31,7 +31,9 @@
 //! ```
 //!
 //! # Features
-//! - `test-routes`: `GET /__test/slow?ms=N` and `GET /__test/panic`, for end-to-end tests.
+//! - `test-routes`: `GET /__test/slow?ms=N`, `GET /__test/panic`, and `POST /__test/crash`
+//!   (the server's serve future then returns an error, as a server that dies), for
+//!   end-to-end tests.
 
 mod flows;
 mod middleware;

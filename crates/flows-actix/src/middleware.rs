@@ -58,7 +58,7 @@ pub(crate) async fn track(
             Err(err)
         }
         Err(panic) => {
-            let message = panic_message(&*panic);
+            let message = manager::admin::panic_message(&*panic);
             tracing::error!(server = ctx.name(), id, panic = message, "handler panicked");
             finish(500);
             let body = json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
@@ -89,12 +89,4 @@ fn json_for_errors<B>(res: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>>
     };
     res.into_response(json_error(status, &message))
         .map_into_right_body()
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("non-string panic")
 }

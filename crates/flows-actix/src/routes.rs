@@ -25,7 +25,12 @@ pub(crate) fn mount(cfg: &mut web::ServiceConfig) {
         );
     #[cfg(feature = "test-routes")]
     cfg.service(get("/__test/slow", test_routes::slow))
-        .service(get("/__test/panic", test_routes::panic));
+        .service(get("/__test/panic", test_routes::panic))
+        .service(
+            web::resource("/__test/crash")
+                .route(web::post().to(test_routes::crash))
+                .default_service(web::to(|| async { method_not_allowed("POST") })),
+        );
 }
 
 /// A GET-only resource whose other methods get a JSON 405.
@@ -129,12 +134,14 @@ pub(crate) fn query_config() -> web::QueryConfig {
 pub(crate) const BODY_LIMIT: usize = 1024 * 1024;
 
 #[cfg(feature = "test-routes")]
-mod test_routes {
+pub(crate) mod test_routes {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use actix_web::{HttpResponse, web};
     use serde::Deserialize;
     use serde_json::json;
+    use tokio::sync::Notify;
 
     #[derive(Deserialize)]
     pub(super) struct Slow {
@@ -148,5 +155,16 @@ mod test_routes {
 
     pub(super) async fn panic() -> HttpResponse {
         panic!("test route asked to panic")
+    }
+
+    /// Set by `POST /__test/crash`: the server's serve future then returns an error, as a
+    /// server that dies while running would.
+    #[derive(Debug, Default, Clone)]
+    pub(crate) struct Crash(pub(crate) Arc<Notify>);
+
+    pub(super) async fn crash(crash: web::Data<Crash>) -> HttpResponse {
+        // A stored permit: the serve future sees it even if it polls later.
+        crash.0.notify_one();
+        HttpResponse::Accepted().json(json!({ "crashing": true }))
     }
 }

@@ -16,6 +16,9 @@ use crate::routes;
 /// than the manager's grace after the deadline.
 const WORKER_UNWIND: Duration = Duration::from_millis(400);
 
+/// See the stopper in `serve`.
+const ACCEPT_THREAD_SETTLE: Duration = Duration::from_millis(10);
+
 type Configure = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
 /// The flows API server. See the crate docs.
@@ -67,16 +70,21 @@ impl FlowsApi {
         &self,
         listener: TcpListener,
         ctx: &ServeContext,
+        #[cfg(feature = "test-routes")] crash: &routes::test_routes::Crash,
     ) -> std::io::Result<actix_web::dev::Server> {
         let data = web::Data::new(ctx.clone());
+        #[cfg(feature = "test-routes")]
+        let crash = web::Data::new(crash.clone());
         let registry = web::Data::new(Arc::clone(&self.registry));
         let extra = self.extra_routes.clone();
         // actix counts whole seconds; the manager enforces the exact deadline itself.
         let deadline_secs = ctx.drain_deadline().as_secs().max(1);
         let server = HttpServer::new(move || {
             let extra = extra.clone();
-            App::new()
-                .app_data(data.clone())
+            let app = App::new();
+            #[cfg(feature = "test-routes")]
+            let app = app.app_data(crash.clone());
+            app.app_data(data.clone())
                 .app_data(registry.clone())
                 .app_data(routes::json_config())
                 .app_data(web::PayloadConfig::new(routes::BODY_LIMIT))
@@ -111,8 +119,17 @@ impl Server for FlowsApi {
         ctx: ServeContext,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
-            let server = self.build(listener, &ctx)?;
+            #[cfg(feature = "test-routes")]
+            let crash = routes::test_routes::Crash::default();
+            let server = self.build(
+                listener,
+                &ctx,
+                #[cfg(feature = "test-routes")]
+                &crash,
+            )?;
             let handle = server.handle();
+            #[cfg(feature = "test-routes")]
+            let crash_handle = server.handle();
             let requests = Arc::clone(ctx.requests());
             // actix checks a graceful stop's progress once a second and counts idle keep-alive
             // connections as busy. Instead: stop accepting, wait until the manager's count of
@@ -120,11 +137,31 @@ impl Server for FlowsApi {
             let stopper = tokio::spawn(async move {
                 ctx.shutdown().cancelled().await;
                 handle.pause().await;
-                ctx.stop_listening().await;
+                // `pause` returns once the command is sent; give actix's accept thread a
+                // moment to take it before the socket stops listening under it.
+                tokio::time::sleep(ACCEPT_THREAD_SETTLE).await;
+                ctx.stop_listening();
                 ctx.drained().await;
                 handle.stop(false).await;
             });
+            #[cfg(not(feature = "test-routes"))]
             let result = server.await;
+            #[cfg(feature = "test-routes")]
+            let result = {
+                let mut server = std::pin::pin!(server);
+                tokio::select! {
+                    result = &mut server => result,
+                    () = crash.0.notified() => {
+                        // Let the crash request's answer go out, then die as a broken server.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        stopper.abort();
+                        // The command is sent at once; the server future carries it out.
+                        drop(crash_handle.stop(false));
+                        let _ = server.await;
+                        anyhow::bail!("injected crash (POST /__test/crash)");
+                    }
+                }
+            };
             stopper.abort();
             // A forced stop returns before the worker threads have dropped the requests they
             // cut; wait (briefly) for those drops, so each cut request is logged before exit.

@@ -140,6 +140,15 @@ pub fn error_body(status: u16, message: &str) -> serde_json::Value {
     serde_json::json!({ "error": message, "status": status })
 }
 
+/// The message of a caught panic (`&str` or `String` payloads), for logs and errors.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

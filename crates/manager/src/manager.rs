@@ -641,11 +641,7 @@ fn exit_error(
         }),
         Err(join) if join.is_panic() => {
             let payload = join.into_panic();
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic".into());
+            let message = crate::admin::panic_message(&*payload).to_owned();
             Some(Error::Panicked {
                 server: name.to_owned(),
                 message,

@@ -24,6 +24,7 @@ pub struct RequestTracker {
     aborted: AtomicU64,
     cut_by_deadline: AtomicU64,
     draining: AtomicBool,
+    closing: AtomicBool,
     deadline_passed: AtomicBool,
     idle: Notify,
     latency: LatencyHistogram,
@@ -41,6 +42,7 @@ impl RequestTracker {
             aborted: AtomicU64::new(0),
             cut_by_deadline: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             deadline_passed: AtomicBool::new(false),
             idle: Notify::new(),
             latency: LatencyHistogram::default(),
@@ -86,14 +88,24 @@ impl RequestTracker {
         self.cut_by_deadline.load(Ordering::Relaxed)
     }
 
-    /// True once the server has been told to stop: responses should close their connection.
+    /// True once the server has stopped listening ([`ServeContext::stop_listening`]):
+    /// responses should now close their connection. Not earlier: a client told to close
+    /// reconnects at once, and before the socket stops listening that new connection would
+    /// wait in the backlog only to be reset; from then on it is refused and the client can
+    /// go elsewhere.
+    ///
+    /// [`ServeContext::stop_listening`]: crate::ServeContext::stop_listening
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.closing.load(Ordering::Relaxed)
     }
 
     /// The latency histogram of answered requests.
     pub fn latency(&self) -> &LatencyHistogram {
         &self.latency
+    }
+
+    pub(crate) fn close_connections(&self) {
+        self.closing.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn start_draining(&self) {

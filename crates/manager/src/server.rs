@@ -142,9 +142,6 @@ pub struct ServeContext {
     pub(crate) listening: Arc<ListeningSocket>,
 }
 
-/// See [`ServeContext::stop_listening`].
-const ACCEPT_LOOP_SETTLE: Duration = Duration::from_millis(10);
-
 /// A second handle on a server's listening socket, kept so the socket can stop listening
 /// while the framework still owns (and has not yet closed) it.
 #[derive(Debug, Default)]
@@ -194,19 +191,19 @@ impl ServeContext {
         self.requests.begin(method, path)
     }
 
-    /// Makes the listening socket refuse new connections. Call it right after telling the
-    /// framework to stop accepting: a client connecting during the drain then gets
-    /// "connection refused" (and retries elsewhere) instead of waiting in the kernel's
-    /// backlog only to be reset when the socket closes.
+    /// Makes the listening socket refuse new connections, and tells the server's responses
+    /// to close their connections from now on ([`RequestTracker::is_draining`]).
     ///
-    /// It first waits a few milliseconds, so that the framework's accept loop (often on
-    /// another thread) has taken the stop command: an accept on a socket that no longer
-    /// listens fails, and frameworks log that as an error. Idempotent; a no-op for inherited
-    /// sockets, whose parent keeps them listening for the next process (hot reload, socket
-    /// activation).
-    pub async fn stop_listening(&self) {
-        tokio::time::sleep(ACCEPT_LOOP_SETTLE).await;
+    /// Call it at the moment the framework has stopped calling `accept` (after its accept
+    /// loop took the stop command; an accept on a socket that no longer listens fails, and
+    /// frameworks log that as an error). From then on a client connecting during the drain
+    /// gets "connection refused" and can go elsewhere, instead of waiting in the kernel's
+    /// backlog only to be reset when the socket closes. Idempotent. For inherited sockets
+    /// only the second half applies: their parent keeps them listening for the next process
+    /// (hot reload, socket activation).
+    pub fn stop_listening(&self) {
         self.listening.stop();
+        self.requests.close_connections();
     }
 
     /// This server's request counters.

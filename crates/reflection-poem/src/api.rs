@@ -6,7 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flows::{FlowRun, RunOptions, StatusCode as FlowCode};
 use futures_util::stream;
+use poem::error::ReadBodyError;
 use poem::http::StatusCode;
+use poem::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use poem::web::{Data, Query};
 use poem::{Body, Request, Response, Route, get, handler, post};
 use serde::Deserialize;
@@ -61,15 +63,65 @@ fn ok(body: &Value) -> Response {
     json_response(StatusCode::OK, body)
 }
 
-/// Parses a JSON object body, or says (for a 400) what is wrong with it.
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|err| {
-        if body.is_empty() {
-            "request body is empty; expected a JSON object".to_owned()
-        } else {
-            format!("invalid JSON body: {err}")
+/// The largest JSON body the `POST` endpoints accept: 1 MiB, as the flows API's.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Reads the body of a JSON endpoint: at most [`BODY_LIMIT`] bytes (else 413), and, when it
+/// is not empty and says its type, `application/json` (else 415). Both answers are JSON.
+async fn read_json_body(req: &Request, body: Body) -> Result<Bytes, Response> {
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "request body is larger than the {} KiB (1 MiB) limit",
+                BODY_LIMIT / 1024
+            ),
+        )
+    };
+    let declared = req
+        .header(CONTENT_LENGTH)
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let bytes = match body.into_bytes_limit(BODY_LIMIT).await {
+        Ok(bytes) => bytes,
+        Err(ReadBodyError::PayloadTooLarge) => return Err(too_large()),
+        Err(err) => {
+            return Err(json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {err}"),
+            ));
         }
-    })
+    };
+    let content_type = req.header(CONTENT_TYPE).unwrap_or("");
+    if !bytes.is_empty()
+        && !content_type.is_empty()
+        && !content_type.starts_with("application/json")
+    {
+        return Err(json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("content type must be application/json, not {content_type}"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses a JSON object body, or says (for a 400) what is wrong with it.
+///
+/// The whole body is parsed first, so fields the endpoint ignores are still checked (UTF-8,
+/// number range, nesting depth), and only an object is accepted (serde would take an array
+/// for a struct).
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
+    if body.is_empty() {
+        return Err("request body is empty; expected a JSON object".to_owned());
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|err| format!("invalid JSON body: {err}"))?;
+    if !value.is_object() {
+        return Err("invalid JSON body: expected a JSON object".to_owned());
+    }
+    serde_json::from_value(value).map_err(|err| format!("invalid JSON body: {err}"))
 }
 
 /// 400 with `{"error": message}`, the shape the CLI prints.
@@ -125,12 +177,16 @@ struct StreamQuery {
 }
 
 #[handler]
-fn run_action(
+async fn run_action(
     req: &Request,
-    body: Bytes,
+    body: Body,
     Query(query): Query<StreamQuery>,
     Data(state): Data<&Arc<State>>,
 ) -> Response {
+    let body = match read_json_body(req, body).await {
+        Ok(body) => body,
+        Err(res) => return res,
+    };
     let body: RunActionBody = match parse_body(&body) {
         Ok(body) => body,
         Err(message) => return bad_request(&message),
@@ -227,7 +283,11 @@ struct CancelBody {
 }
 
 #[handler]
-fn cancel_action(body: Bytes, Data(state): Data<&Arc<State>>) -> Response {
+async fn cancel_action(req: &Request, body: Body, Data(state): Data<&Arc<State>>) -> Response {
+    let body = match read_json_body(req, body).await {
+        Ok(body) => body,
+        Err(res) => return res,
+    };
     let body: CancelBody = match parse_body(&body) {
         Ok(body) => body,
         Err(message) => return bad_request(&message),
@@ -253,7 +313,11 @@ struct NotifyBody {
 }
 
 #[handler]
-fn notify(body: Bytes, Data(state): Data<&Arc<State>>) -> Response {
+async fn notify(req: &Request, body: Body, Data(state): Data<&Arc<State>>) -> Response {
+    let body = match read_json_body(req, body).await {
+        Ok(body) => body,
+        Err(res) => return res,
+    };
     let body: NotifyBody = match parse_body(&body) {
         Ok(body) => body,
         Err(message) => return bad_request(&message),

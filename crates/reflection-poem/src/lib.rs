@@ -13,6 +13,17 @@
 //! result), `POST /api/cancelAction`, `POST /api/notify`, `GET /api/values`, `GET /api/envs`,
 //! `GET|POST /api/__quitquitquit`, plus the admin endpoints every managed server has.
 //!
+//! # Limits
+//! - The `POST` endpoints that read JSON (`runAction`, `cancelAction`, `notify`) accept at
+//!   most [`BODY_LIMIT`] (1 MiB): a larger body is a 413 with a JSON error, as is a declared
+//!   `Content-Length` over it (answered before any of the body is read). A non-empty body
+//!   whose `Content-Type` is given and is not `application/json` is a 415; malformed JSON,
+//!   wrong types and an empty body are 400s; all with a JSON error.
+//! - A client must send each request head within [`HEAD_TIMEOUT`] (10 s) of starting it (on a
+//!   new connection: of connecting), or its connection is dropped: poem gives hyper no timer,
+//!   so hyper's own header-read timeout never fires, and a client that never finishes its
+//!   headers (slowloris) would otherwise hold a connection forever.
+//!
 //! ```no_run
 //! use reflection_poem::ReflectionApi;
 //! use manager::{ServerConfig, ServerManager};
@@ -30,9 +41,12 @@
 
 mod api;
 mod discovery;
+mod head_deadline;
 mod server;
 
+pub use api::BODY_LIMIT;
 pub use discovery::{RuntimeFile, discovery_root};
+pub use head_deadline::HEAD_TIMEOUT;
 pub use server::ReflectionApi;
 
 /// The Reflection API version this runtime speaks (the CLI exits on a higher one).

@@ -13,6 +13,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 
 use crate::api;
 use crate::discovery::{RuntimeFile, discovery_root};
+use crate::head_deadline::{HEAD_TIMEOUT, HeadDeadlineAcceptor};
 
 /// The reflection server. See the crate docs.
 #[derive(Debug, Clone)]
@@ -120,13 +121,15 @@ impl Server for ReflectionApi {
                 runtime_id: runtime_id(&ctx),
                 ctx: ctx.clone(),
             });
-            let acceptor = TcpAcceptor::from_std(listener)?;
-            // poem stops accepting (and closes its handle) when this future finishes.
+            let acceptor =
+                HeadDeadlineAcceptor::new(TcpAcceptor::from_std(listener)?, HEAD_TIMEOUT);
+            // poem leaves its accept loop in the very poll that sees this future finish, so
+            // the socket can stop listening right here.
             let stop = {
                 let ctx = ctx.clone();
                 async move {
                     ctx.shutdown().cancelled().await;
-                    ctx.stop_listening().await;
+                    ctx.stop_listening();
                 }
             };
             poem::Server::new_with_acceptor(acceptor)
