@@ -384,11 +384,10 @@ impl ServerManager {
         if !shared.drain_delay.is_zero() {
             tokio::time::sleep(shared.drain_delay).await;
         }
-        let _ = shared
-            .deadline
-            .set(tokio::time::Instant::now() + shared.drain_deadline);
+        let deadline = tokio::time::Instant::now() + shared.drain_deadline;
+        let _ = shared.deadline.set(deadline);
         for slot in read(&shared.servers).iter() {
-            slot.tracker.start_draining();
+            slot.tracker.start_draining_until(deadline);
         }
         shared.stop_accepting.cancel();
 
@@ -567,8 +566,9 @@ async fn supervise(shared: Arc<Shared>, Registration { slot, server }: Registrat
     let deadline = *shared.deadline.get().expect("set before stop_accepting");
     let joined = match tokio::time::timeout_at(deadline, &mut serve).await {
         Ok(joined) => {
-            // A framework that returns with requests still running has cut them.
-            if slot.tracker.in_flight() > 0 {
+            // A framework that returns with requests still running has cut them; one whose
+            // own deadline timer fired a moment before ours has dropped them already.
+            if slot.tracker.in_flight() > 0 || slot.tracker.cut_by_deadline() > 0 {
                 report_cut(&slot);
             }
             Some(joined)

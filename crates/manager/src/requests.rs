@@ -26,6 +26,10 @@ pub struct RequestTracker {
     draining: AtomicBool,
     closing: AtomicBool,
     deadline_passed: AtomicBool,
+    /// When the drain deadline falls, once draining started. Frameworks enforce the same
+    /// deadline with their own timers, which may fire a moment before the manager's: a
+    /// request dropped unanswered at or after this instant was cut by the deadline.
+    deadline: std::sync::OnceLock<tokio::time::Instant>,
     idle: Notify,
     latency: LatencyHistogram,
     feed: Arc<RequestFeed>,
@@ -44,6 +48,7 @@ impl RequestTracker {
             draining: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             deadline_passed: AtomicBool::new(false),
+            deadline: std::sync::OnceLock::new(),
             idle: Notify::new(),
             latency: LatencyHistogram::default(),
         }
@@ -83,9 +88,23 @@ impl RequestTracker {
         self.aborted.load(Ordering::Relaxed)
     }
 
-    /// Requests still in flight when the drain deadline passed.
+    /// Requests cut by the drain deadline: dropped unanswered once it had passed, plus any
+    /// still in flight after it.
     pub fn cut_by_deadline(&self) -> u64 {
-        self.cut_by_deadline.load(Ordering::Relaxed)
+        let still_running = if self.deadline_passed.load(Ordering::SeqCst) {
+            self.in_flight() as u64
+        } else {
+            0
+        };
+        self.cut_by_deadline.load(Ordering::Relaxed) + still_running
+    }
+
+    fn is_past_deadline(&self) -> bool {
+        self.deadline_passed.load(Ordering::SeqCst)
+            || self
+                .deadline
+                .get()
+                .is_some_and(|deadline| tokio::time::Instant::now() >= *deadline)
     }
 
     /// True once the server has stopped listening ([`ServeContext::stop_listening`]):
@@ -108,16 +127,19 @@ impl RequestTracker {
         self.closing.store(true, Ordering::Relaxed);
     }
 
+    pub(crate) fn start_draining_until(&self, deadline: tokio::time::Instant) {
+        let _ = self.deadline.set(deadline);
+        self.start_draining();
+    }
+
     pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Records that the drain deadline passed; returns how many requests it cut.
+    /// Records that the drain deadline passed; returns how many requests it has cut.
     pub(crate) fn deadline_passed(&self) -> u64 {
         self.deadline_passed.store(true, Ordering::SeqCst);
-        let cut = self.in_flight() as u64;
-        self.cut_by_deadline.store(cut, Ordering::Relaxed);
-        cut
+        self.cut_by_deadline()
     }
 
     /// Resolves once no request is in flight. Only meaningful after draining started, since
@@ -204,7 +226,8 @@ impl Drop for RequestGuard {
         if !self.finished {
             let tracker = &self.tracker;
             tracker.aborted.fetch_add(1, Ordering::Relaxed);
-            let reason = if tracker.deadline_passed.load(Ordering::SeqCst) {
+            let reason = if tracker.is_past_deadline() {
+                tracker.cut_by_deadline.fetch_add(1, Ordering::Relaxed);
                 "drain deadline"
             } else {
                 "client gone"
@@ -422,6 +445,31 @@ mod tests {
         assert_eq!(t.cut_by_deadline(), 1);
         drop(slow);
         assert_eq!(t.aborted(), 1);
+    }
+
+    /// A framework's own deadline timer may fire a moment before the manager's: a request it
+    /// drops once the deadline instant has passed is still counted as cut.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_dropped_after_the_deadline_instant_counts_as_cut() {
+        let t = tracker();
+        let early = t.begin("GET", "/early");
+        let late = t.begin("GET", "/late");
+        t.start_draining_until(tokio::time::Instant::now() + Duration::from_millis(300));
+        drop(early);
+        assert_eq!(
+            t.cut_by_deadline(),
+            0,
+            "dropped before the deadline: client gone"
+        );
+        tokio::time::advance(Duration::from_millis(300)).await;
+        drop(late);
+        assert_eq!(t.cut_by_deadline(), 1);
+        assert_eq!(t.aborted(), 2);
+        assert_eq!(
+            t.deadline_passed(),
+            1,
+            "the manager's timer, later, counts it once"
+        );
     }
 
     #[tokio::test]
