@@ -51,26 +51,8 @@ impl Process {
     /// As [`start`](Self::start), with extra environment variables.
     pub fn start_with_env(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
         let mut process = Self::spawn(binary, args, env);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let out = process.stdout();
-            if let Some(urls) = parse_banner(&out) {
-                process.urls = urls;
-                return process;
-            }
-            if let Some(status) = process.child.try_wait().expect("try_wait") {
-                panic!(
-                    "multi-server exited with {status} before its banner\nstdout:\n{out}\nstderr:\n{}",
-                    process.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no banner within {WAIT:?}:\n{}",
-                process.stderr()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        process.wait_banner();
+        process
     }
 
     /// Starts the binary without waiting for anything (for runs expected to fail).
