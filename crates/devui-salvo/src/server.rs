@@ -85,6 +85,7 @@ impl Server for DevUi {
                     // (which salvo keeps open while it drains) can stop listening first:
                     // clients that salvo's graceful stop sends away are refused at once.
                     ctx.stop_listening();
+                    ctx.close_idle().cancelled().await;
                     handle.stop_graceful(Some(ctx.drain_deadline()));
                 }
             });

@@ -20,6 +20,9 @@ use crate::inherited::InheritedSockets;
 use crate::requests::{RequestEvent, RequestFeed, RequestTracker};
 use crate::server::{ListeningSocket, ServeContext, Server, ServerConfig};
 
+/// How long after servers stop accepting they close idle connections (see `close_idle`).
+const ACCEPTED_SETTLE: Duration = Duration::from_millis(20);
+
 /// How long a framework may take to unwind after the drain deadline before it is abandoned.
 const FRAMEWORK_GRACE: Duration = Duration::from_millis(500);
 
@@ -177,6 +180,8 @@ struct Shared {
     shutdown: CancellationToken,
     /// Cancelled after the drain delay: servers stop accepting and drain.
     stop_accepting: CancellationToken,
+    /// Cancelled `ACCEPTED_SETTLE` after `stop_accepting`: servers close idle connections.
+    close_idle: CancellationToken,
     reason: OnceLock<ShutdownReason>,
     drain_delay: Duration,
     drain_deadline: Duration,
@@ -244,6 +249,7 @@ impl ServerManager {
             servers: RwLock::default(),
             shutdown: CancellationToken::new(),
             stop_accepting: CancellationToken::new(),
+            close_idle: CancellationToken::new(),
             reason: OnceLock::new(),
             drain_delay: Duration::ZERO,
             drain_deadline: Duration::from_secs(10),
@@ -390,6 +396,15 @@ impl ServerManager {
             slot.tracker.start_draining_until(deadline);
         }
         shared.stop_accepting.cancel();
+        // A connection accepted just before the stop has its first request on the wire:
+        // give it a moment to arrive and be read, so it is served rather than closed idle.
+        tokio::spawn({
+            let close_idle = shared.close_idle.clone();
+            async move {
+                tokio::time::sleep(ACCEPTED_SETTLE).await;
+                close_idle.cancel();
+            }
+        });
 
         while let Some(joined) = tasks.join_next().await {
             if let Err(err) = joined {
@@ -503,6 +518,7 @@ async fn supervise(shared: Arc<Shared>, Registration { slot, server }: Registrat
         name: Arc::clone(&slot.config.name),
         local_addr,
         shutdown: shared.stop_accepting.clone(),
+        close_idle: shared.close_idle.clone(),
         drain_deadline: shared.drain_deadline,
         requests: Arc::clone(&slot.tracker),
         manager: ManagerHandle {

@@ -24,9 +24,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// # Contract of `serve`
 /// - Serve on `listener` (already bound, listening and non-blocking) until
 ///   [`ServeContext::shutdown`] is cancelled.
-/// - Then stop accepting, call [`ServeContext::stop_listening`], close idle keep-alive
-///   connections, let in-flight requests finish, and return once they have, or once
-///   [`ServeContext::drain_deadline`] has passed.
+/// - Then stop accepting, call [`ServeContext::stop_listening`], and when
+///   [`ServeContext::close_idle`] fires, close idle connections; let in-flight requests
+///   finish, and return once they have, or once [`ServeContext::drain_deadline`] has passed.
 /// - Wrap every request in [`ServeContext::begin_request`]: that is how the manager knows a
 ///   server is idle and which requests a deadline cut.
 /// - Returning before the token is cancelled, `Ok` or `Err`, means the server died: a required
@@ -136,6 +136,7 @@ pub struct ServeContext {
     pub(crate) name: Arc<str>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) close_idle: CancellationToken,
     pub(crate) drain_deadline: Duration,
     pub(crate) requests: Arc<RequestTracker>,
     pub(crate) manager: ManagerHandle,
@@ -181,6 +182,13 @@ impl ServeContext {
         &self.shutdown
     }
 
+    /// Cancelled a moment (20 ms) after [`shutdown`](Self::shutdown): close idle connections
+    /// now. The pause lets a connection accepted just before the stop deliver its first
+    /// request, which is then served instead of the connection being closed unanswered.
+    pub fn close_idle(&self) -> &CancellationToken {
+        &self.close_idle
+    }
+
     /// How long in-flight requests may take once shutdown began.
     pub fn drain_deadline(&self) -> Duration {
         self.drain_deadline
@@ -224,6 +232,11 @@ impl ServeContext {
     /// Cancel-safe.
     pub async fn drained(&self) {
         self.shutdown.cancelled().await;
-        let _ = tokio::time::timeout(self.drain_deadline, self.requests.wait_idle()).await;
+        let deadline = tokio::time::Instant::now() + self.drain_deadline;
+        let _ = tokio::time::timeout_at(deadline, async {
+            self.close_idle.cancelled().await;
+            self.requests.wait_idle().await;
+        })
+        .await;
     }
 }

@@ -19,19 +19,27 @@ use poem::listener::{Acceptor, TcpAcceptor};
 use poem::web::{LocalAddr, RemoteAddr};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 
 /// How long a client may take to send a request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts like poem's [`TcpAcceptor`], with a [`HeadDeadline`] on every connection.
+/// Accepts like poem's [`TcpAcceptor`], with a [`HeadDeadline`] on every connection, and
+/// stops accepting the moment `stop` fires (before poem itself is told to shut down, which
+/// closes idle connections: see `ServeContext::close_idle`).
 pub(crate) struct HeadDeadlineAcceptor {
     inner: TcpAcceptor,
     timeout: Duration,
+    stop: CancellationToken,
 }
 
 impl HeadDeadlineAcceptor {
-    pub(crate) fn new(inner: TcpAcceptor, timeout: Duration) -> Self {
-        HeadDeadlineAcceptor { inner, timeout }
+    pub(crate) fn new(inner: TcpAcceptor, timeout: Duration, stop: CancellationToken) -> Self {
+        HeadDeadlineAcceptor {
+            inner,
+            timeout,
+            stop,
+        }
     }
 }
 
@@ -43,7 +51,12 @@ impl Acceptor for HeadDeadlineAcceptor {
     }
 
     async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
-        let (io, local, remote, scheme) = self.inner.accept().await?;
+        let accepted = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => std::future::pending().await,
+            accepted = self.inner.accept() => accepted,
+        };
+        let (io, local, remote, scheme) = accepted?;
         Ok((HeadDeadline::new(io, self.timeout), local, remote, scheme))
     }
 }

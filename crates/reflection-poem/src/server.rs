@@ -121,15 +121,19 @@ impl Server for ReflectionApi {
                 runtime_id: runtime_id(&ctx),
                 ctx: ctx.clone(),
             });
-            let acceptor =
-                HeadDeadlineAcceptor::new(TcpAcceptor::from_std(listener)?, HEAD_TIMEOUT);
-            // poem leaves its accept loop in the very poll that sees this future finish, so
-            // the socket can stop listening right here.
+            let acceptor = HeadDeadlineAcceptor::new(
+                TcpAcceptor::from_std(listener)?,
+                HEAD_TIMEOUT,
+                ctx.shutdown().clone(),
+            );
+            // The acceptor stops on the shutdown token itself, so the socket can stop
+            // listening at once; poem is told to close idle connections a moment later.
             let stop = {
                 let ctx = ctx.clone();
                 async move {
                     ctx.shutdown().cancelled().await;
                     ctx.stop_listening();
+                    ctx.close_idle().cancelled().await;
                 }
             };
             poem::Server::new_with_acceptor(acceptor)
