@@ -166,17 +166,7 @@ fn too_few_sockets_is_one_clear_error_and_exit_1() {
     let (mut p, ports) = activated(2, &[], DEV);
     // Triggers the exec; the binary refuses to start, so this connection is closed unanswered.
     let _ = try_get(&format!("http://127.0.0.1:{}/__healthz", ports[0]));
-    let status = p.wait_exit(Duration::from_secs(20));
-    let log = p.stderr();
-    assert_eq!(status.code(), Some(1), "{log}");
-    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{log}");
-    assert!(
-        errors[0].contains("LISTEN_FDS")
-            && errors[0].contains("2 socket(s) inherited but 3 server(s)"),
-        "{}",
-        errors[0]
-    );
+    let log = assert_one_mismatch_error(&mut p, "2 socket(s) inherited but 3 server(s)");
     assert!(!log.contains("serving"), "no server may start: {log}");
     assert!(p.stdout().is_empty(), "no banner: {}", p.stdout());
 }
@@ -186,15 +176,21 @@ fn too_many_sockets_is_one_clear_error_and_exit_1() {
     // Without dev mode there is one server (flows) for three sockets.
     let (mut p, ports) = activated(3, &[], &["--flows-workers", "2"]);
     let _ = try_get(&format!("http://127.0.0.1:{}/__healthz", ports[0]));
+    assert_one_mismatch_error(&mut p, "3 socket(s) inherited but 1 server(s)");
+}
+
+/// The process exits 1 with exactly one `error:` line, naming LISTEN_FDS and `detail`;
+/// returns the log.
+fn assert_one_mismatch_error(p: &mut Process, detail: &str) -> String {
     let status = p.wait_exit(Duration::from_secs(20));
     let log = p.stderr();
     assert_eq!(status.code(), Some(1), "{log}");
     let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{log}");
     assert!(
-        errors[0].contains("LISTEN_FDS")
-            && errors[0].contains("3 socket(s) inherited but 1 server(s)"),
+        errors[0].contains("LISTEN_FDS") && errors[0].contains(detail),
         "{}",
         errors[0]
     );
+    log
 }

@@ -57,13 +57,24 @@ impl Process {
 
     /// Starts the binary without waiting for anything (for runs expected to fail).
     pub fn spawn(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
+        Self::launch(binary, args, env, None)
+    }
+
+    /// Starts the binary with its output captured in a fresh temp dir, working in `cwd` (by
+    /// default that temp dir), without waiting for anything.
+    fn launch(
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        cwd: Option<&std::path::Path>,
+    ) -> Process {
         let dir = temp_dir("run");
         let stdout = fs::File::create(dir.join("stdout")).expect("stdout file");
         let stderr = fs::File::create(dir.join("stderr")).expect("stderr file");
         let mut command = Command::new(binary);
         command
             .args(args)
-            .current_dir(&dir)
+            .current_dir(cwd.unwrap_or(&dir))
             .env_remove("GENKIT_ENV")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
@@ -305,29 +316,7 @@ impl Process {
         env: &[(&str, &str)],
         cwd: &std::path::Path,
     ) -> Process {
-        let dir = temp_dir("run");
-        let stdout = fs::File::create(dir.join("stdout")).expect("stdout file");
-        let stderr = fs::File::create(dir.join("stderr")).expect("stderr file");
-        let mut command = Command::new(binary);
-        command
-            .args(args)
-            .current_dir(cwd)
-            .env_remove("GENKIT_ENV")
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command.spawn().expect("spawn multi-server");
-        let mut process = Process {
-            child,
-            dir,
-            urls: BTreeMap::new(),
-        };
+        let mut process = Self::launch(binary, args, env, Some(cwd));
         process.wait_banner();
         process
     }
