@@ -2,7 +2,7 @@
 //! [`Server`](manager::Server) trait.
 //!
 //! Routes: `GET /greet`, `GET /flow/run` (the original sample's fixed answer), `POST
-//! /flow/<name>` (runs a flow of the shared [`flows::Registry`]: JSON input in, `{"result":
+//! /flow/<name>` (runs a flow of the shared [`Registry`](::flows::Registry): JSON input in, `{"result":
 //! ...}` out; `Accept: text/event-stream` streams Server-Sent Events, `?stream=true` NDJSON),
 //! and the admin endpoints every managed server has
 //! (`GET /__healthz`, `GET /__readyz`, `GET /__serverz`, `POST /__quitquitquitz`). Every
