@@ -6,6 +6,7 @@
 //! [`RequestGuard`]. The guard is what lets the manager stop an idle server at once and report
 //! the requests a deadline cut.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -61,7 +62,8 @@ impl RequestTracker {
         RequestGuard {
             tracker: Arc::clone(self),
             id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
-            method: method.to_owned(),
+            method: static_method(method)
+                .map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed),
             path: path.to_owned(),
             started: Instant::now(),
             finished: false,
@@ -176,7 +178,7 @@ impl RequestTracker {
 pub struct RequestGuard {
     tracker: Arc<RequestTracker>,
     id: u64,
-    method: String,
+    method: Cow<'static, str>,
     path: String,
     started: Instant,
     finished: bool,
@@ -202,7 +204,7 @@ impl RequestGuard {
             target: "request",
             server = &*tracker.server,
             id = self.id,
-            method = self.method,
+            method = &*self.method,
             path = self.path,
             status,
             latency_ms = latency.as_secs_f64() * 1e3,
@@ -211,7 +213,7 @@ impl RequestGuard {
         tracker.feed.publish(|| RequestEvent {
             server: tracker.server.to_string(),
             id: self.id,
-            method: std::mem::take(&mut self.method),
+            method: std::mem::take(&mut self.method).into_owned(),
             path: std::mem::take(&mut self.path),
             status: Some(status),
             aborted: None,
@@ -237,7 +239,7 @@ impl Drop for RequestGuard {
                 target: "request",
                 server = &*tracker.server,
                 id = self.id,
-                method = self.method,
+                method = &*self.method,
                 path = self.path,
                 status = "aborted",
                 reason,
@@ -246,7 +248,7 @@ impl Drop for RequestGuard {
             tracker.feed.publish(|| RequestEvent {
                 server: tracker.server.to_string(),
                 id: self.id,
-                method: std::mem::take(&mut self.method),
+                method: std::mem::take(&mut self.method).into_owned(),
                 path: std::mem::take(&mut self.path),
                 status: None,
                 aborted: Some(reason),
@@ -275,6 +277,14 @@ impl GuardCell {
     pub fn take(&self) -> Option<RequestGuard> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
+}
+
+/// The standard methods as `&'static str`, so the common case allocates nothing.
+fn static_method(method: &str) -> Option<&'static str> {
+    const METHODS: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    METHODS.into_iter().find(|m| *m == method)
 }
 
 /// One finished (or aborted) request, as the live request feed carries it.
