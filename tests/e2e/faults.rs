@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use multi_server_e2e::{Process, eventually, get, temp_dir};
 use serde_json::Value;
 
-use super::{BIN, DEV_ENV, dev_args, start, start_dev};
+use super::{BIN, DEV_ENV, dev_args, server_entry, start, start_dev, wait_in_flight};
 
 const EXIT_WAIT: Duration = Duration::from_secs(20);
 
@@ -243,25 +243,6 @@ fn once(
 
 // ---------------------------------------------------------------------------------------------
 // Process helpers.
-
-/// The `/__serverz` entry of server `name`, read through server `via`.
-fn server_entry(p: &Process, via: &str, name: &str) -> Value {
-    let info = get(&format!("{}/__serverz", p.url(via))).json;
-    info["servers"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("no server {name} in {info}"))
-}
-
-/// Waits until `n` requests are in flight on server `name` (read through server `via`; a poll
-/// through the same server counts itself).
-fn wait_in_flight(p: &Process, via: &str, name: &str, n: u64) {
-    let own = u64::from(via == name);
-    eventually(&format!("{n} requests in flight on {name}"), || {
-        let entry = server_entry(p, via, name);
-        (entry["requests"]["in_flight"].as_u64() >= Some(n + own)).then_some(())
-    });
-}
 
 /// The resident set size of `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {

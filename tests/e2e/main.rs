@@ -58,3 +58,22 @@ fn dev_args() -> Vec<&'static str> {
         "2",
     ]
 }
+
+/// The `/__serverz` entry of server `name`, read through server `via`.
+fn server_entry(p: &multi_server_e2e::Process, via: &str, name: &str) -> serde_json::Value {
+    let info = multi_server_e2e::get(&format!("{}/__serverz", p.url(via))).json;
+    info["servers"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no server {name} in {info}"))
+}
+
+/// Waits until `n` requests are in flight on server `name` (read through server `via`; a poll
+/// through the same server counts itself).
+fn wait_in_flight(p: &multi_server_e2e::Process, via: &str, name: &str, n: u64) {
+    let own = u64::from(via == name);
+    multi_server_e2e::eventually(&format!("{n} requests in flight on {name}"), || {
+        let entry = server_entry(p, via, name);
+        (entry["requests"]["in_flight"].as_u64() >= Some(n + own)).then_some(())
+    });
+}

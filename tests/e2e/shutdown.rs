@@ -3,24 +3,11 @@
 use std::thread;
 use std::time::Duration;
 
-use multi_server_e2e::{Process, get, post, try_get};
+use multi_server_e2e::{get, post, try_get};
 
-use super::start;
+use super::{start, wait_in_flight};
 
 const EXIT_WAIT: Duration = Duration::from_secs(20);
-
-/// Waits until `n` requests are in flight on the flows server (this poll itself is one).
-fn wait_in_flight(p: &Process, n: u64) {
-    let url = format!("{}/__serverz", p.url("flows"));
-    for _ in 0..2000 {
-        let info = get(&url).json;
-        if info["servers"][0]["requests"]["in_flight"].as_u64() >= Some(n + 1) {
-            return;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    panic!("never saw {n} requests in flight");
-}
 
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
@@ -31,7 +18,7 @@ fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
     let mut p = start(&["--drain-deadline", "10s"]);
     let slow = format!("{}/__test/slow?ms=1200", p.url("flows"));
     let client = thread::spawn(move || get(&slow));
-    wait_in_flight(&p, 1);
+    wait_in_flight(&p, "flows", "flows", 1);
     p.signal("TERM");
     let reply = client.join().unwrap();
     assert_eq!(reply.status, 200);
@@ -47,7 +34,7 @@ fn a_drain_deadline_shorter_than_the_request_cuts_it_logs_it_and_exits_3() {
     let mut p = start(&["--drain-deadline", "300ms"]);
     let slow = format!("{}/__test/slow?ms=10000", p.url("flows"));
     let client = thread::spawn(move || try_get(&slow).map(|r| r.status));
-    wait_in_flight(&p, 1);
+    wait_in_flight(&p, "flows", "flows", 1);
     p.signal("TERM");
     let status = p.wait_exit(EXIT_WAIT);
     assert_eq!(status.code(), Some(3), "{}", p.stderr());
@@ -75,7 +62,7 @@ fn a_second_signal_forces_exit_with_128_plus_signal() {
     let mut p = start(&["--drain-deadline", "60s"]);
     let slow = format!("{}/__test/slow?ms=30000", p.url("flows"));
     let _client = thread::spawn(move || try_get(&slow).map(|r| r.status));
-    wait_in_flight(&p, 1);
+    wait_in_flight(&p, "flows", "flows", 1);
     p.signal("TERM");
     p.wait_for_log("shutting down");
     p.signal("INT");

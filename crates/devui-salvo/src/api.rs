@@ -184,15 +184,9 @@ async fn run_flow(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !body.is_empty() && !content_type.is_empty() && !content_type.starts_with("application/json")
-    {
-        return json_error(
-            res,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &format!("content type must be application/json, not {content_type}"),
-        );
+        .and_then(|v| v.to_str().ok());
+    if let Some(refusal) = manager::admin::non_json_body(content_type, &body) {
+        return json_error(res, StatusCode::UNSUPPORTED_MEDIA_TYPE, &refusal);
     }
     let input = match serde_json::from_slice::<RunRequest>(&body) {
         Ok(request) => request.input,

@@ -38,14 +38,9 @@ pub(crate) async fn run_flow(
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !body.is_empty() && !content_type.is_empty() && !content_type.starts_with("application/json")
-    {
-        return json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &format!("content type must be application/json, not {content_type}"),
-        );
+        .and_then(|v| v.to_str().ok());
+    if let Some(refusal) = manager::admin::non_json_body(content_type, &body) {
+        return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &refusal);
     }
     // An empty body is no input (null): flows that take none accept it, others say why not.
     let input = if body.is_empty() {

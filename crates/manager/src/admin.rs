@@ -140,6 +140,15 @@ pub fn error_body(status: u16, message: &str) -> serde_json::Value {
     serde_json::json!({ "error": message, "status": status })
 }
 
+/// Why a request body is refused with 415, if it is: a non-empty body whose declared content
+/// type is not JSON. A body without a declared type is taken as JSON: the parser then says
+/// what is wrong with it, if anything.
+pub fn non_json_body(content_type: Option<&str>, body: &[u8]) -> Option<String> {
+    let content_type = content_type.unwrap_or("");
+    (!body.is_empty() && !content_type.is_empty() && !content_type.starts_with("application/json"))
+        .then(|| format!("content type must be application/json, not {content_type}"))
+}
+
 /// The message of a caught panic (`&str` or `String` payloads), for logs and errors.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     payload
@@ -152,6 +161,20 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_declared_non_json_type_on_a_body_is_refused() {
+        assert_eq!(
+            non_json_body(Some("application/json; charset=utf-8"), b"{}"),
+            None
+        );
+        assert_eq!(non_json_body(None, b"{}"), None);
+        assert_eq!(non_json_body(Some("text/plain"), b""), None);
+        assert_eq!(
+            non_json_body(Some("text/plain"), b"x").as_deref(),
+            Some("content type must be application/json, not text/plain")
+        );
+    }
 
     #[test]
     fn loopback_includes_mapped_v4() {

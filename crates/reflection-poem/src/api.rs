@@ -94,15 +94,8 @@ async fn read_json_body(req: &Request, body: Body) -> Result<Bytes, Response> {
             ));
         }
     };
-    let content_type = req.header(CONTENT_TYPE).unwrap_or("");
-    if !bytes.is_empty()
-        && !content_type.is_empty()
-        && !content_type.starts_with("application/json")
-    {
-        return Err(json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &format!("content type must be application/json, not {content_type}"),
-        ));
+    if let Some(refusal) = manager::admin::non_json_body(req.header(CONTENT_TYPE), &bytes) {
+        return Err(json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &refusal));
     }
     Ok(bytes)
 }
