@@ -350,7 +350,7 @@ fn serving_servers(devui: &str) -> Vec<(String, String)> {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let all_serving = servers.len() == 3 && servers.iter().all(|s| s["state"] == "serving");
+        let all_serving = servers.len() == 4 && servers.iter().all(|s| s["state"] == "serving");
         if all_serving {
             return servers
                 .iter()

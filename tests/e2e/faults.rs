@@ -4,7 +4,7 @@
 //! slowloris clients on every port, a corpus of malformed JSON for every JSON endpoint, and 50
 //! start/stop cycles. Every test is bounded by count and by time.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -12,237 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use multi_server_e2e::{Process, eventually, get, temp_dir};
-use serde_json::Value;
+use multi_server_e2e::{Conn, Process, addr, eventually, find, get, once, temp_dir};
 
 use super::{BIN, DEV_ENV, dev_args, server_entry, start, start_dev, wait_in_flight};
 
 const EXIT_WAIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------------
-// A raw HTTP/1.1 client: keep-alive, content-length and chunked bodies, exact error kinds.
-
-/// One parsed answer.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn closes(&self) -> bool {
-        self.header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// Why a request got no (complete) answer.
-#[derive(Debug)]
-struct Failure {
-    /// Bytes of the answer received before the failure (0: the server never answered).
-    received: usize,
-    error: io::Error,
-}
-
-impl From<io::Error> for Failure {
-    fn from(error: io::Error) -> Self {
-        Failure { received: 0, error }
-    }
-}
-
-/// A keep-alive HTTP/1.1 connection.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// Answers received on this connection.
-    answered: usize,
-}
-
-fn addr(url: &str) -> SocketAddr {
-    url.strip_prefix("http://")
-        .unwrap_or(url)
-        .parse()
-        .unwrap_or_else(|e| panic!("{url}: {e}"))
-}
-
-impl Conn {
-    fn connect(addr: SocketAddr) -> io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(20)))?;
-        stream.set_nodelay(true)?;
-        Ok(Conn {
-            stream,
-            buf: Vec::new(),
-            answered: 0,
-        })
-    }
-
-    fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> io::Result<()> {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        if !body.is_empty() || method == "POST" {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        head.push_str("\r\n");
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(body);
-        self.stream.write_all(&bytes)
-    }
-
-    fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Result<Answer, Failure> {
-        self.send(method, path, headers, body)?;
-        self.answer()
-    }
-
-    fn fill(&mut self, received: &mut usize) -> Result<(), Failure> {
-        let mut chunk = [0u8; 16 * 1024];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => Err(Failure {
-                received: *received,
-                error: io::Error::new(ErrorKind::UnexpectedEof, "EOF"),
-            }),
-            Ok(n) => {
-                *received += n;
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
-            Err(error) => Err(Failure {
-                received: *received,
-                error,
-            }),
-        }
-    }
-
-    /// Reads one whole answer.
-    fn answer(&mut self) -> Result<Answer, Failure> {
-        let mut received = self.buf.len();
-        let head_end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i;
-            }
-            self.fill(&mut received)?;
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        self.buf.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Failure {
-                received,
-                error: io::Error::new(ErrorKind::InvalidData, format!("bad head {head:?}")),
-            })?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-        let body = if let Some(length) = get("content-length") {
-            let length: usize = length.parse().unwrap_or(0);
-            while self.buf.len() < length {
-                self.fill(&mut received)?;
-            }
-            self.buf.drain(..length).collect()
-        } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            let mut body = Vec::new();
-            loop {
-                let line_end = loop {
-                    if let Some(i) = find(&self.buf, b"\r\n") {
-                        break i;
-                    }
-                    self.fill(&mut received)?;
-                };
-                let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
-                let size =
-                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                        .map_err(|_| Failure {
-                            received,
-                            error: io::Error::new(ErrorKind::InvalidData, "bad chunk size"),
-                        })?;
-                self.buf.drain(..line_end + 2);
-                while self.buf.len() < size + 2 {
-                    self.fill(&mut received)?;
-                }
-                body.extend(self.buf.drain(..size));
-                self.buf.drain(..2);
-                if size == 0 {
-                    break body;
-                }
-            }
-        } else if status == 204 || status == 304 || (100..200).contains(&status) {
-            Vec::new()
-        } else {
-            // Delimited by the end of the connection.
-            loop {
-                match self.fill(&mut received) {
-                    Ok(()) => {}
-                    Err(f) if f.error.kind() == ErrorKind::UnexpectedEof => {
-                        break std::mem::take(&mut self.buf);
-                    }
-                    Err(f) => return Err(f),
-                }
-            }
-        };
-        self.answered += 1;
-        Ok(Answer {
-            status,
-            headers,
-            body,
-        })
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// One request on a fresh connection.
-fn once(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Answer {
-    let mut conn = Conn::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    conn.request(method, path, headers, body)
-        .unwrap_or_else(|f| panic!("{method} {path} on {addr}: {f:?}"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Process helpers.
+// Process helpers. (The raw HTTP/1.1 client, `Conn`, is the helper crate's.)
 
 /// The resident set size of `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -1268,7 +1045,7 @@ fn fifty_start_stop_cycles_leave_nothing_behind() {
             .iter()
             .map(|(name, url)| (name.clone(), addr(url).port()))
             .collect();
-        assert_eq!(ports.len(), 3, "{:?}", p.urls);
+        assert_eq!(ports.len(), 4, "{:?}", p.urls);
         assert_eq!(
             files_in(&runtimes).len(),
             1,

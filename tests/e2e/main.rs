@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `multi-server` binary (built with `test-faults`), ephemeral
 //! ports, real HTTP, real signals. Each test owns its process and kills it on drop.
 
+mod conformance;
 mod devui;
 mod endpoints;
 mod faults;

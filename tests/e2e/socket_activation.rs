@@ -125,7 +125,7 @@ fn stop_cleanly(mut p: Process) {
 
 #[test]
 fn serves_every_server_on_sockets_inherited_by_order() {
-    let (mut p, ports) = activated(3, &[], DEV);
+    let (mut p, ports) = activated(4, &[], DEV);
     activate(&mut p, ports[0]);
     // By order: the n-th server added gets the n-th socket.
     assert_serves_on(
@@ -134,6 +134,7 @@ fn serves_every_server_on_sockets_inherited_by_order() {
             ("flows", ports[0]),
             ("reflection", ports[1]),
             ("devui", ports[2]),
+            ("admin", ports[3]),
         ],
     );
     assert!(
@@ -147,7 +148,8 @@ fn serves_every_server_on_sockets_inherited_by_order() {
 #[test]
 fn matches_named_sockets_to_servers_whatever_their_order() {
     // The sockets come devui, flows, reflection; the servers are added flows, reflection,
-    // devui. Only matching by name puts each on its own socket.
+    // devui, admin. Only matching by name puts each on its own socket; admin, with no socket
+    // of its name, binds its own port.
     let (mut p, ports) = activated(3, &["--fdname=devui:flows:reflection"], DEV);
     activate(&mut p, ports[1]);
     assert_serves_on(
@@ -166,17 +168,17 @@ fn too_few_sockets_is_one_clear_error_and_exit_1() {
     let (mut p, ports) = activated(2, &[], DEV);
     // Triggers the exec; the binary refuses to start, so this connection is closed unanswered.
     let _ = try_get(&format!("http://127.0.0.1:{}/__healthz", ports[0]));
-    let log = assert_one_mismatch_error(&mut p, "2 socket(s) inherited but 3 server(s)");
+    let log = assert_one_mismatch_error(&mut p, "2 socket(s) inherited but 4 server(s)");
     assert!(!log.contains("serving"), "no server may start: {log}");
     assert!(p.stdout().is_empty(), "no banner: {}", p.stdout());
 }
 
 #[test]
 fn too_many_sockets_is_one_clear_error_and_exit_1() {
-    // Without dev mode there is one server (flows) for three sockets.
+    // Without dev mode there are two servers (flows, admin) for three sockets.
     let (mut p, ports) = activated(3, &[], &["--flows-workers", "2"]);
     let _ = try_get(&format!("http://127.0.0.1:{}/__healthz", ports[0]));
-    assert_one_mismatch_error(&mut p, "3 socket(s) inherited but 1 server(s)");
+    assert_one_mismatch_error(&mut p, "3 socket(s) inherited but 2 server(s)");
 }
 
 /// The process exits 1 with exactly one `error:` line, naming LISTEN_FDS and `detail`;

@@ -79,6 +79,9 @@ impl Process {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env("RUST_LOG", "info")
+            // The operations listener on an ephemeral port, so parallel processes do not
+            // compete for its default range (a test that wants otherwise passes the env).
+            .env("MULTI_SERVER_ADMIN_PORTS", "0")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -142,6 +145,20 @@ impl Process {
                 "still running after {timeout:?}\nstderr:\n{}",
                 self.stderr()
             );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits at most `timeout` for the process to exit; `None` while it still runs.
+    pub fn try_wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
             thread::sleep(Duration::from_millis(5));
         }
     }
@@ -586,4 +603,263 @@ fn serve_recorded(stream: std::net::TcpStream, got: &std::sync::Mutex<Vec<Record
             return;
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw HTTP/1.1 client: keep-alive, content-length and chunked bodies, exact error kinds.
+
+/// One answer read off a raw connection.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers in the order received, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The whole body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the answer says `Connection: close`.
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+
+    /// The body as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Why a request got no (complete) answer.
+#[derive(Debug)]
+pub struct Failure {
+    /// Bytes of the answer received before the failure (0: the server never answered).
+    pub received: usize,
+    /// What the socket said.
+    pub error: std::io::Error,
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Self {
+        Failure { received: 0, error }
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection over a plain [`TcpStream`](std::net::TcpStream).
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket (clone it to write from another thread, or to read it raw).
+    pub stream: std::net::TcpStream,
+    buf: Vec<u8>,
+    /// Answers received on this connection.
+    pub answered: usize,
+}
+
+/// The socket address of a base URL such as `http://127.0.0.1:3400`.
+///
+/// # Panics
+/// When `url` is not `http://` and an IP address with a port.
+pub fn addr(url: &str) -> std::net::SocketAddr {
+    url.strip_prefix("http://")
+        .unwrap_or(url)
+        .parse()
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+impl Conn {
+    /// Connects (within 5 s); reads and writes time out after [`WAIT`].
+    ///
+    /// # Errors
+    /// When the connection cannot be made.
+    pub fn connect(addr: std::net::SocketAddr) -> std::io::Result<Conn> {
+        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(WAIT))?;
+        stream.set_write_timeout(Some(WAIT))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+            answered: 0,
+        })
+    }
+
+    /// Sends one request with `Host: 127.0.0.1`, `headers` and `body` (with its
+    /// `Content-Length` when it has one, and always on a `POST`).
+    ///
+    /// # Errors
+    /// When the socket fails.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        self.stream.write_all(&bytes)
+    }
+
+    /// [`send`](Self::send), then reads the [`answer`](Self::answer).
+    ///
+    /// # Errors
+    /// When the socket fails or closes before a whole answer.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Answer, Failure> {
+        self.send(method, path, headers, body)?;
+        self.answer()
+    }
+
+    fn fill(&mut self, received: &mut usize) -> Result<(), Failure> {
+        use std::io::{ErrorKind, Read};
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Err(Failure {
+                received: *received,
+                error: std::io::Error::new(ErrorKind::UnexpectedEof, "EOF"),
+            }),
+            Ok(n) => {
+                *received += n;
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(error) => Err(Failure {
+                received: *received,
+                error,
+            }),
+        }
+    }
+
+    /// Reads one whole answer.
+    ///
+    /// # Errors
+    /// When the socket fails or closes before a whole answer, or the answer is not HTTP.
+    pub fn answer(&mut self) -> Result<Answer, Failure> {
+        use std::io::ErrorKind;
+        let mut received = self.buf.len();
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i;
+            }
+            self.fill(&mut received)?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        self.buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Failure {
+                received,
+                error: std::io::Error::new(ErrorKind::InvalidData, format!("bad head {head:?}")),
+            })?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        let body = if let Some(length) = get("content-length") {
+            let length: usize = length.parse().unwrap_or(0);
+            while self.buf.len() < length {
+                self.fill(&mut received)?;
+            }
+            self.buf.drain(..length).collect()
+        } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let line_end = loop {
+                    if let Some(i) = find(&self.buf, b"\r\n") {
+                        break i;
+                    }
+                    self.fill(&mut received)?;
+                };
+                let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+                let size =
+                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| Failure {
+                            received,
+                            error: std::io::Error::new(ErrorKind::InvalidData, "bad chunk size"),
+                        })?;
+                self.buf.drain(..line_end + 2);
+                while self.buf.len() < size + 2 {
+                    self.fill(&mut received)?;
+                }
+                body.extend(self.buf.drain(..size));
+                self.buf.drain(..2);
+                if size == 0 {
+                    break body;
+                }
+            }
+        } else if status == 204 || status == 304 || (100..200).contains(&status) {
+            Vec::new()
+        } else {
+            // Delimited by the end of the connection.
+            loop {
+                match self.fill(&mut received) {
+                    Ok(()) => {}
+                    Err(f) if f.error.kind() == ErrorKind::UnexpectedEof => {
+                        break std::mem::take(&mut self.buf);
+                    }
+                    Err(f) => return Err(f),
+                }
+            }
+        };
+        self.answered += 1;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Where `needle` first occurs in `haystack`.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One request on a fresh [`Conn`].
+///
+/// # Panics
+/// When the connection or the request fails.
+pub fn once(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    let mut conn = Conn::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    conn.request(method, path, headers, body)
+        .unwrap_or_else(|f| panic!("{method} {path} on {addr}: {f:?}"))
 }

@@ -44,6 +44,24 @@ pub(crate) struct Cli {
     #[arg(long, env = "MULTI_SERVER_DEVUI_PORTS", default_value = "4000..4010")]
     pub(crate) devui_ports: PortSpec,
 
+    /// Address of the operations listener (axum): loopback unless you mean otherwise (e.g.
+    /// 0.0.0.0 for Kubernetes probes by pod IP). Independent of --host.
+    #[arg(long, env = "MULTI_SERVER_ADMIN_HOST", default_value = "127.0.0.1")]
+    pub(crate) admin_host: IpAddr,
+
+    /// Ports of the operations listener (axum): the admin endpoints for the whole process.
+    #[arg(long, env = "MULTI_SERVER_ADMIN_PORTS", default_value = "9900..9910")]
+    pub(crate) admin_ports: PortSpec,
+
+    /// How long a client may take to send a request head; also how long an idle keep-alive
+    /// connection waits for its next request (every server).
+    #[arg(long, env = "MULTI_SERVER_HEAD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) head_timeout: Duration,
+
+    /// How long reading a request body may take (every server; 408 after it).
+    #[arg(long, env = "MULTI_SERVER_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) body_timeout: Duration,
+
     /// How long after start the reflection server starts (the original waited 2s).
     #[arg(long, env = "MULTI_SERVER_REFLECTION_DELAY", default_value = "250ms", value_parser = parse_duration)]
     pub(crate) reflection_delay: Duration,
@@ -78,6 +96,15 @@ pub(crate) struct Cli {
 }
 
 impl Cli {
+    /// The limits every server enforces.
+    pub(crate) fn limits(&self) -> edge::Limits {
+        edge::Limits {
+            head_timeout: self.head_timeout,
+            body_timeout: self.body_timeout,
+            ..edge::Limits::default()
+        }
+    }
+
     /// Dev mode from the flag or from Genkit's own variable, as the original sample did.
     pub(crate) fn is_dev(&self) -> bool {
         self.dev || std::env::var("GENKIT_ENV").is_ok_and(|v| v == "dev")

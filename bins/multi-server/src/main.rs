@@ -56,13 +56,13 @@ async fn run(cli: Cli, inherited: InheritedSockets) -> u8 {
         .drain_deadline(cli.drain_deadline)
         .drain_delay(cli.drain_delay)
         .inherited_sockets(inherited);
-    add_servers(&mut manager, &cli, dev);
+    add_servers(&mut ManagerBuilder(&mut manager), &cli, dev);
     let handle = manager.handle();
     tokio::spawn(print_banner(handle, dev));
 
     let report = manager.run().await;
     for failure in &report.failures {
-        eprintln!("error: {}", manager::error_chain(failure));
+        eprintln!("error: {}", failure.chain());
     }
     match report.outcome() {
         Outcome::Clean => 0,
@@ -78,57 +78,71 @@ async fn run(cli: Cli, inherited: InheritedSockets) -> u8 {
     }
 }
 
-fn add_servers(manager: &mut ServerManager, cli: &Cli, dev: bool) {
+fn add_servers(manager: &mut ManagerBuilder<'_>, cli: &Cli, dev: bool) {
     let registry = flows::registry();
+    let limits = cli.limits();
     let config = |name: &str| ServerConfig::new(name).host(cli.host).version(VERSION);
+    // Genkit's tools and the Dev UI's page are for this machine: loopback, whatever --host.
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
     #[cfg(feature = "actix")]
     {
-        let mut api = flows_actix::FlowsApi::new(std::sync::Arc::clone(&registry));
+        let mut api = flows_actix::FlowsApi::new(std::sync::Arc::clone(&registry)).limits(limits);
         if let Some(workers) = cli.flows_workers {
             api = api.workers(workers);
         }
-        manager.add_server(config("flows").ports(cli.flows_ports.clone()), api);
-
+        manager.add(config("flows").ports(cli.flows_ports.clone()), api);
         #[cfg(feature = "test-faults")]
-        if let Some(delay) = cli.test_fail_startup_hook_after {
-            let api = flows_actix::FlowsApi::new(std::sync::Arc::clone(&registry)).workers(1);
-            manager.add_server_after(delay, config("faulty"), faults::FailingStartup(api));
-        }
-        #[cfg(feature = "test-faults")]
-        if cli.test_optional_flows {
-            let api = flows_actix::FlowsApi::new(std::sync::Arc::clone(&registry)).workers(1);
-            manager.add_server(config("flows-optional").optional(), api);
-        }
+        faults::add_faulty_servers(manager, cli, &registry, config);
     }
     #[cfg(feature = "poem")]
     if dev {
-        // Genkit's tools talk to this server only from this machine: loopback, whatever --host.
-        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
         let reflection = config("reflection")
             .host(loopback)
-            .ports(cli.reflection_ports.clone());
-        manager.add_server_after(
-            cli.reflection_delay,
-            reflection,
-            reflection_poem::ReflectionApi::new(std::sync::Arc::clone(&registry))
-                .name("multi-server"),
-        );
+            .ports(cli.reflection_ports.clone())
+            .start_delay(cli.reflection_delay);
+        let api = reflection_poem::ReflectionApi::new(std::sync::Arc::clone(&registry))
+            .name("multi-server")
+            .limits(limits);
+        manager.add(reflection, api);
     }
     #[cfg(feature = "salvo")]
     if dev {
-        // A page for the developer at this machine: loopback, whatever --host; no delay.
         // Optional: with every port of its range taken (another dev process), the flows and
         // the reflection server still run; the failure is logged and shown in /__serverz.
-        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
-        manager.add_server(
-            config("devui")
-                .host(loopback)
-                .ports(cli.devui_ports.clone())
-                .optional(),
-            devui_salvo::DevUi::new(std::sync::Arc::clone(&registry)),
+        let devui = config("devui")
+            .host(loopback)
+            .ports(cli.devui_ports.clone())
+            .optional();
+        manager.add(
+            devui,
+            devui_salvo::DevUi::new(std::sync::Arc::clone(&registry)).limits(limits),
         );
     }
-    let _ = (manager, config, registry, dev);
+    #[cfg(feature = "axum")]
+    manager.add(
+        config("admin")
+            .host(cli.admin_host)
+            .ports(cli.admin_ports.clone()),
+        admin_axum::AdminApi::new().limits(limits),
+    );
+    let _ = (manager, config, registry, dev, limits, loopback);
+}
+
+/// Adds servers to the manager; with `test-faults`, each with its test-only routes.
+struct ManagerBuilder<'a>(&'a mut ServerManager);
+
+impl ManagerBuilder<'_> {
+    fn add(&mut self, config: ServerConfig, server: impl WithTestRoutes) {
+        self.0.add_server(config, server.with_test_routes());
+    }
+}
+
+/// A server as the binary adds it: as it is, or, in a `test-faults` build, with the routes the
+/// end-to-end tests drive (see `faults`).
+trait WithTestRoutes {
+    /// What is served.
+    type Served: manager::Server;
+    fn with_test_routes(self) -> Self::Served;
 }
 
 /// One banner once every server due at start is up: name, framework and URL of each.
@@ -160,15 +174,92 @@ async fn print_banner(handle: ManagerHandle, dev: bool) {
     let _ = stdout.flush();
 }
 
+#[cfg(not(feature = "test-faults"))]
+mod production {
+    //! Without `test-faults`, every server is added as it is.
+    use super::WithTestRoutes;
+
+    macro_rules! as_it_is {
+        ($($feature:literal $server:ty),*) => {$(
+            #[cfg(feature = $feature)]
+            impl WithTestRoutes for $server {
+                type Served = Self;
+                fn with_test_routes(self) -> Self {
+                    self
+                }
+            }
+        )*};
+    }
+    as_it_is!(
+        "actix" flows_actix::FlowsApi,
+        "poem" reflection_poem::ReflectionApi,
+        "salvo" devui_salvo::DevUi,
+        "axum" admin_axum::AdminApi
+    );
+}
+
 #[cfg(feature = "test-faults")]
 mod faults {
-    //! Faults the end-to-end tests inject. Compiled only with the `test-faults` feature.
+    //! Faults and routes the end-to-end tests need. Compiled only with the `test-faults`
+    //! feature: every server gets its crate's test routes (`/__test/slow`, `/__test/panic`,
+    //! `POST /__test/echo`), and flags add servers that fail.
 
     use std::net::TcpListener;
     use std::sync::Arc;
 
-    use manager::{BoxFuture, ServeContext, Server};
+    use manager::{BoxFuture, ServeContext, Server, ServerConfig};
 
+    use super::{Cli, ManagerBuilder, WithTestRoutes};
+
+    /// The flows server can also crash (`POST /__test/crash`).
+    impl WithTestRoutes for flows_actix::FlowsApi {
+        type Served = flows_actix::test_routes::Crashing<Self>;
+        fn with_test_routes(self) -> Self::Served {
+            flows_actix::test_routes::Crashing::new(self.routes(flows_actix::test_routes::mount))
+        }
+    }
+    impl WithTestRoutes for reflection_poem::ReflectionApi {
+        type Served = Self;
+        fn with_test_routes(self) -> Self {
+            self.routes(reflection_poem::test_routes::mount)
+        }
+    }
+    impl WithTestRoutes for devui_salvo::DevUi {
+        type Served = Self;
+        fn with_test_routes(self) -> Self {
+            self.routes(devui_salvo::test_routes::mount)
+        }
+    }
+    impl WithTestRoutes for admin_axum::AdminApi {
+        type Served = Self;
+        fn with_test_routes(self) -> Self {
+            self.routes(admin_axum::test_routes::mount)
+        }
+    }
+    impl<S: Server> WithTestRoutes for FailingStartup<S> {
+        type Served = Self;
+        fn with_test_routes(self) -> Self {
+            self
+        }
+    }
+
+    /// `--test-fail-startup-hook-after`: a server "faulty" whose startup hook fails; the
+    /// flows server can crash (`POST /__test/crash`); `--test-optional-flows`: an optional
+    /// flows server "flows-optional" that can crash too.
+    pub(crate) fn add_faulty_servers(
+        manager: &mut ManagerBuilder<'_>,
+        cli: &Cli,
+        registry: &Arc<flows::Registry>,
+        config: impl Fn(&str) -> ServerConfig,
+    ) {
+        let api = || flows_actix::FlowsApi::new(Arc::clone(registry)).workers(1);
+        if let Some(delay) = cli.test_fail_startup_hook_after {
+            manager.add(config("faulty").start_delay(delay), FailingStartup(api()));
+        }
+        if cli.test_optional_flows {
+            manager.add(config("flows-optional").optional(), api());
+        }
+    }
     /// A server whose startup hook fails.
     pub(crate) struct FailingStartup<S>(pub(crate) S);
 

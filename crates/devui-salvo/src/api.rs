@@ -1,24 +1,23 @@
-//! The page, its assets, the JSON API under `/api/`, and the admin endpoints.
+//! The page, its assets and the JSON API under `/api/` (the edge answers the admin
+//! endpoints).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use edge::errors;
 use flows::{FlowRun, RunOptions};
-use manager::GuardCell;
-use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use salvo::http::{ParseError, StatusCode};
+use http_body_util::BodyDataStream;
+use manager::ShutdownReason;
+use salvo::http::StatusCode;
+use salvo::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use salvo::{Depot, Request, Response, Router, handler};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::events;
 use crate::example::example_from_schema;
-use crate::server::State;
-
-/// The largest body `POST /api/flows/<name>/run` accepts (1 MiB, as the flows API's); a
-/// larger one is a 413 with a JSON error.
-pub const MAX_BODY: usize = 1 << 20;
+use crate::server::{State, reply};
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -44,10 +43,6 @@ pub(crate) fn router() -> Router {
         .push(Router::with_path("api/readiness/fail").post(readiness_fail))
         .push(Router::with_path("api/readiness/ok").post(readiness_ok))
         .push(Router::with_path("api/quit").post(quit))
-        .push(Router::with_path("__healthz").get(healthz))
-        .push(Router::with_path("__readyz").get(readyz))
-        .push(Router::with_path("__serverz").get(serverz))
-        .push(Router::with_path("__quitquitquitz").post(quit))
 }
 
 pub(crate) fn state(depot: &Depot) -> Arc<State> {
@@ -58,27 +53,35 @@ pub(crate) fn state(depot: &Depot) -> Arc<State> {
     )
 }
 
-/// Writes `body` as the JSON answer with `status`.
-pub(crate) fn json_body(res: &mut Response, status: StatusCode, body: &Value) {
-    res.status_code(status);
-    res.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    res.replace_body(body.to_string().into());
-}
-
 /// `{"error": message, "status": N}`, the error shape of every managed server.
 pub(crate) fn json_error(res: &mut Response, status: StatusCode, message: &str) {
-    json_body(
-        res,
-        status,
-        &manager::admin::error_body(status.as_u16(), message),
-    );
+    reply(res, errors::error(status, message));
 }
 
-fn ok(res: &mut Response, body: &Value) {
-    json_body(res, StatusCode::OK, body);
+pub(crate) fn ok(res: &mut Response, body: &Value) {
+    reply(res, errors::json(StatusCode::OK, body));
+}
+
+/// Reads the request body within the server's limits; on failure the error is answered
+/// (413, 408 or 400) and `None` returned.
+pub(crate) async fn read_body(
+    req: &mut Request,
+    limits: &edge::Limits,
+    res: &mut Response,
+) -> Option<Bytes> {
+    let length = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = BodyDataStream::new(req.take_body());
+    match edge::read_body(body, length, limits).await {
+        Ok(body) => Some(body),
+        Err(err) => {
+            reply(res, err.reply());
+            None
+        }
+    }
 }
 
 fn asset(res: &mut Response, content_type: &'static str, body: &'static str) {
@@ -111,11 +114,11 @@ async fn app_css(res: &mut Response) {
 /// The servers snapshot: `/__serverz` data plus readiness, as `GET /api/servers` and the
 /// event stream's `servers` events carry it.
 pub(crate) fn snapshot(state: &State) -> Value {
-    let manager = state.ctx.manager();
+    let manager = state.ctx().manager();
     json!({
         "process": manager.server_info(),
         "readiness": manager.readiness(),
-        "self": state.ctx.name(),
+        "self": state.ctx().name(),
     })
 }
 
@@ -163,30 +166,15 @@ async fn run_flow(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             &format!("no flow named '{name}'"),
         );
     }
-    let body = match req.payload_with_max_size(MAX_BODY).await {
-        Ok(body) => body.clone(),
-        Err(ParseError::EmptyBody) => Bytes::new(),
-        Err(ParseError::PayloadTooLarge) => {
-            return json_error(
-                res,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is larger than {MAX_BODY} bytes"),
-            );
-        }
-        Err(err) => {
-            return json_error(
-                res,
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the body: {err}"),
-            );
-        }
+    let Some(body) = read_body(req, state.edge.limits(), res).await else {
+        return;
     };
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    if let Some(refusal) = manager::admin::non_json_body(content_type, &body) {
-        return json_error(res, StatusCode::UNSUPPORTED_MEDIA_TYPE, &refusal);
+    if let Some(refused) = errors::non_json_body(content_type, &body) {
+        return reply(res, refused);
     }
     let input = match serde_json::from_slice::<RunRequest>(&body) {
         Ok(request) => request.input,
@@ -216,15 +204,11 @@ async fn run_flow(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     };
     if let Some(err) = run.rejected() {
         // Input that does not fit the schema: a 400 before any stream starts.
-        let mut body = manager::admin::error_body(400, &err.message);
+        let mut body = errors::error_body(StatusCode::BAD_REQUEST, &err.message);
         body["code"] = json!(err.code.name());
         body["traceId"] = json!(run.trace_id);
-        return json_body(res, StatusCode::BAD_REQUEST, &body);
+        return reply(res, errors::json(StatusCode::BAD_REQUEST, &body));
     }
-    let guard = depot
-        .get_typed::<Arc<GuardCell>>()
-        .ok()
-        .and_then(|c| c.take());
     if let Ok(value) = HeaderValue::from_str(&run.trace_id) {
         res.headers_mut().insert("x-genkit-trace-id", value);
     }
@@ -235,15 +219,14 @@ async fn run_flow(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     res.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     res.status_code(StatusCode::OK);
-    res.stream(ndjson(run, guard));
+    res.stream(ndjson(run));
 }
 
-/// The run as NDJSON lines: `start`, every `chunk`, then `result` or `error`. The request's
-/// guard rides along, so the request is in flight until the last line; dropped early (the
-/// client went away, which also cancels the run), it is logged as aborted.
+/// The run as NDJSON lines: `start`, every `chunk`, then `result` or `error`. Dropped early
+/// (the client went away), the run is cancelled; the middleware keeps the request in flight
+/// until the last line.
 fn ndjson(
     run: FlowRun,
-    guard: Option<manager::RequestGuard>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     enum Step {
         Start(FlowRun),
@@ -251,16 +234,16 @@ fn ndjson(
         Done,
     }
     let line = |value: Value| Ok(Bytes::from(format!("{value}\n")));
-    futures_util::stream::unfold((Step::Start(run), guard), move |(step, guard)| async move {
+    futures_util::stream::unfold(Step::Start(run), move |step| async move {
         match step {
             Step::Start(run) => {
                 let start = json!({ "type": "start", "traceId": run.trace_id });
-                Some((line(start), (Step::Chunks(run), guard)))
+                Some((line(start), Step::Chunks(run)))
             }
             Step::Chunks(mut run) => match run.next_chunk().await {
                 Some(chunk) => Some((
                     line(json!({ "type": "chunk", "chunk": chunk })),
-                    (Step::Chunks(run), guard),
+                    Step::Chunks(run),
                 )),
                 None => {
                     let trace_id = run.trace_id.clone();
@@ -278,10 +261,7 @@ fn ndjson(
                             "traceId": trace_id,
                         }),
                     };
-                    if let Some(guard) = guard {
-                        guard.finish(200);
-                    }
-                    Some((line(last), (Step::Done, None)))
+                    Some((line(last), Step::Done))
                 }
             },
             Step::Done => None,
@@ -326,10 +306,10 @@ async fn trace_one(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 
 fn set_readiness(depot: &Depot, res: &mut Response, fail: bool) {
     let state = state(depot);
-    let manager = state.ctx.manager();
+    let manager = state.ctx().manager();
     manager.force_readiness_fail(fail);
     tracing::warn!(
-        server = state.ctx.name(),
+        server = state.ctx().name(),
         fail,
         "readiness {} from the Developer UI",
         if fail { "forced to fail" } else { "restored" }
@@ -347,32 +327,16 @@ async fn readiness_ok(depot: &mut Depot, res: &mut Response) {
     set_readiness(depot, res, false);
 }
 
+/// `POST /api/quit`: a graceful shutdown of the whole process. The edge already refused
+/// it unless it came from a loopback peer and not from another site.
 #[handler]
-async fn quit(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+async fn quit(depot: &mut Depot, res: &mut Response) {
     let state = state(depot);
-    let Some(peer) = req.remote_addr().clone().into_std() else {
-        return json_error(res, StatusCode::FORBIDDEN, "peer address unknown");
-    };
-    match state.ctx.manager().quit(peer.ip(), state.ctx.name()) {
-        Ok(()) => ok(res, &json!({ "status": "OK" })),
-        Err(refused) => json_error(res, StatusCode::FORBIDDEN, &refused.to_string()),
-    }
-}
-
-#[handler]
-async fn healthz(depot: &mut Depot, res: &mut Response) {
-    ok(res, &json!(state(depot).ctx.manager().health()));
-}
-
-#[handler]
-async fn readyz(depot: &mut Depot, res: &mut Response) {
-    let readiness = state(depot).ctx.manager().readiness();
-    let status =
-        StatusCode::from_u16(readiness.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    json_body(res, status, &json!(readiness));
-}
-
-#[handler]
-async fn serverz(depot: &mut Depot, res: &mut Response) {
-    ok(res, &json!(state(depot).ctx.manager().server_info()));
+    state
+        .ctx()
+        .manager()
+        .request_shutdown(ShutdownReason::Quit {
+            server: state.ctx().name().to_owned(),
+        });
+    ok(res, &json!({ "status": "OK" }));
 }

@@ -4,7 +4,7 @@
 //! every process state change, and 200 ms after requests), `request` (each finished or aborted request of every
 //! server: the log tail), `trace` (each state of each flow run's trace), and `lagged` (how many
 //! events a slow page missed). The stream ends, after one last `servers` event, when this
-//! server begins to drain, so an open page never holds up a shutdown; the browser then
+//! server stops accepting, so an open page never holds up a shutdown; the browser then
 //! reconnects by itself (after the `retry` delay) if the process is still there.
 
 use std::convert::Infallible;
@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flows::TraceData;
-use manager::{GuardCell, ProcessState, RequestEvent};
+use manager::ProcessState;
+use manager::requests::RequestEvent;
 use salvo::http::StatusCode;
 use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use salvo::{Depot, Response, handler};
@@ -23,7 +24,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::api::{snapshot, state};
-use crate::server::State;
+use crate::server::{LongLived, State};
 
 /// How often the servers snapshot is pushed.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
@@ -53,14 +54,8 @@ pub(crate) async fn events(depot: &mut Depot, res: &mut Response) {
     let state = state(depot);
     // The stream lasts as long as the page is open: counting it as in flight would hold the
     // drain and skew latency, so the request counts as answered once the headers go out.
-    if let Some(guard) = depot
-        .get_typed::<Arc<GuardCell>>()
-        .ok()
-        .and_then(|c| c.take())
-    {
-        guard.finish(200);
-    }
-    let manager = state.ctx.manager();
+    depot.insert_typed(LongLived);
+    let manager = state.ctx().manager();
     let feed = Feed {
         requests: manager.subscribe_requests(),
         traces: state.registry.subscribe_traces(),
@@ -93,9 +88,9 @@ impl Feed {
             }
             Phase::Live => {}
         }
-        let shutdown = self.state.ctx.shutdown().clone();
+        let stop = self.state.ctx().stop_accepting().clone();
         let frame = tokio::select! {
-            () = shutdown.cancelled() => {
+            () = stop.cancelled() => {
                 self.phase = Phase::Done;
                 self.snapshot()
             }

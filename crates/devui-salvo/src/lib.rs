@@ -2,6 +2,11 @@
 //! [`Server`](manager::Server) trait that shows every server of the process, runs flows and
 //! reads their traces, live.
 //!
+//! This crate is glue plus the Developer UI's own routes: everything every managed server
+//! shares (admin endpoints, request ids and logging, `Connection: close` while draining, JSON
+//! errors, panics, limits, the loopback-only `Host` and change rules) is the
+//! `multi-server-edge` crate's, which its one middleware calls first for every request.
+//!
 //! One page, served from inside the binary: its HTML, CSS and script are embedded at compile
 //! time (no CDN, no npm build, no network). The page is fed by a JSON API under `/api/` and one
 //! Server-Sent Events stream; everything it shows is read in-process from the
@@ -16,9 +21,11 @@
 //! - a live tail of the request log of every server.
 //!
 //! It is meant for a developer's machine: the binary adds it in dev mode only, on loopback.
-//! It has no authentication; instead, changes (every `POST`) are accepted from loopback peers
-//! only and, when a browser sends an `Origin`, only from the page itself, and the page and API
-//! answer only under a loopback `Host` name (so another site cannot drive or read them).
+//! It has no authentication; instead (the edge's `loopback_only` policy), changes (every
+//! `POST`) are accepted from loopback peers only and never cross-site (an `Origin` that is not
+//! the page itself, or `Sec-Fetch-Site: cross-site`), and every path, the admin endpoints
+//! included, answers only under a loopback `Host` name (so another site cannot drive or read
+//! them).
 //!
 //! # API
 //!
@@ -37,19 +44,27 @@
 //! | `POST /api/readiness/fail` | Forces the process's readiness to fail (`/__readyz` answers 503 on every server); answers the readiness. |
 //! | `POST /api/readiness/ok` | Lets readiness follow the servers again; answers the readiness. |
 //! | `POST /api/quit` | Graceful shutdown of the whole process; `{"status": "OK"}`. |
-//! | `GET /__healthz`, `GET /__readyz`, `GET /__serverz`, `POST /__quitquitquitz` | The admin endpoints every managed server has. |
+//! | `GET /__healthz`, `GET /__readyz`, `GET /__serverz`, `POST /__quitquitquitz` | The admin endpoints every managed server has (answered by the edge). |
 //!
 //! # Limits
-//! - `POST /api/flows/<name>/run` accepts a body of at most [`MAX_BODY`] (1 MiB): a larger
-//!   one is a 413 with a JSON error. A non-empty body whose `Content-Type` is given and is not
-//!   `application/json` is a 415. The other `POST` endpoints take no body and ignore one.
-//! - A client must send each request head within [`HEAD_TIMEOUT`] (10 s; salvo's default is
-//!   30 s), or its connection is dropped (slowloris); the same limit closes a keep-alive
-//!   connection that sits idle that long between requests.
+//! The [`edge::Limits`] given to [`DevUi::limits`] (default [`edge::Limits::default`]):
+//! - `POST /api/flows/<name>/run` reads its body with the edge's `read_body`: larger than
+//!   `body_bytes` (1 MiB) is a 413, slower than `body_timeout` a 408, both JSON errors. A
+//!   non-empty body whose `Content-Type` is given and is not `application/json` is a 415. The
+//!   other `POST` endpoints take no body and ignore one.
+//! - A client must send each request head within `head_timeout` (salvo's fuse
+//!   `http1_header_timeout`; salvo's own default is 30 s), or its connection is dropped
+//!   (slowloris); the same limit closes a keep-alive connection idle that long.
 //!
-//! Every request goes through one middleware that counts it for the manager and logs one
-//! `tracing` line, turns a handler panic into a JSON 500, and asks keep-alive clients to close
-//! once the server drains.
+//! Every request goes through one middleware: the edge begins it (counted and logged once,
+//! `x-request-id`, `Connection: close` once the server drains, refusals and admin endpoints
+//! answered), a handler panic is a JSON 500, salvo's bodiless 404/405 get the JSON error body,
+//! and a streamed answer (a flow run) stays in flight until its last byte; the event stream
+//! counts as answered once its head goes out, so an open page never holds up a drain.
+//!
+//! # Features
+//! - `test-routes`: the `test_routes` module (`GET /__test/slow?ms=N`, `GET /__test/panic`,
+//!   `POST /__test/echo`), added with `DevUi::new(..).routes(devui_salvo::test_routes::mount)`.
 //!
 //! ```no_run
 //! use devui_salvo::DevUi;
@@ -70,7 +85,8 @@ mod api;
 mod events;
 mod example;
 mod server;
+#[cfg(feature = "test-routes")]
+pub mod test_routes;
 
-pub use api::MAX_BODY;
 pub use example::example_from_schema;
-pub use server::{DevUi, HEAD_TIMEOUT};
+pub use server::DevUi;

@@ -1,39 +1,70 @@
-//! `DevUi`: the salvo server, its one middleware, and how the manager's shutdown maps onto
-//! salvo's server handle.
+//! `DevUi`: the salvo server, its one middleware (the glue to the edge), and how the
+//! manager's stop sequence maps onto salvo's server handle.
 
 use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use edge::{Begun, Edge, EdgeConfig, Limits, Reply, RequestHead};
 use flows::Registry;
 use futures_util::FutureExt;
-use manager::{BoxFuture, GuardCell, ServeContext, Server};
+use http::StatusCode;
+use http::header::ALLOW;
+use http_body_util::BodyDataStream;
+use manager::{BoxFuture, ServeContext, Server};
 use salvo::conn::tcp::TcpAcceptor;
 use salvo::conn::{Accepted, Acceptor, Holding};
 use salvo::fuse::ArcFusePolicy;
-use salvo::http::header::{CONNECTION, HOST, HeaderName, HeaderValue, ORIGIN};
-use salvo::http::{Method, StatusCode};
-use salvo::{Depot, FlowCtrl, Handler, Request, Response, Service, async_trait};
+use salvo::http::ResBody;
+use salvo::{Depot, FlowCtrl, Handler, Request, Response, Router, Service, async_trait};
 
 use crate::api;
 
-/// How long a client may take to send a request head (also how long a keep-alive connection
-/// may sit idle between requests): salvo's fuse `http1_header_timeout`.
-pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// What [`DevUi::routes`] adds to the router.
+type ExtraRoutes = Arc<dyn Fn(Router) -> Router + Send + Sync>;
 
 /// The Developer UI server. See the crate docs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "a server does nothing until it is added to a ServerManager"]
 pub struct DevUi {
     registry: Arc<Registry>,
+    limits: Limits,
+    routes: ExtraRoutes,
+}
+
+impl std::fmt::Debug for DevUi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevUi")
+            .field("registry", &self.registry)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DevUi {
-    /// A Developer UI for the flows of `registry` and the servers of whichever manager runs it.
+    /// A Developer UI for the flows of `registry` and the servers of whichever manager runs it,
+    /// with [`Limits::default`].
     pub fn new(registry: Arc<Registry>) -> Self {
-        DevUi { registry }
+        DevUi {
+            registry,
+            limits: Limits::default(),
+            routes: Arc::new(|router| router),
+        }
+    }
+
+    /// With these limits (request body size, head and body deadlines).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Adds routes to the router (after the page's own; e.g. `test_routes::mount` with
+    /// the `test-routes` feature). They pass through the same middleware as every route.
+    /// Called more than once, each adds to what the previous ones added.
+    pub fn routes(mut self, routes: impl Fn(Router) -> Router + Send + Sync + 'static) -> Self {
+        let previous = Arc::clone(&self.routes);
+        self.routes = Arc::new(move |router| routes(previous(router)));
+        self
     }
 }
 
@@ -41,13 +72,25 @@ impl DevUi {
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) registry: Arc<Registry>,
-    pub(crate) ctx: ServeContext,
+    pub(crate) edge: Edge,
 }
+
+impl State {
+    pub(crate) fn ctx(&self) -> &ServeContext {
+        self.edge.ctx()
+    }
+}
+
+/// Put in the depot by a handler whose streamed answer lasts as long as the client wants
+/// (the event stream): the request then counts as answered once the head goes out, so an open
+/// page neither holds the drain nor skews latency.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LongLived;
 
 /// The service: routes behind the one middleware. The middleware sits on the `Service`, not
 /// on the router, because router hoops never see requests that match no route (404/405).
-pub(crate) fn service(state: Arc<State>) -> Service {
-    Service::new(api::router()).hoop(Track { state })
+fn service(state: Arc<State>, routes: &ExtraRoutes) -> Service {
+    Service::new(routes(api::router())).hoop(Track { state })
 }
 
 impl Server for DevUi {
@@ -61,36 +104,33 @@ impl Server for DevUi {
         ctx: ServeContext,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
+            let config = EdgeConfig::new().limits(self.limits).loopback_only();
             let state = Arc::new(State {
                 registry: Arc::clone(&self.registry),
-                ctx: ctx.clone(),
+                edge: Edge::new(ctx.clone(), config),
             });
             listener.set_nonblocking(true)?;
             let acceptor = StopAwareAcceptor {
                 inner: TcpAcceptor::try_from(tokio::net::TcpListener::from_std(listener)?)?,
                 ctx: ctx.clone(),
             };
-            // salvo's default header-read timeout is 30 s; a client that has not sent its
-            // request head after HEAD_TIMEOUT is dropped (slowloris).
-            let fuse = salvo::fuse::FuseConfig::default().with_http1_header_timeout(HEAD_TIMEOUT);
+            // A client that has not sent its request head within the head timeout (or a
+            // keep-alive connection idle that long) is dropped: slowloris.
+            let fuse = salvo::fuse::FuseConfig::default()
+                .with_http1_header_timeout(self.limits.head_timeout);
             let server = salvo::Server::new(acceptor).fuse_config(fuse);
             let handle = server.handle();
-            // salvo stops on a command, not on a future: send it when the manager says so.
-            // The event streams end on the same token, so open pages do not hold the drain.
+            // salvo stops on a command, not on a future: send it when the manager says idle
+            // connections must close (the acceptor stopped on `stop_accepting` already).
             let stopper = tokio::spawn({
                 let ctx = ctx.clone();
                 async move {
-                    ctx.shutdown().cancelled().await;
-                    // The acceptor has stopped accepting on the same token, so the socket
-                    // (which salvo keeps open while it drains) can stop listening first:
-                    // clients that salvo's graceful stop sends away are refused at once.
-                    ctx.stop_listening();
                     ctx.close_idle().cancelled().await;
                     handle.stop_graceful(Some(ctx.drain_deadline()));
                 }
             });
             // `try_serve`, not `serve`: `serve` panics on an I/O error instead of returning it.
-            let result = server.try_serve(service(state)).await;
+            let result = server.try_serve(service(state, &self.routes)).await;
             stopper.abort();
             result.map_err(Into::into)
         })
@@ -126,15 +166,25 @@ impl Acceptor for StopAwareAcceptor {
     ) -> std::io::Result<Accepted<Self::Coupler, Self::Stream>> {
         tokio::select! {
             biased;
-            () = self.ctx.shutdown().cancelled() => std::future::pending().await,
+            () = self.ctx.stop_accepting().cancelled() => std::future::pending().await,
             accepted = self.inner.accept(fuse_policy) => accepted,
         }
     }
 }
 
-/// The one middleware every request passes: accounting and logging through the manager's
-/// request guard, the loopback-only rules, panic → JSON 500, JSON bodies for 404/405, and
-/// `Connection: close` while draining.
+/// Writes an answer the edge built (status, headers, whole body) into `res`.
+pub(crate) fn reply(res: &mut Response, reply: Reply) {
+    let (parts, body) = reply.into_parts();
+    res.status_code(parts.status);
+    res.headers_mut().extend(parts.headers);
+    res.replace_body(ResBody::Once(body));
+}
+
+/// The one middleware every request passes: the glue to the edge, which begins the request
+/// (counted, logged, refused under a foreign `Host` or for a change from elsewhere, admin
+/// endpoints answered), then routing with panics caught, JSON bodies for salvo's bodiless
+/// errors, the scope's headers, and the scope finished at the head or, for a streamed
+/// body, at its last byte.
 struct Track {
     state: Arc<State>,
 }
@@ -148,109 +198,70 @@ impl Handler for Track {
         res: &mut Response,
         ctrl: &mut FlowCtrl,
     ) {
-        let ctx = &self.state.ctx;
-        let path = req.uri().path().to_owned();
-        let guard = ctx.begin_request(req.method().as_str(), &path);
-        let id = guard.id();
-        // Parked in the depot so a streaming handler can carry it into its body.
-        let cell = Arc::new(GuardCell::new(guard));
-        depot.insert_typed(Arc::clone(&cell));
+        let edge = &self.state.edge;
+        let peer = req.remote_addr().clone().into_std().map(|a| a.ip());
+        let head = RequestHead::of(req.method(), req.uri(), req.headers(), peer);
+        let scope = match edge.begin(&head) {
+            Begun::Answered(scope, answer) => {
+                ctrl.skip_rest();
+                let status = answer.status();
+                reply(res, answer);
+                scope.stamp(res.headers_mut());
+                scope.finish(status.as_u16());
+                return;
+            }
+            Begun::Route(scope) => scope,
+        };
         depot.insert_typed(Arc::clone(&self.state));
 
-        if let Some(refusal) = refuse(req, &path) {
-            api::json_error(res, StatusCode::FORBIDDEN, &refusal);
-            ctrl.skip_rest();
-        } else if let Err(panic) = AssertUnwindSafe(ctrl.call_next(req, depot, res))
+        if let Err(panic) = AssertUnwindSafe(ctrl.call_next(req, depot, res))
             .catch_unwind()
             .await
         {
-            let message = manager::admin::panic_message(&*panic);
-            tracing::error!(server = ctx.name(), id, panic = message, "handler panicked");
             res.take_body();
             res.headers_mut().clear();
-            api::json_error(res, StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            reply(
+                res,
+                edge::errors::panicked(edge.ctx().name(), scope.id(), &*panic),
+            );
         }
 
         let status = res.status_code.unwrap_or(StatusCode::NOT_FOUND);
-        if (status.is_client_error() || status.is_server_error()) && res.body.is_none() {
-            // 404 and 405 reach here without a body: answer them as JSON, like every route.
-            match status {
-                StatusCode::NOT_FOUND => api::json_body(
-                    res,
-                    status,
-                    &serde_json::json!({ "error": "not found", "status": 404, "path": path }),
-                ),
-                StatusCode::METHOD_NOT_ALLOWED => {
-                    api::json_error(res, status, "method not allowed");
-                }
-                _ => api::json_error(res, status, status.canonical_reason().unwrap_or("error")),
+        if (status.is_client_error() || status.is_server_error())
+            && (res.body.is_none() || res.body.is_error())
+        {
+            // salvo's router answers 404 and 405 without a body: the same JSON as every error.
+            reply(
+                res,
+                edge::errors::for_status(status, req.uri().path(), None),
+            );
+            // salvo puts the route's methods in `Allow` after the middleware, unless one is set.
+            if res
+                .headers()
+                .get(ALLOW)
+                .is_some_and(|allow| allow.is_empty())
+            {
+                res.headers_mut().remove(ALLOW);
             }
         }
-        let headers = res.headers_mut();
-        if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
-            headers.insert(REQUEST_ID.clone(), value);
-        }
-        if ctx.requests().is_draining() {
-            headers.insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        if let Some(guard) = cell.take() {
-            guard.finish(status.as_u16());
-        }
-    }
-}
-
-/// Why a request is refused, if it is.
-///
-/// - Mutations (anything but GET/HEAD) only from a loopback peer, and, when a browser sends
-///   an `Origin`, only from this server's own page: another site open in the same browser
-///   must not be able to quit the process with a form post.
-/// - The page and `/api/` only under a loopback `Host` name, so a DNS-rebinding site cannot
-///   read them. The admin endpoints (`/__*`) stay reachable for probes under any name.
-fn refuse(req: &Request, path: &str) -> Option<String> {
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    if !path.starts_with("/__") && !host.is_empty() && !is_loopback_host(host) {
-        return Some(format!(
-            "the Developer UI answers only under a loopback host name, not '{host}'"
-        ));
-    }
-    if matches!(*req.method(), Method::GET | Method::HEAD) {
-        return None;
-    }
-    let peer = req.remote_addr().clone().into_std().map(|a| a.ip());
-    if !peer.is_some_and(manager::admin::is_loopback) {
-        let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-        return Some(format!(
-            "changes are accepted from loopback peers only, not from {peer}"
-        ));
-    }
-    if let Some(origin) = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok()) {
-        let same = origin
-            .split_once("://")
-            .is_some_and(|(_, authority)| !host.is_empty() && authority == host);
-        if !same {
-            return Some(format!(
-                "cross-origin change refused: origin '{origin}' is not this page"
-            ));
+        scope.stamp(res.headers_mut());
+        let status = status.as_u16();
+        match res.take_body() {
+            body @ (ResBody::Stream(_)
+            | ResBody::Channel(_)
+            | ResBody::Boxed(_)
+            | ResBody::Hyper(_))
+                if !depot.contains_typed::<LongLived>() =>
+            {
+                // In flight until the last byte; dropped before it, logged as aborted.
+                res.stream(scope.finish_at_end(status, BodyDataStream::new(body)));
+            }
+            body => {
+                res.body = body;
+                scope.finish(status);
+            }
         }
     }
-    None
-}
-
-/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
-fn is_loopback_host(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(manager::admin::is_loopback)
 }
 
 #[cfg(test)]
@@ -264,27 +275,6 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
-
-    #[test]
-    fn loopback_host_names() {
-        for host in [
-            "localhost:4000",
-            "127.0.0.1:4000",
-            "127.0.0.1",
-            "[::1]:4000",
-            "LOCALHOST",
-        ] {
-            assert!(is_loopback_host(host), "{host}");
-        }
-        for host in [
-            "evil.example:4000",
-            "10.0.0.1:4000",
-            "[2001:db8::1]:80",
-            "localhost.evil",
-        ] {
-            assert!(!is_loopback_host(host), "{host}");
-        }
-    }
 
     /// A flow run whose request is held open by a `Notify` when shutdown starts still
     /// streams to its end, and the server stops as soon as it has.

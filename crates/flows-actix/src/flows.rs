@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{ACCEPT, CONTENT_TYPE};
-use actix_web::web::{Bytes, Data, Path, Query};
-use actix_web::{HttpMessage, HttpRequest, HttpResponse};
+use actix_web::web::{Bytes, Data, Path, Payload, Query};
+use actix_web::{HttpRequest, HttpResponse};
+use edge::Edge;
 use flows::{FlowError, FlowRun, Registry, RunOptions};
 use futures_util::stream;
-use manager::{GuardCell, RequestGuard};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::routes::json_error;
+use crate::middleware::{content_length, reply};
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct RunQuery {
@@ -32,15 +32,20 @@ pub(crate) async fn run_flow(
     req: HttpRequest,
     name: Path<String>,
     query: Query<RunQuery>,
-    body: Bytes,
+    body: Payload,
     registry: Data<Arc<Registry>>,
+    edge: Data<Edge>,
 ) -> HttpResponse {
+    let body = match edge::read_body(body, content_length(&req), edge.limits()).await {
+        Ok(body) => body,
+        Err(err) => return reply(err.reply()),
+    };
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    if let Some(refusal) = manager::admin::non_json_body(content_type, &body) {
-        return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &refusal);
+    if let Some(refusal) = edge::errors::non_json_body(content_type, &body) {
+        return reply(refusal);
     }
     // An empty body is no input (null): flows that take none accept it, others say why not.
     let input = if body.is_empty() {
@@ -49,10 +54,10 @@ pub(crate) async fn run_flow(
         match serde_json::from_slice(&body) {
             Ok(input) => input,
             Err(err) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
+                return reply(edge::errors::error(
+                    http::StatusCode::BAD_REQUEST,
                     &format!("invalid JSON body: {err}"),
-                );
+                ));
             }
         }
     };
@@ -89,11 +94,8 @@ pub(crate) async fn run_flow(
             Err(err) => flow_error(&err),
         };
     }
-    // The request stays in flight (for drain and logs) until the stream's last event.
-    let guard = req
-        .extensions()
-        .get::<Arc<GuardCell>>()
-        .and_then(|cell| cell.take());
+    // A streamed body: the middleware keeps the request in flight (for drain and logs) until
+    // the stream's last event.
     let content_type = if mode == Mode::Sse {
         "text/event-stream"
     } else {
@@ -103,7 +105,7 @@ pub(crate) async fn run_flow(
         .content_type(content_type)
         .insert_header(("X-Genkit-Trace-Id", trace_id))
         .insert_header(("Cache-Control", "no-cache"))
-        .streaming(events(run, mode, guard))
+        .streaming(events(run, mode))
 }
 
 /// A flow's error as JSON: `{"error": message, "code": "INVALID_ARGUMENT", "traceId": ...}`.
@@ -126,16 +128,15 @@ fn error_body(err: &FlowError) -> Value {
 fn events(
     run: FlowRun,
     mode: Mode,
-    guard: Option<RequestGuard>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
-    stream::unfold(Some((run, guard)), move |state| async move {
-        let (mut run, guard) = state?;
+    stream::unfold(Some(run), move |state| async move {
+        let mut run = state?;
         if let Some(chunk) = run.next_chunk().await {
             let event = match mode {
                 Mode::Sse => format!("data: {chunk}\n\n"),
                 _ => format!("{}\n", json!({ "chunk": chunk })),
             };
-            return Some((Ok(Bytes::from(event)), Some((run, guard))));
+            return Some((Ok(Bytes::from(event)), Some(run)));
         }
         let (kind, body) = match run.result().await {
             Ok(result) => ("result", json!({ "result": result })),
@@ -145,9 +146,6 @@ fn events(
             Mode::Sse => format!("event: {kind}\ndata: {body}\n\n"),
             _ => format!("{body}\n"),
         };
-        if let Some(guard) = guard {
-            guard.finish(200);
-        }
         Some((Ok(Bytes::from(event)), None))
     })
 }

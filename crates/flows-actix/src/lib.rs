@@ -1,15 +1,21 @@
-//! The public flows API of multi-server on actix-web: an implementation of the manager's
+//! The public flows API of multi-server on actix-web: glue between actix-web and the shared
+//! edge (`multi-server-edge`), plus the flows routes; an implementation of the manager's
 //! [`Server`](manager::Server) trait.
 //!
-//! Routes: `GET /greet`, `GET /flow/run` (the original sample's fixed answer), `POST
-//! /flow/<name>` (runs a flow of the shared [`Registry`](::flows::Registry): JSON input in, `{"result":
-//! ...}` out; `Accept: text/event-stream` streams Server-Sent Events, `?stream=true` NDJSON),
-//! and the admin endpoints every managed server has
-//! (`GET /__healthz`, `GET /__readyz`, `GET /__serverz`, `POST /__quitquitquitz`). Every
-//! request goes through one middleware that counts it for the manager, logs one `tracing`
-//! line (server, request id, method, path, status, latency), turns a handler panic into a JSON
-//! 500, and asks keep-alive clients to close once the server drains. Errors are JSON:
-//! `{"error": "...", "status": N}`.
+//! Routes: `GET /greet`, `GET /flow/run` (the original sample's fixed answer), and `POST
+//! /flow/<name>` (runs a flow of the shared [`Registry`](::flows::Registry): JSON input in,
+//! `{"result": ...}` out; `Accept: text/event-stream` streams Server-Sent Events,
+//! `?stream=true` NDJSON).
+//!
+//! Everything the servers share is the edge's, reached through this crate's one middleware:
+//! the admin endpoints (`GET /__healthz`, `GET /__readyz`, `GET /__serverz`,
+//! `POST /__quitquitquitz`), the request scope (counted for the manager, one `tracing` line
+//! per request, `x-request-id` on every answer, `Connection: close` once the server drains,
+//! a streamed answer in flight until its last byte), handler panics answered with a JSON
+//! 500, and JSON errors `{"error": "...", "status": N}`, also for the errors actix answers
+//! itself. Request bodies are read within the [`Limits`](edge::Limits) given to
+//! [`FlowsApi::limits`]; the request-head deadline is actix's client request timeout.
+//! actix-web is still on `http` 0.2, so the middleware converts at the edge.
 //!
 //! actix-web runs on its own worker threads, started from inside the manager's tokio runtime;
 //! [`FlowsApi::workers`] sets how many.
@@ -31,13 +37,15 @@
 //! ```
 //!
 //! # Features
-//! - `test-routes`: `GET /__test/slow?ms=N`, `GET /__test/panic`, and `POST /__test/crash`
-//!   (the server's serve future then returns an error, as a server that dies), for
-//!   end-to-end tests.
+//! - `test-routes`: the module `test_routes`, for end-to-end tests: `GET /__test/slow?ms=N`,
+//!   `GET /__test/panic` and `POST /__test/echo` (mounted with [`FlowsApi::routes`]), and
+//!   `Crashing`, a server that dies on `POST /__test/crash`.
 
 mod flows;
 mod middleware;
 mod routes;
 mod server;
+#[cfg(feature = "test-routes")]
+pub mod test_routes;
 
 pub use server::FlowsApi;

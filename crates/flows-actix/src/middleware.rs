@@ -1,92 +1,198 @@
-//! The one middleware every request passes: accounting and logging through the manager's
-//! request guard, panic → JSON 500, and `Connection: close` while draining.
+//! The one middleware every request passes, and the conversions between actix-web (on `http`
+//! 0.2) and the edge (on `http` 1.x). The edge does the work: it begins the request's scope,
+//! answers the admin endpoints, builds the JSON errors; this file hands it the request head,
+//! sends what it answered, puts the scope's headers on every answer, and keeps a streamed
+//! answer's scope open until its last byte.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::body::{BodySize, BodyStream, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::InternalError;
-use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, web};
-use futures_util::FutureExt;
-use manager::{GuardCell, ServeContext};
-
-use crate::routes::{BODY_LIMIT, json_error};
+use actix_web::{Error, HttpRequest, HttpResponse, web};
+use bytes::Bytes;
+use edge::{Begun, Edge, RequestHead, RequestScope};
+use futures_util::{FutureExt, Stream};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub(crate) async fn track(
+/// Left: the routes' answer as it was; right: an answer the edge built, or a streamed body
+/// that finishes the request's scope at its last byte.
+pub(crate) async fn track<B: MessageBody + 'static>(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
-    let ctx = req
-        .app_data::<web::Data<ServeContext>>()
-        .expect("ServeContext is registered as app data")
-        .clone();
-    let guard = ctx.begin_request(req.method().as_str(), req.path());
-    let id = guard.id();
-    // Parked in the request so a streaming handler can carry it into its body.
-    let cell = Arc::new(GuardCell::new(guard));
-    req.extensions_mut().insert(Arc::clone(&cell));
-    let finish = |status: u16| {
-        if let Some(guard) = cell.take() {
-            guard.finish(status);
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    let edge = web::Data::<Edge>::clone(
+        req.app_data()
+            .expect("the server's Edge is registered as app data"),
+    );
+    let scope = match edge.begin(&head(&req)) {
+        Begun::Route(scope) => scope,
+        Begun::Answered(scope, answer) => {
+            let res = finished(scope, reply(answer));
+            return Ok(ServiceResponse::new(req.into_parts().0, res).map_into_right_body());
         }
     };
-
     // No clone of the request may be held across `next.call`: actix routes by mutating it in
-    // place. Errors are therefore returned as `Err`, and actix renders them.
+    // place. What goes wrong past this point is therefore returned as `Err` carrying its
+    // (stamped) answer, which actix sends as it is.
     match AssertUnwindSafe(next.call(req)).catch_unwind().await {
-        Ok(Ok(res)) => {
-            let mut res = json_for_errors(res);
-            if let Ok(id) = HeaderValue::from_str(&id.to_string()) {
-                res.headers_mut().insert(REQUEST_ID.clone(), id);
-            }
-            if ctx.requests().is_draining() {
-                res.response_mut()
-                    .head_mut()
-                    .set_connection_type(ConnectionType::Close);
-            }
-            finish(res.status().as_u16());
-            Ok(res)
-        }
+        Ok(Ok(res)) => Ok(answered(&edge, scope, res)),
         Ok(Err(err)) => {
-            finish(err.error_response().status().as_u16());
-            Err(err)
+            let res = err.error_response();
+            let res = match json_error_for(&edge, &res, None) {
+                Some(json) => reply(json),
+                None => res,
+            };
+            Err(InternalError::from_response(err, finished(scope, res)).into())
         }
         Err(panic) => {
-            let message = manager::admin::panic_message(&*panic);
-            tracing::error!(server = ctx.name(), id, panic = message, "handler panicked");
-            finish(500);
-            let body = json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-            Err(InternalError::from_response("handler panicked", body).into())
+            let answer = edge::errors::panicked(edge.ctx().name(), scope.id(), &*panic);
+            let res = finished(scope, reply(answer));
+            Err(InternalError::from_response("handler panicked", res).into())
         }
     }
 }
 
-/// An error actix answered itself (an extractor's 413, 400...) comes with a plain-text body;
-/// give it the JSON body every other error has.
-fn json_for_errors<B>(res: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
+/// The request facts the edge looks at, borrowed from actix's request.
+fn head(req: &ServiceRequest) -> RequestHead<'_> {
+    let headers = req.headers();
+    RequestHead {
+        method: req.method().as_str(),
+        path: req.path(),
+        host: text(headers.get(header::HOST)).or_else(|| req.uri().authority().map(|a| a.as_str())),
+        origin: text(headers.get(header::ORIGIN)),
+        fetch_site: text(headers.get("sec-fetch-site")),
+        peer: req.peer_addr().map(|addr| addr.ip()),
+    }
+}
+
+/// The routes' answer, made to keep the edge's rules: a JSON body on an error actix answered
+/// itself, the scope's headers, and the scope finished on the head or, for a streamed body,
+/// at its last byte.
+fn answered<B: MessageBody + 'static>(
+    edge: &Edge,
+    scope: RequestScope,
+    mut res: ServiceResponse<B>,
+) -> ServiceResponse<EitherBody<B>> {
+    if let Some(json) = json_error_for(edge, res.response(), Some(res.request())) {
+        let res = res.into_response(finished(scope, reply(json)));
+        return res.map_into_right_body();
+    }
+    stamp(&scope, res.response_mut());
+    let status = res.status().as_u16();
+    if !matches!(res.response().body().size(), BodySize::Stream) {
+        scope.finish(status);
+        return res.map_into_left_body();
+    }
+    // A streamed answer (a flow run's SSE or NDJSON) stays in flight until its last byte.
+    res.map_body(|_, body| {
+        let body = scope.finish_at_end(status, Chunks(Box::pin(body)));
+        EitherBody::right(BoxBody::new(BodyStream::new(body)))
+    })
+}
+
+/// The JSON error for an error answer that has none: an error actix answered itself (an
+/// extractor's, with a plain-text body) or one with an empty body. `None` for every other
+/// answer. `req` (for a 404's path) is there when the request survived.
+fn json_error_for<B: MessageBody>(
+    edge: &Edge,
+    res: &HttpResponse<B>,
+    req: Option<&HttpRequest>,
+) -> Option<edge::Reply> {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return None;
+    }
     let is_json = res
         .headers()
-        .get(CONTENT_TYPE)
+        .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    let message = match res.response().error() {
-        Some(err) if !is_json => err.to_string(),
-        _ => return res.map_into_left_body(),
-    };
-    let status = res.status();
-    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        format!(
-            "request body is larger than the {} KiB (1 MiB) limit",
-            BODY_LIMIT / 1024
-        )
-    } else {
-        message
-    };
-    res.into_response(json_error(status, &message))
-        .map_into_right_body()
+    if is_json {
+        return None;
+    }
+    let code = http::StatusCode::from_u16(status.as_u16()).ok()?;
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return Some(edge::errors::payload_too_large(edge.limits().body_bytes));
+    }
+    if let Some(err) = res.error() {
+        return Some(edge::errors::error(code, &err.to_string()));
+    }
+    if !matches!(res.body().size(), BodySize::None | BodySize::Sized(0)) {
+        return None;
+    }
+    let allow = res
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok());
+    Some(edge::errors::for_status(
+        code,
+        req.map_or("", HttpRequest::path),
+        allow,
+    ))
+}
+
+/// `res` stamped with the scope's headers, its scope finished with its status.
+fn finished(scope: RequestScope, mut res: HttpResponse) -> HttpResponse {
+    stamp(&scope, &mut res);
+    scope.finish(res.status().as_u16());
+    res
+}
+
+/// The headers every answer carries: `x-request-id`, and `Connection: close` once the server
+/// drains (actix's own way, so that it also closes the connection after the answer).
+fn stamp<B>(scope: &RequestScope, res: &mut HttpResponse<B>) {
+    res.headers_mut()
+        .insert(REQUEST_ID.clone(), HeaderValue::from(scope.id()));
+    if scope.closes_connection() {
+        res.head_mut().set_connection_type(ConnectionType::Close);
+    }
+}
+
+fn text(value: Option<&HeaderValue>) -> Option<&str> {
+    value.and_then(|v| v.to_str().ok())
+}
+
+/// An answer the edge built (`http` 1.x) as an actix-web response.
+pub(crate) fn reply(reply: edge::Reply) -> HttpResponse {
+    let (parts, body) = reply.into_parts();
+    let status =
+        StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut res = HttpResponse::with_body(status, body).map_into_boxed_body();
+    for (name, value) in &parts.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            res.headers_mut().append(name, value);
+        }
+    }
+    res
+}
+
+/// The declared `Content-Length` of a request, for [`edge::read_body`].
+pub(crate) fn content_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// An actix body as the stream of chunks [`edge::Streamed`] wraps.
+struct Chunks<B>(Pin<Box<B>>);
+
+impl<B: MessageBody> Stream for Chunks<B> {
+    type Item = Result<Bytes, B::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.as_mut().poll_next(cx)
+    }
 }

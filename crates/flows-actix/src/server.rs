@@ -1,4 +1,5 @@
-//! `FlowsApi`: the actix-web server and how it maps the manager's shutdown onto actix.
+//! `FlowsApi`: the actix-web server, its builder, and how the manager's stop sequence maps
+//! onto actix.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
+use edge::{Edge, EdgeConfig, Limits};
 use flows::Registry;
 use manager::{BoxFuture, ServeContext, Server};
 
@@ -16,9 +18,6 @@ use crate::routes;
 /// than the manager's grace after the deadline.
 const WORKER_UNWIND: Duration = Duration::from_millis(400);
 
-/// See the stopper in `serve`.
-const ACCEPT_THREAD_SETTLE: Duration = Duration::from_millis(10);
-
 type Configure = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
 /// The flows API server. See the crate docs.
@@ -27,25 +26,28 @@ type Configure = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 pub struct FlowsApi {
     registry: Arc<Registry>,
     workers: usize,
-    extra_routes: Option<Configure>,
+    limits: Limits,
+    extra_routes: Vec<Configure>,
 }
 
 impl std::fmt::Debug for FlowsApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlowsApi")
             .field("workers", &self.workers)
-            .field("extra_routes", &self.extra_routes.is_some())
+            .field("limits", &self.limits)
+            .field("extra_routes", &self.extra_routes.len())
             .finish()
     }
 }
 
 impl FlowsApi {
-    /// One worker per CPU, the standard routes, the flows of `registry`.
+    /// One worker per CPU, [`Limits::default`], the standard routes, the flows of `registry`.
     pub fn new(registry: Arc<Registry>) -> Self {
         FlowsApi {
             registry,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            extra_routes: None,
+            limits: Limits::default(),
+            extra_routes: Vec::new(),
         }
     }
 
@@ -55,45 +57,38 @@ impl FlowsApi {
         self
     }
 
-    /// Mounts more routes next to the standard ones (behind the same middleware).
+    /// What a client may send and how slowly: the body limit and body deadline of
+    /// `POST /flow/<name>`, and the request-head deadline (actix's client request timeout,
+    /// which is also how long an idle keep-alive connection waits for its next request).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Mounts more routes next to the standard ones (behind the same middleware). Each call
+    /// adds to the routes of the calls before.
     pub fn routes(
         mut self,
         configure: impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static,
     ) -> Self {
-        self.extra_routes = Some(Arc::new(configure));
+        self.extra_routes.push(Arc::new(configure));
         self
     }
 
     /// Builds the actix server. A plain function on purpose: actix's builder is not `Send`,
     /// so it must not live across an `.await` in the serve future.
-    fn build(
-        &self,
-        listener: TcpListener,
-        ctx: &ServeContext,
-        #[cfg(feature = "test-routes")] crash: &routes::test_routes::Crash,
-    ) -> std::io::Result<actix_web::dev::Server> {
-        let data = web::Data::new(ctx.clone());
-        #[cfg(feature = "test-routes")]
-        let crash = web::Data::new(crash.clone());
+    fn build(&self, listener: TcpListener, edge: Edge) -> std::io::Result<actix_web::dev::Server> {
+        // actix counts whole seconds; the manager enforces the exact deadline itself.
+        let deadline_secs = edge.ctx().drain_deadline().as_secs().max(1);
+        let edge = web::Data::new(edge);
         let registry = web::Data::new(Arc::clone(&self.registry));
         let extra = self.extra_routes.clone();
-        // actix counts whole seconds; the manager enforces the exact deadline itself.
-        let deadline_secs = ctx.drain_deadline().as_secs().max(1);
         let server = HttpServer::new(move || {
-            let extra = extra.clone();
-            let app = App::new();
-            #[cfg(feature = "test-routes")]
-            let app = app.app_data(crash.clone());
-            app.app_data(data.clone())
+            App::new()
+                .app_data(edge.clone())
                 .app_data(registry.clone())
-                .app_data(routes::json_config())
-                .app_data(web::PayloadConfig::new(routes::BODY_LIMIT))
                 .app_data(routes::query_config())
-                .configure(move |cfg| {
-                    if let Some(extra) = &extra {
-                        extra(cfg);
-                    }
-                })
+                .configure(|cfg| extra.iter().for_each(|configure| configure(cfg)))
                 .configure(routes::mount)
                 .default_service(web::to(routes::not_found))
                 .wrap(from_fn(track))
@@ -102,6 +97,8 @@ impl FlowsApi {
         // The manager owns signals; actix's own handler would turn Ctrl+C into a forced stop.
         .disable_signals()
         .shutdown_timeout(deadline_secs)
+        .client_request_timeout(self.limits.head_timeout)
+        .keep_alive(self.limits.head_timeout)
         .listen(listener)?
         .run();
         Ok(server)
@@ -113,59 +110,41 @@ impl Server for FlowsApi {
         "actix-web"
     }
 
+    /// actix accepts on a thread of its own, which takes the pause command a moment after
+    /// `pause` returned; an accept on a socket that has stopped listening fails, and actix
+    /// logs that as an error. 10 ms is ample for the accept thread to take the command.
+    fn accept_stop_lag(&self) -> Duration {
+        Duration::from_millis(10)
+    }
+
     fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         ctx: ServeContext,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
-            #[cfg(feature = "test-routes")]
-            let crash = routes::test_routes::Crash::default();
-            let server = self.build(
-                listener,
-                &ctx,
-                #[cfg(feature = "test-routes")]
-                &crash,
-            )?;
+            let edge = Edge::new(ctx.clone(), EdgeConfig::new().limits(self.limits));
+            let server = self.build(listener, edge)?;
             let handle = server.handle();
-            #[cfg(feature = "test-routes")]
-            let crash_handle = server.handle();
-            let requests = Arc::clone(ctx.requests());
             // actix checks a graceful stop's progress once a second and counts idle keep-alive
             // connections as busy. Instead: stop accepting, wait until the manager's count of
             // in-flight requests is zero (or the deadline passed), then close what is left.
-            let stopper = tokio::spawn(async move {
-                ctx.shutdown().cancelled().await;
+            // Polled next to the server, not spawned: dropping this future stops everything.
+            let stopper = async {
+                ctx.stop_accepting().cancelled().await;
                 handle.pause().await;
-                // `pause` returns once the command is sent; give actix's accept thread a
-                // moment to take it before the socket stops listening under it.
-                tokio::time::sleep(ACCEPT_THREAD_SETTLE).await;
-                ctx.stop_listening();
                 ctx.drained().await;
                 handle.stop(false).await;
-            });
-            #[cfg(not(feature = "test-routes"))]
-            let result = server.await;
-            #[cfg(feature = "test-routes")]
-            let result = {
-                let mut server = std::pin::pin!(server);
-                tokio::select! {
-                    result = &mut server => result,
-                    () = crash.0.notified() => {
-                        // Let the crash request's answer go out, then die as a broken server.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        stopper.abort();
-                        // The command is sent at once; the server future carries it out.
-                        drop(crash_handle.stop(false));
-                        let _ = server.await;
-                        anyhow::bail!("injected crash (POST /__test/crash)");
-                    }
-                }
+                // The server future returns now.
+                std::future::pending::<()>().await;
             };
-            stopper.abort();
+            let result = tokio::select! {
+                result = server => result,
+                () = stopper => unreachable!("the stopper never ends"),
+            };
             // A forced stop returns before the worker threads have dropped the requests they
             // cut; wait (briefly) for those drops, so each cut request is logged before exit.
-            let _ = tokio::time::timeout(WORKER_UNWIND, requests.wait_idle()).await;
+            let _ = tokio::time::timeout(WORKER_UNWIND, ctx.requests().wait_idle()).await;
             result.map_err(Into::into)
         })
     }
@@ -190,19 +169,229 @@ impl Server for FlowsApi {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
     use std::sync::Arc;
     use std::time::Duration;
 
-    use manager::{Outcome, ServerConfig, ServerManager, ShutdownReason};
+    use manager::{
+        ManagerHandle, Outcome, ProcessState, Report, ServerConfig, ServerManager, ShutdownReason,
+    };
+    use serde_json::Value;
     use tokio::sync::Notify;
+    use tokio::task::JoinHandle;
 
     use super::*;
 
-    /// A request held open by a `Notify` when shutdown starts still completes with 200, and
-    /// the server stops as soon as it has (not a second later).
+    /// Runs `server` under a manager (no signals, 5 s drain deadline) until it is live.
+    pub(crate) async fn start(
+        server: impl Server,
+    ) -> (ManagerHandle, SocketAddr, JoinHandle<Report>) {
+        let mut manager = ServerManager::new()
+            .handle_signals(false)
+            .drain_deadline(Duration::from_secs(5));
+        manager.add_server(ServerConfig::new("flows"), server);
+        let handle = manager.handle();
+        let run = tokio::spawn(manager.run());
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), handle.wait_live())
+                .await
+                .unwrap(),
+            ProcessState::Live
+        );
+        let addr = handle.server_info().servers[0].address.clone().unwrap();
+        (handle, addr.parse().unwrap(), run)
+    }
+
+    /// A request that closes its connection after the answer.
+    pub(crate) fn ask(method: &str, path: &str, extra: &str, body: &str) -> String {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n{body}"
+        )
+    }
+
+    /// Sends `request` and reads the answer to the end: status, headers, body.
+    pub(crate) async fn raw(
+        addr: SocketAddr,
+        request: &str,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let request = request.to_owned();
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).unwrap();
+            String::from_utf8(answer).unwrap()
+        })
+        .await
+        .unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        (status, headers, body.to_owned())
+    }
+
+    pub(crate) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The edge answers the admin endpoints; every error, actix's own included, is JSON; every
+    /// answer has an `x-request-id`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn in_flight_request_completes_during_shutdown() {
+    async fn the_edge_answers_and_errors_are_json() {
+        let limits = Limits {
+            body_bytes: 16,
+            ..Limits::default()
+        };
+        let (handle, addr, run) =
+            start(FlowsApi::new(Registry::new()).workers(1).limits(limits)).await;
+        for (request, status, needle) in [
+            (ask("GET", "/__healthz", "", ""), 200, ""),
+            (ask("POST", "/__healthz", "", ""), 405, "method not allowed"),
+            (
+                ask("GET", "/__quitquitquitz", "", ""),
+                405,
+                "method not allowed",
+            ),
+            (
+                ask("GET", "/greet", "", ""),
+                200,
+                "Hello from greeting endpoints app!",
+            ),
+            (ask("POST", "/greet", "", ""), 405, "method not allowed"),
+            (ask("GET", "/nowhere", "", ""), 404, r#""path":"/nowhere""#),
+            (ask("GET", "/flow/x", "", ""), 405, "method not allowed"),
+            (
+                ask("POST", "/flow/x?stream=a&stream=b", "", ""),
+                400,
+                "duplicate field",
+            ),
+            (ask("POST", "/flow/x", "", ""), 404, "NOT_FOUND"),
+            (
+                ask("POST", "/flow/x", "Content-Length: 1\r\n", "{"),
+                400,
+                "invalid JSON body",
+            ),
+            (
+                ask(
+                    "POST",
+                    "/flow/x",
+                    "Content-Type: text/plain\r\nContent-Length: 2\r\n",
+                    "hi",
+                ),
+                415,
+                "content type must be application/json",
+            ),
+            (
+                ask(
+                    "POST",
+                    "/flow/x",
+                    "Content-Length: 17\r\n",
+                    "\"0123456789abcde\"",
+                ),
+                413,
+                "(16 bytes)",
+            ),
+        ] {
+            let (got, headers, body) = raw(addr, &request).await;
+            assert_eq!(got, status, "{request}: {body}");
+            assert!(body.contains(needle), "{request}: {body}");
+            assert!(header(&headers, "x-request-id").is_some(), "{request}");
+            if status == 405 {
+                assert!(header(&headers, "allow").is_some(), "{request}");
+            }
+            let json: Value = serde_json::from_str(&body).unwrap();
+            assert!(json.is_object(), "{body}");
+        }
+        handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
+        let report = run.await.unwrap();
+        assert_eq!(report.outcome(), Outcome::Clean);
+        assert_eq!(report.servers[0].requests.served, 12);
+    }
+
+    /// A streamed flow run stays in flight until its last byte: the server drains only then,
+    /// and the client gets the whole stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_streamed_answer_is_in_flight_until_its_last_byte() {
+        let release = Arc::new(Notify::new());
+        let registry = Registry::new();
+        let r = Arc::clone(&release);
+        registry.define_flow("ticks", "one chunk, then waits", move |_: String, ctx| {
+            let r = Arc::clone(&r);
+            async move {
+                ctx.send_chunk("one").await;
+                r.notified().await;
+                Ok::<_, flows::FlowError>("done".to_owned())
+            }
+        });
+        let (handle, addr, run) = start(FlowsApi::new(registry).workers(1)).await;
+        let (first, got_first) = tokio::sync::oneshot::channel();
+        let client = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let request = ask(
+                "POST",
+                "/flow/ticks?stream=true",
+                "Content-Length: 3\r\n",
+                "\"x\"",
+            );
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            let mut buf = [0; 1024];
+            while !String::from_utf8_lossy(&answer).contains(r#"{"chunk":"one"}"#) {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&buf[..n]);
+            }
+            first.send(()).unwrap();
+            stream.read_to_end(&mut answer).unwrap();
+            String::from_utf8(answer).unwrap()
+        });
+        tokio::time::timeout(Duration::from_secs(10), got_first)
+            .await
+            .unwrap()
+            .unwrap();
+        handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!run.is_finished(), "must wait for the stream's end");
+        release.notify_one();
+        let answer = client.await.unwrap();
+        assert!(answer.contains(r#"{"result":"done"}"#), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("x-request-id:"),
+            "{answer}"
+        );
+        let report = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.outcome(), Outcome::Clean);
+        assert_eq!(report.servers[0].requests.served, 1);
+        assert_eq!(report.servers[0].requests.aborted, 0);
+    }
+
+    /// A server whose `GET /hold` waits for `release` after notifying `entered`.
+    fn holding() -> (FlowsApi, Arc<Notify>, Arc<Notify>) {
         let entered = Arc::new(Notify::new());
         let release = Arc::new(Notify::new());
         let (e, r) = (Arc::clone(&entered), Arc::clone(&release));
@@ -222,6 +411,114 @@ mod tests {
                     }),
                 );
             });
+        (api, entered, release)
+    }
+
+    /// Reads one answer with a `Content-Length` from a keep-alive connection: its head, its
+    /// body.
+    fn read_answer(stream: &mut std::net::TcpStream) -> (String, String) {
+        let mut answer = Vec::new();
+        let mut buf = [0; 1024];
+        let (head, length) = loop {
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((head, _)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .filter_map(|line| line.split_once(':'))
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.trim().parse::<usize>().unwrap())
+                    .expect("a Content-Length");
+                break (head.to_owned(), length);
+            }
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {text}");
+            answer.extend_from_slice(&buf[..n]);
+        };
+        while answer.len() < head.len() + 4 + length {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "closed in the body");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let body = String::from_utf8(answer[head.len() + 4..].to_vec()).unwrap();
+        (head, body)
+    }
+
+    /// When the manager says "close idle connections", an idle keep-alive connection closes
+    /// at once, while a connection with a request in flight stays open until its answer
+    /// (which says `Connection: close`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_keep_alive_connections_close_while_a_request_is_in_flight() {
+        let (api, entered, release) = holding();
+        let (handle, addr, run) = start(api).await;
+
+        // One keep-alive connection, idle after its first answer.
+        let mut idle = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            stream
+                .write_all(b"GET /greet HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            let (head, _) = read_answer(&mut stream);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(
+                !head.to_ascii_lowercase().contains("connection: close"),
+                "{head}"
+            );
+            stream
+        })
+        .await
+        .unwrap();
+        // One request in flight, on a keep-alive connection too.
+        let held = tokio::spawn(raw(addr, "GET /hold HTTP/1.1\r\nHost: localhost\r\n\r\n"));
+        tokio::time::timeout(Duration::from_secs(10), entered.notified())
+            .await
+            .unwrap();
+
+        let started = std::time::Instant::now();
+        handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
+        let (read, idle_closed) = tokio::task::spawn_blocking(move || {
+            idle.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let read = idle.read(&mut [0; 64]).map_err(|e| e.kind());
+            (read, started.elapsed())
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            read,
+            Ok(0),
+            "the idle connection must close (after {idle_closed:?})"
+        );
+        assert!(idle_closed < Duration::from_millis(500), "{idle_closed:?}");
+        assert!(
+            !held.is_finished(),
+            "the held request must still be running"
+        );
+        assert!(!run.is_finished(), "must wait for the held request");
+
+        release.notify_one();
+        let (status, headers, body) = tokio::time::timeout(Duration::from_secs(10), held)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((status, body.as_str()), (200, "released"));
+        assert_eq!(header(&headers, "connection"), Some("close"));
+        let report = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.outcome(), Outcome::Clean);
+        assert_eq!(report.servers[0].requests.served, 2);
+        assert_eq!(report.servers[0].requests.aborted, 0);
+    }
+
+    /// A request held open by a `Notify` when shutdown starts still completes with 200, and
+    /// the server stops as soon as it has (not a second later).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_flight_request_completes_during_shutdown() {
+        let (api, entered, release) = holding();
         let mut manager = ServerManager::new()
             .handle_signals(false)
             .drain_deadline(Duration::from_secs(5));

@@ -1,11 +1,19 @@
-//! Plain hyper 1 under the manager: the `Server` trait needs no framework, only a loop that
-//! accepts until `ctx.shutdown()` fires, then lets its connections finish (here with
-//! hyper-util's `GracefulShutdown`) within the drain deadline. Every request is wrapped in
-//! `ctx.begin_request`, and `/__healthz`, `/__readyz` come from the manager.
+//! Plain hyper 1 under the manager, through the edge: the `Server` trait needs no framework.
+//! `edge::hyper::serve` runs the connections the way the manager's contract asks (stop
+//! accepting when told, close idle connections when told, return when drained) and
+//! `edge::hyper::Edged` puts the shared HTTP edge in front of the service: the admin
+//! endpoints, request ids, one log line per request, JSON errors, panics as 500s,
+//! `Connection: close` while draining. What is left to write is the routes.
 //!
 //! Run with `cargo run -p multi-server-manager --example 01_hyper`, then
 //! `curl http://127.0.0.1:3400/` and `curl http://127.0.0.1:3400/__healthz` (the first free
 //! port of 3400..3410; the URL is printed), and press Ctrl+C: it drains and exits 0.
+//!
+//! Flags: `--ports SPEC` (default `3400..3410`), `--drain-deadline 5s`, `--head-timeout 10s`,
+//! `--body-timeout 10s`, and `--test-routes` (`/__test/slow?ms=N`, `/__test/panic`,
+//! `POST /__test/echo`: the routes the conformance suite drives every server with). Exit
+//! status 0 on a clean stop, 3 when the drain deadline cut requests, 1 on a failure, 2 on a
+//! bad flag.
 
 use std::convert::Infallible;
 use std::net::TcpListener;
@@ -13,18 +21,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use edge::hyper::Edged;
+use edge::{Edge, EdgeConfig, Limits};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyDataStream, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use manager::{BoxFuture, Outcome, ServeContext, Server, ServerConfig, ServerManager};
 
 /// A hello-world server on plain hyper.
-struct Hello;
+struct Hello {
+    limits: Limits,
+    test_routes: bool,
+}
 
 impl Server for Hello {
     fn framework(&self) -> &'static str {
@@ -37,89 +47,141 @@ impl Server for Hello {
         ctx: ServeContext,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            let graceful = GracefulShutdown::new();
-            loop {
-                let stream = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _peer)) => stream,
-                        // Out of file descriptors and the like: wait, don't spin.
-                        Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue }
-                    },
-                    () = ctx.shutdown().cancelled() => break,
-                };
-                let conn_ctx = ctx.clone();
-                let service = service_fn(move |req| respond(conn_ctx.clone(), req));
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await; // a client hanging up is not the server's error
-                });
-            }
-            // Stop accepting, close idle keep-alive connections, finish in-flight requests.
-            drop(listener);
-            let _ = tokio::time::timeout(ctx.drain_deadline(), graceful.shutdown()).await;
+            let edge = Edge::new(ctx.clone(), EdgeConfig::new().limits(self.limits));
+            edge::hyper::serve(listener, &ctx, &self.limits, |peer| {
+                let (hello, edge2) = (Arc::clone(&self), edge.clone());
+                let routes = service_fn(move |req| respond(Arc::clone(&hello), edge2.clone(), req));
+                Edged::new(edge.clone(), peer, routes)
+            })
+            .await?;
             Ok(())
         })
     }
 }
 
+/// The routes; everything else (admin endpoints, errors, ids, logs) is the edge's.
 async fn respond(
-    ctx: ServeContext,
+    hello: Arc<Hello>,
+    edge: Edge,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let request = ctx.begin_request(req.method().as_str(), req.uri().path());
-    let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/") => (StatusCode::OK, format!("hello from {}\n", ctx.name())),
-        (&Method::GET, "/__healthz") => (StatusCode::OK, json(&ctx.manager().health())),
-        (&Method::GET, "/__readyz") => {
-            let readiness = ctx.manager().readiness();
-            let status = StatusCode::from_u16(readiness.http_status()).expect("200 or 503");
-            (status, json(&readiness))
-        }
-        _ => (
-            StatusCode::NOT_FOUND,
-            json(&manager::admin::error_body(404, "not found")),
+    let reply = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => json(
+            StatusCode::OK,
+            format!(r#"{{"hello":"{}"}}"#, edge.ctx().name()),
         ),
+        (_, "/") => edge::errors::method_not_allowed("GET"),
+        (&Method::GET, "/__test/slow") if hello.test_routes => {
+            let ms = req.uri().query().and_then(|q| q.strip_prefix("ms="));
+            match ms.map(str::parse::<u64>) {
+                Some(Ok(ms)) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    json(StatusCode::OK, format!(r#"{{"slept_ms":{ms}}}"#))
+                }
+                Some(Err(err)) => {
+                    edge::errors::error(StatusCode::BAD_REQUEST, &format!("ms: {err}"))
+                }
+                None => edge::errors::error(StatusCode::BAD_REQUEST, "ms is required"),
+            }
+        }
+        (&Method::GET, "/__test/panic") if hello.test_routes => panic!("test route asked to panic"),
+        (&Method::POST, "/__test/echo") if hello.test_routes => {
+            let length = req
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            let body = BodyDataStream::new(req.into_body());
+            match edge::read_body(body, length, edge.limits()).await {
+                Ok(body) => json(StatusCode::OK, format!(r#"{{"bytes":{}}}"#, body.len())),
+                Err(err) => err.reply(),
+            }
+        }
+        (_, path) => edge::errors::not_found(path),
     };
-    request.finish(status.as_u16());
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if ctx.requests().is_draining() {
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    Ok(response)
+    Ok(reply.map(Full::new))
 }
 
-fn json(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).expect("admin data serializes")
+fn json(status: StatusCode, body: String) -> edge::Reply {
+    let mut res = Response::new(Bytes::from(body));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+struct Flags {
+    ports: manager::PortSpec,
+    drain_deadline: Duration,
+    limits: Limits,
+    test_routes: bool,
+}
+
+fn flags() -> Result<Flags, String> {
+    let mut flags = Flags {
+        ports: "3400..3410".parse().expect("a valid port spec"),
+        drain_deadline: Duration::from_secs(5),
+        limits: Limits::default(),
+        test_routes: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--test-routes" {
+            flags.test_routes = true;
+            continue;
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let duration =
+            || humantime::parse_duration(&value).map_err(|e| format!("{flag} {value}: {e}"));
+        match flag.as_str() {
+            "--ports" => {
+                flags.ports = value.parse().map_err(|e| format!("--ports {value}: {e}"))?
+            }
+            "--drain-deadline" => flags.drain_deadline = duration()?,
+            "--head-timeout" => flags.limits.head_timeout = duration()?,
+            "--body-timeout" => flags.limits.body_timeout = duration()?,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(flags)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut manager = ServerManager::new().drain_deadline(Duration::from_secs(5));
-    let ports = "3400..3410".parse().expect("a valid port spec");
-    manager.add_server(ServerConfig::new("hello").ports(ports), Hello);
+    let flags = match flags() {
+        Ok(flags) => flags,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let mut manager = ServerManager::new().drain_deadline(flags.drain_deadline);
+    let hello = Hello {
+        limits: flags.limits,
+        test_routes: flags.test_routes,
+    };
+    manager.add_server(ServerConfig::new("hello").ports(flags.ports), hello);
     let handle = manager.handle();
     let run = tokio::spawn(manager.run());
     handle.wait_live().await;
+    // The same banner as multi-server's, so the same tools read it.
+    println!("multi-server example 01_hyper (pid {})", std::process::id());
     for server in handle.server_info().servers {
-        println!(
-            "{} ({:?}) on {}",
-            server.name,
-            server.state,
-            server.url.unwrap_or_default()
-        );
+        let url = server.url.unwrap_or_else(|| format!("{:?}", server.state));
+        println!("  {:<12} {:<10} {url}", server.name, server.framework);
     }
     let report = run.await.expect("the manager does not panic");
-    println!("stopped: {} ({:?})", report.reason, report.outcome());
+    for failure in &report.failures {
+        eprintln!("error: {}", failure.chain());
+    }
     match report.outcome() {
         Outcome::Clean => ExitCode::SUCCESS,
-        Outcome::RequestsCut | Outcome::Failed => ExitCode::FAILURE,
+        Outcome::RequestsCut => ExitCode::from(3),
+        Outcome::Failed => ExitCode::FAILURE,
     }
 }

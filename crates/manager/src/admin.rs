@@ -1,7 +1,5 @@
-//! The data behind the admin endpoints every server mounts. The manager produces it; each
-//! framework crate only serializes it in its own idiom.
-
-use std::net::IpAddr;
+//! The data behind the admin endpoints (`/__healthz`, `/__readyz`, `/__serverz`): the manager
+//! produces it, the edge crate serves it.
 
 use serde::Serialize;
 
@@ -114,75 +112,4 @@ pub struct RequestCounts {
     pub latency_p50_ms: Option<f64>,
     /// Approximate 99th-percentile latency in milliseconds.
     pub latency_p99_ms: Option<f64>,
-}
-
-/// Why `POST /__quitquitquitz` was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("quit is accepted from loopback peers only, not from {peer}")]
-pub struct QuitRefused {
-    /// The peer that asked.
-    pub peer: IpAddr,
-}
-
-/// True for 127.0.0.0/8, ::1 and IPv4-mapped loopback.
-pub fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
-/// The JSON body of an error answer, shared by every framework crate: `{"error": "...",
-/// "status": 404}` plus optional detail fields.
-pub fn error_body(status: u16, message: &str) -> serde_json::Value {
-    serde_json::json!({ "error": message, "status": status })
-}
-
-/// Why a request body is refused with 415, if it is: a non-empty body whose declared content
-/// type is not JSON. A body without a declared type is taken as JSON: the parser then says
-/// what is wrong with it, if anything.
-pub fn non_json_body(content_type: Option<&str>, body: &[u8]) -> Option<String> {
-    let content_type = content_type.unwrap_or("");
-    (!body.is_empty() && !content_type.is_empty() && !content_type.starts_with("application/json"))
-        .then(|| format!("content type must be application/json, not {content_type}"))
-}
-
-/// The message of a caught panic (`&str` or `String` payloads), for logs and errors.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("non-string panic")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_declared_non_json_type_on_a_body_is_refused() {
-        assert_eq!(
-            non_json_body(Some("application/json; charset=utf-8"), b"{}"),
-            None
-        );
-        assert_eq!(non_json_body(None, b"{}"), None);
-        assert_eq!(non_json_body(Some("text/plain"), b""), None);
-        assert_eq!(
-            non_json_body(Some("text/plain"), b"x").as_deref(),
-            Some("content type must be application/json, not text/plain")
-        );
-    }
-
-    #[test]
-    fn loopback_includes_mapped_v4() {
-        assert!(is_loopback("127.0.0.1".parse().unwrap()));
-        assert!(is_loopback("127.8.9.1".parse().unwrap()));
-        assert!(is_loopback("::1".parse().unwrap()));
-        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(!is_loopback("10.0.0.1".parse().unwrap()));
-        assert!(!is_loopback("::ffff:10.0.0.1".parse().unwrap()));
-    }
 }

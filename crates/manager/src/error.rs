@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::PortSpec;
 
 /// A boxed error from a server or a hook.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +101,14 @@ pub enum Error {
         /// The grace it was given after the deadline.
         grace: Duration,
     },
+    /// The signal handlers (SIGTERM, SIGINT, SIGHUP) could not be installed: the process
+    /// could not be stopped gracefully, so it does not start.
+    #[error("cannot install the signal handlers (SIGTERM, SIGINT, SIGHUP)")]
+    Signals {
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The server's task panicked.
     #[error("server '{server}' panicked: {message}")]
     Panicked {
@@ -115,7 +123,7 @@ impl Error {
     /// The name of the server the error is about (empty for process-wide errors).
     pub fn server(&self) -> &str {
         match self {
-            Error::InheritedMismatch { .. } => "",
+            Error::InheritedMismatch { .. } | Error::Signals { .. } => "",
             Error::NoFreePort { server, .. }
             | Error::Bind { server, .. }
             | Error::Inherited { server, .. }
@@ -127,5 +135,18 @@ impl Error {
             | Error::Unresponsive { server, .. }
             | Error::Panicked { server, .. } => server,
         }
+    }
+
+    /// The error and its causes, `error: cause: cause`, as anyhow's `{:#}` prints it: the one
+    /// line to show a user.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
     }
 }

@@ -9,9 +9,9 @@
 //!
 //! It knows nothing about web frameworks: anything that can serve HTTP on a
 //! `std::net::TcpListener` under tokio implements [`Server`] (see `examples/01_hyper.rs` for
-//! plain hyper in a few dozen lines). The admin endpoints' data ([`ManagerHandle::health`],
-//! [`ManagerHandle::readiness`], [`ManagerHandle::server_info`], [`ManagerHandle::quit`]) comes
-//! from here; each framework crate mounts them in its own idiom.
+//! plain hyper). The admin endpoints' data ([`ManagerHandle::health`],
+//! [`ManagerHandle::readiness`], [`ManagerHandle::server_info`]) comes from here; the
+//! `multi-server-edge` crate serves it, with every other HTTP behaviour the servers share.
 //!
 //! It is not a process supervisor: it does not restart a server that died. A required
 //! server's failure stops the process, so the supervisor above (systemd, Kubernetes) can.
@@ -27,7 +27,7 @@
 //!     fn framework(&self) -> &'static str { "none" }
 //!     fn serve(self: Arc<Self>, _listener: std::net::TcpListener, ctx: ServeContext)
 //!         -> BoxFuture<'static, anyhow::Result<()>> {
-//!         Box::pin(async move { ctx.shutdown().cancelled().await; Ok(()) })
+//!         Box::pin(async move { ctx.stop_accepting().cancelled().await; Ok(()) })
 //!     }
 //! }
 //!
@@ -46,21 +46,25 @@
 
 pub mod admin;
 mod error;
+mod handle;
 mod inherited;
 mod manager;
-mod port;
-mod requests;
+pub mod port;
+mod report;
+pub mod requests;
 mod server;
+mod shared;
 mod signals;
+mod state;
+mod supervise;
 
-pub use error::{BoxError, Error};
+pub use error::Error;
+pub use handle::ManagerHandle;
 pub use inherited::InheritedSockets;
-pub use manager::{
-    ManagerHandle, Outcome, ProcessState, Report, ServerManager, ServerState, ShutdownReason,
-    error_chain,
-};
-pub use port::{ParsePortSpecError, PortSpec, bind};
-pub use requests::{GuardCell, LatencyHistogram, RequestEvent, RequestGuard, RequestTracker};
+pub use manager::ServerManager;
+pub use port::PortSpec;
+pub use report::{Outcome, Report};
 pub use server::{BoxFuture, ServeContext, Server, ServerConfig};
+pub use state::{ProcessState, ServerState, ShutdownReason};
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,8 @@
-//! Per-server request accounting: in-flight count, totals, latency histogram, and the one log
-//! line each request gets.
+//! Per-server request accounting: in-flight count, totals, latency histogram, the one log
+//! line each request gets, and the live feed of finished requests.
 //!
 //! Frameworks do not say whether their drain deadline cut requests, and actix notices an idle
-//! server only once a second, so every framework crate wraps each request in a
+//! server only once a second, so every request is wrapped (by the edge crate) in a
 //! [`RequestGuard`]. The guard is what lets the manager stop an idle server at once and report
 //! the requests a deadline cut.
 
@@ -24,7 +24,7 @@ pub struct RequestTracker {
     server_errors: AtomicU64,
     aborted: AtomicU64,
     cut_by_deadline: AtomicU64,
-    draining: AtomicBool,
+    drain_started: AtomicBool,
     closing: AtomicBool,
     deadline_passed: AtomicBool,
     /// When the drain deadline falls, once draining started. Frameworks enforce the same
@@ -46,7 +46,7 @@ impl RequestTracker {
             server_errors: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
             cut_by_deadline: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
+            drain_started: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             deadline_passed: AtomicBool::new(false),
             deadline: std::sync::OnceLock::new(),
@@ -109,14 +109,12 @@ impl RequestTracker {
                 .is_some_and(|deadline| tokio::time::Instant::now() >= *deadline)
     }
 
-    /// True once the server has stopped listening ([`ServeContext::stop_listening`]):
-    /// responses should now close their connection. Not earlier: a client told to close
+    /// True once the server's socket has stopped listening: responses must now ask clients
+    /// to close their connection (`Connection: close`). Not earlier: a client told to close
     /// reconnects at once, and before the socket stops listening that new connection would
     /// wait in the backlog only to be reset; from then on it is refused and the client can
     /// go elsewhere.
-    ///
-    /// [`ServeContext::stop_listening`]: crate::ServeContext::stop_listening
-    pub fn is_draining(&self) -> bool {
+    pub fn closes_connections(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
     }
 
@@ -135,7 +133,7 @@ impl RequestTracker {
     }
 
     pub(crate) fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.drain_started.store(true, Ordering::SeqCst);
     }
 
     /// Records that the drain deadline passed; returns how many requests it has cut.
@@ -165,7 +163,7 @@ impl RequestTracker {
         // SeqCst on both sides pairs with start_draining + wait_idle: either the waiter sees
         // the count reach zero or this side sees the draining flag and wakes it.
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.draining.load(Ordering::SeqCst)
+            && self.drain_started.load(Ordering::SeqCst)
         {
             self.idle.notify_waiters();
         }
@@ -188,6 +186,12 @@ impl RequestGuard {
     /// The process-unique request id (also sent back as `x-request-id`).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether the response must ask the client to close the connection (the server's
+    /// socket has stopped listening: see [`RequestTracker::closes_connections`]).
+    pub fn closes_connection(&self) -> bool {
+        self.tracker.closes_connections()
     }
 
     /// Records the response status and logs the request.
@@ -257,25 +261,6 @@ impl Drop for RequestGuard {
             });
         }
         self.tracker.end();
-    }
-}
-
-/// A [`RequestGuard`] parked where both a framework's middleware and a handler can reach it
-/// (request extensions). A handler that streams its body takes the guard into the body, so
-/// the request counts as in flight until the last byte; otherwise the middleware finishes it
-/// with the response status.
-#[derive(Debug)]
-pub struct GuardCell(std::sync::Mutex<Option<RequestGuard>>);
-
-impl GuardCell {
-    /// Parks `guard`.
-    pub fn new(guard: RequestGuard) -> Self {
-        GuardCell(std::sync::Mutex::new(Some(guard)))
-    }
-
-    /// Takes the guard out, once.
-    pub fn take(&self) -> Option<RequestGuard> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 

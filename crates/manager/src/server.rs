@@ -22,25 +22,41 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// server has drained, [`on_shutdown`](Server::on_shutdown).
 ///
 /// # Contract of `serve`
-/// - Serve on `listener` (already bound, listening and non-blocking) until
-///   [`ServeContext::shutdown`] is cancelled.
-/// - Then stop accepting, call [`ServeContext::stop_listening`], and when
-///   [`ServeContext::close_idle`] fires, close idle connections; let in-flight requests
-///   finish, and return once they have, or once [`ServeContext::drain_deadline`] has passed.
-/// - Wrap every request in [`ServeContext::begin_request`]: that is how the manager knows a
-///   server is idle and which requests a deadline cut.
-/// - Returning before the token is cancelled, `Ok` or `Err`, means the server died: a required
-///   server then brings the whole process down.
+/// Serve on `listener` (already bound, listening and non-blocking), then:
+/// 1. when [`ServeContext::stop_accepting`] fires, stop calling `accept`;
+/// 2. when [`ServeContext::close_idle`] fires, close idle keep-alive connections;
+/// 3. return once in-flight requests have finished (or [`ServeContext::drain_deadline`] has
+///    passed).
+///
+/// The manager does the rest of the stop sequence itself: it makes the listening socket refuse
+/// new connections once the server has stopped accepting, marks the moment responses must
+/// carry `Connection: close` ([`RequestTracker::closes_connections`]), times `close_idle`, and
+/// enforces the deadline. Returning before `stop_accepting` fires, `Ok` or `Err`, means the
+/// server died: a required server then brings the whole process down.
+///
+/// Count every request with [`ServeContext::begin_request`] (the edge crate does it for HTTP
+/// servers): that is how the manager knows a server is idle and which requests a deadline cut.
+///
+/// [`RequestTracker::closes_connections`]: crate::requests::RequestTracker::closes_connections
 pub trait Server: Send + Sync + 'static {
     /// The framework's name, shown in `/__serverz` (e.g. `"actix-web"`).
     fn framework(&self) -> &'static str;
 
-    /// Serves until shutdown; see the trait's contract.
+    /// Serves until drained; see the trait's contract.
     fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         ctx: ServeContext,
     ) -> BoxFuture<'static, anyhow::Result<()>>;
+
+    /// How long after [`ServeContext::stop_accepting`] fires the framework may still call
+    /// `accept` on the socket; the manager stops the socket listening only then (an accept on
+    /// a socket that no longer listens fails, and frameworks log that as an error). Zero, the
+    /// default, for a server whose accept loop watches the token itself; more for one whose
+    /// accept loop runs on another thread and takes a stop command later (actix).
+    fn accept_stop_lag(&self) -> Duration {
+        Duration::ZERO
+    }
 
     /// Runs after the socket is bound and before serving. An error stops the server from
     /// starting (and, for a required server, the process).
@@ -129,18 +145,17 @@ impl ServerConfig {
     }
 }
 
-/// What a server gets from the manager: the shutdown signal, the drain budget, request
+/// What a server gets from the manager: the stop signals, the drain budget, request
 /// accounting and a handle to the manager.
 #[derive(Debug, Clone)]
 pub struct ServeContext {
     pub(crate) name: Arc<str>,
     pub(crate) local_addr: SocketAddr,
-    pub(crate) shutdown: CancellationToken,
+    pub(crate) stop_accepting: CancellationToken,
     pub(crate) close_idle: CancellationToken,
     pub(crate) drain_deadline: Duration,
     pub(crate) requests: Arc<RequestTracker>,
     pub(crate) manager: ManagerHandle,
-    pub(crate) listening: Arc<ListeningSocket>,
 }
 
 /// A second handle on a server's listening socket, kept so the socket can stop listening
@@ -156,6 +171,7 @@ impl ListeningSocket {
         ListeningSocket(std::sync::Mutex::new(dup))
     }
 
+    /// Makes the socket refuse new connections. Idempotent.
     pub(crate) fn stop(&self) {
         let dup = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(socket) = dup {
@@ -178,18 +194,18 @@ impl ServeContext {
     }
 
     /// Cancelled when the server must stop accepting and drain.
-    pub fn shutdown(&self) -> &CancellationToken {
-        &self.shutdown
+    pub fn stop_accepting(&self) -> &CancellationToken {
+        &self.stop_accepting
     }
 
-    /// Cancelled a moment (20 ms) after [`shutdown`](Self::shutdown): close idle connections
+    /// Cancelled a moment (20 ms) after the socket stopped listening: close idle connections
     /// now. The pause lets a connection accepted just before the stop deliver its first
     /// request, which is then served instead of the connection being closed unanswered.
     pub fn close_idle(&self) -> &CancellationToken {
         &self.close_idle
     }
 
-    /// How long in-flight requests may take once shutdown began.
+    /// How long in-flight requests may take once the server stopped accepting.
     pub fn drain_deadline(&self) -> Duration {
         self.drain_deadline
     }
@@ -197,21 +213,6 @@ impl ServeContext {
     /// Starts accounting (and logging) for one request.
     pub fn begin_request(&self, method: &str, path: &str) -> RequestGuard {
         self.requests.begin(method, path)
-    }
-
-    /// Makes the listening socket refuse new connections, and tells the server's responses
-    /// to close their connections from now on ([`RequestTracker::is_draining`]).
-    ///
-    /// Call it at the moment the framework has stopped calling `accept` (after its accept
-    /// loop took the stop command; an accept on a socket that no longer listens fails, and
-    /// frameworks log that as an error). From then on a client connecting during the drain
-    /// gets "connection refused" and can go elsewhere, instead of waiting in the kernel's
-    /// backlog only to be reset when the socket closes. Idempotent. For inherited sockets
-    /// only the second half applies: their parent keeps them listening for the next process
-    /// (hot reload, socket activation).
-    pub fn stop_listening(&self) {
-        self.listening.stop();
-        self.requests.close_connections();
     }
 
     /// This server's request counters.
@@ -224,14 +225,14 @@ impl ServeContext {
         &self.manager
     }
 
-    /// Resolves once shutdown was requested and then either no request is in flight or the
-    /// drain deadline has passed: the moment a server that cannot detect idleness itself
-    /// (actix polls once a second) may force-close what is left.
+    /// Resolves once the server stopped accepting and then either no request is in flight
+    /// or the drain deadline has passed: the moment a server that cannot detect idleness
+    /// itself (actix polls once a second) may force-close what is left.
     ///
     /// # Cancellation safety
     /// Cancel-safe.
     pub async fn drained(&self) {
-        self.shutdown.cancelled().await;
+        self.stop_accepting.cancelled().await;
         let deadline = tokio::time::Instant::now() + self.drain_deadline;
         let _ = tokio::time::timeout_at(deadline, async {
             self.close_idle.cancelled().await;

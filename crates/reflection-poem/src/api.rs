@@ -1,16 +1,16 @@
 //! The Reflection API's handlers, shapes and status codes as the genkit CLI expects them.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use flows::{FlowRun, RunOptions, StatusCode as FlowCode};
 use futures_util::stream;
-use poem::error::ReadBodyError;
 use poem::http::StatusCode;
-use poem::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use poem::http::header::CONTENT_TYPE;
 use poem::web::{Data, Query};
-use poem::{Body, Request, Response, Route, get, handler, post};
+use poem::{Body, Request, Response, ResponseParts, Route, get, handler, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -26,30 +26,29 @@ pub(crate) fn routes(route: Route) -> Route {
         .at("/api/values", get(values))
         .at("/api/envs", get(envs))
         .at("/api/__quitquitquit", get(quit).post(quit))
-        .at("/__healthz", get(healthz))
-        .at("/__readyz", get(readyz))
-        .at("/__serverz", get(serverz))
-        .at("/__quitquitquitz", post(quit))
 }
 
-/// A JSON error answer: `{"error": "...", "status": N}`.
-pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
-    json_response(
-        status,
-        &manager::admin::error_body(status.as_u16(), message),
-    )
-}
-
-/// The answer to an error poem raised before a handler ran (404, 405, bad extractor input).
-pub(crate) fn error_response(status: StatusCode, path: &str) -> Response {
-    match status {
-        StatusCode::NOT_FOUND => json_response(
-            status,
-            &json!({ "error": "not found", "status": 404, "path": path }),
-        ),
-        StatusCode::METHOD_NOT_ALLOWED => json_error(status, "method not allowed"),
-        _ => json_error(status, status.canonical_reason().unwrap_or("error")),
+/// The methods a path of [`routes`] takes, for the `Allow` header of a 405 (poem answers
+/// `HEAD` on every `GET` route).
+pub(crate) fn allow(path: &str) -> Option<&'static str> {
+    match path {
+        "/api/__health" | "/api/actions" | "/api/values" | "/api/envs" => Some("GET, HEAD"),
+        "/api/runAction" | "/api/cancelAction" | "/api/notify" => Some("POST"),
+        "/api/__quitquitquit" => Some("GET, HEAD, POST"),
+        _ => None,
     }
+}
+
+/// An answer the edge built, as a poem response.
+pub(crate) fn reply(reply: edge::Reply) -> Response {
+    let (parts, body) = reply.into_parts();
+    let parts = ResponseParts {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        extensions: parts.extensions,
+    };
+    Response::from_parts(parts, Body::from_bytes(body))
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -63,39 +62,15 @@ fn ok(body: &Value) -> Response {
     json_response(StatusCode::OK, body)
 }
 
-/// The largest JSON body the `POST` endpoints accept: 1 MiB, as the flows API's.
-pub const BODY_LIMIT: usize = 1024 * 1024;
-
-/// Reads the body of a JSON endpoint: at most [`BODY_LIMIT`] bytes (else 413), and, when it
-/// is not empty and says its type, `application/json` (else 415). Both answers are JSON.
-async fn read_json_body(req: &Request, body: Body) -> Result<Bytes, Response> {
-    let too_large = || {
-        json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "request body is larger than the {} KiB (1 MiB) limit",
-                BODY_LIMIT / 1024
-            ),
-        )
-    };
-    let declared = req
-        .header(CONTENT_LENGTH)
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
-        return Err(too_large());
-    }
-    let bytes = match body.into_bytes_limit(BODY_LIMIT).await {
-        Ok(bytes) => bytes,
-        Err(ReadBodyError::PayloadTooLarge) => return Err(too_large()),
-        Err(err) => {
-            return Err(json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the request body: {err}"),
-            ));
-        }
-    };
-    if let Some(refusal) = manager::admin::non_json_body(req.header(CONTENT_TYPE), &bytes) {
-        return Err(json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &refusal));
+/// Reads the body of a JSON endpoint within the server's limits (else 413 or 408), and, when
+/// it is not empty and says its type, `application/json` (else 415). Every refusal is JSON.
+async fn read_json_body(state: &State, req: &Request, body: Body) -> Result<Bytes, Response> {
+    let declared = edge::content_length(req.headers());
+    let bytes = edge::read_body(body.into_bytes_stream(), declared, state.edge.limits())
+        .await
+        .map_err(|err| reply(err.reply()))?;
+    if let Some(refusal) = edge::errors::non_json_body(req.header(CONTENT_TYPE), &bytes) {
+        return Err(reply(refusal));
     }
     Ok(bytes)
 }
@@ -179,7 +154,7 @@ async fn run_action(
     Query(query): Query<StreamQuery>,
     Data(state): Data<&Arc<State>>,
 ) -> Response {
-    let body = match read_json_body(req, body).await {
+    let body = match read_json_body(state, req, body).await {
         Ok(body) => body,
         Err(res) => return res,
     };
@@ -209,15 +184,11 @@ async fn run_action(
         }
         Err(err) => return ok(&json!({ "error": err.to_status() })),
     };
-    // The guard travels with the body, so the request stays in flight until the last byte.
-    let guard = req
-        .extensions()
-        .get::<Arc<manager::GuardCell>>()
-        .and_then(|slot| slot.take());
     let trace_id = run.trace_id.clone();
     let span_id = run.span_id.clone();
-    let body = Body::from_bytes_stream(run_body(run, stream, guard));
-    // Headers (with the trace id) go out now; the result follows when the flow ends.
+    // Headers (with the trace id) go out now; the result follows when the flow ends (the
+    // middleware keeps the request in flight until the body's last byte).
+    let body = Body::from_bytes_stream(run_body(run, stream));
     Response::builder()
         .status(StatusCode::OK)
         .content_type(if stream {
@@ -240,20 +211,19 @@ enum Phase {
 fn run_body(
     run: FlowRun,
     stream: bool,
-    guard: Option<manager::RequestGuard>,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
     let first = if stream {
         Phase::Chunks(run)
     } else {
         Phase::Result(run)
     };
-    stream::unfold((first, guard), |(phase, guard)| async move {
+    stream::unfold(first, |phase| async move {
         let run = match phase {
             Phase::Chunks(mut run) => match run.next_chunk().await {
                 Some(chunk) => {
                     let mut line = chunk.to_string().into_bytes();
                     line.push(b'\n');
-                    return Some((Ok(Bytes::from(line)), (Phase::Chunks(run), guard)));
+                    return Some((Ok(Bytes::from(line)), Phase::Chunks(run)));
                 }
                 None => run,
             },
@@ -265,10 +235,7 @@ fn run_body(
             Ok(result) => json!({ "result": result, "telemetry": { "traceId": trace_id } }),
             Err(err) => json!({ "error": err.to_status() }),
         };
-        if let Some(guard) = guard {
-            guard.finish(200);
-        }
-        Some((Ok(Bytes::from(last.to_string())), (Phase::Done, None)))
+        Some((Ok(Bytes::from(last.to_string())), Phase::Done))
     })
 }
 
@@ -280,7 +247,7 @@ struct CancelBody {
 
 #[handler]
 async fn cancel_action(req: &Request, body: Body, Data(state): Data<&Arc<State>>) -> Response {
-    let body = match read_json_body(req, body).await {
+    let body = match read_json_body(state, req, body).await {
         Ok(body) => body,
         Err(res) => return res,
     };
@@ -310,7 +277,7 @@ struct NotifyBody {
 
 #[handler]
 async fn notify(req: &Request, body: Body, Data(state): Data<&Arc<State>>) -> Response {
-    let body = match read_json_body(req, body).await {
+    let body = match read_json_body(state, req, body).await {
         Ok(body) => body,
         Err(res) => return res,
     };
@@ -324,7 +291,7 @@ async fn notify(req: &Request, body: Body, Data(state): Data<&Arc<State>>) -> Re
     let version = body.reflection_api_spec_version.and_then(|v| v.as_u64());
     if version != Some(u64::from(crate::REFLECTION_API_SPEC_VERSION)) {
         tracing::warn!(
-            server = state.ctx.name(),
+            server = state.edge.ctx().name(),
             theirs = ?version,
             ours = crate::REFLECTION_API_SPEC_VERSION,
             "the genkit tools speak another reflection API version; some features may not work"
@@ -352,30 +319,12 @@ fn envs() -> Response {
     ok(&json!(["dev"]))
 }
 
+/// `GET|POST /api/__quitquitquit`, the Reflection API's own quit: the same graceful shutdown,
+/// under the same rule, as the edge's `POST /__quitquitquitz` (a loopback peer, never
+/// cross-site).
 #[handler]
 fn quit(req: &Request, Data(state): Data<&Arc<State>>) -> Response {
-    let Some(peer) = req.remote_addr().as_socket_addr() else {
-        return json_error(StatusCode::FORBIDDEN, "peer address unknown");
-    };
-    match state.ctx.manager().quit(peer.ip(), state.ctx.name()) {
-        Ok(()) => ok(&json!({ "status": "OK" })),
-        Err(refused) => json_error(StatusCode::FORBIDDEN, &refused.to_string()),
-    }
-}
-
-#[handler]
-fn healthz(Data(state): Data<&Arc<State>>) -> Response {
-    ok(&json!(state.ctx.manager().health()))
-}
-
-#[handler]
-fn readyz(Data(state): Data<&Arc<State>>) -> Response {
-    let readiness = state.ctx.manager().readiness();
-    let status = StatusCode::from_u16(readiness.http_status()).unwrap_or(StatusCode::OK);
-    json_response(status, &json!(readiness))
-}
-
-#[handler]
-fn serverz(Data(state): Data<&Arc<State>>) -> Response {
-    ok(&json!(state.ctx.manager().server_info()))
+    let peer = req.remote_addr().as_socket_addr().map(SocketAddr::ip);
+    let head = edge::RequestHead::of(req.method(), req.uri(), req.headers(), peer);
+    reply(edge::admin::quit(state.edge.ctx(), &head))
 }

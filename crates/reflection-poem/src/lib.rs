@@ -7,22 +7,41 @@
 //! `package.json`, `go.mod`, `pyproject.toml`... — `Cargo.toml` is not one of the CLI's
 //! markers), and removes it on every orderly exit.
 //!
-//! Endpoints (all JSON, all with `x-genkit-version`, CORS open to any origin as Genkit's own
-//! runtimes do): `GET /api/__health`, `GET /api/actions`, `POST /api/runAction` (with
+//! It is glue plus its own routes: the edge (`multi-server-edge`) does what every managed
+//! server shares. For each request, first thing, the crate's one middleware asks the edge,
+//! which counts and logs it, stamps `x-request-id` (and `Connection: close` once the server
+//! drains) on the answer, refuses a `Host` that is not a loopback name (403, on every path:
+//! against DNS rebinding; the CLI sends `localhost:PORT` or `127.0.0.1:PORT`), and answers the
+//! admin endpoints (`GET /__healthz`, `GET /__readyz`, `GET /__serverz`,
+//! `POST /__quitquitquitz`). A handler panic is a 500 for that request only, and every error
+//! has the edge's JSON shape.
+//!
+//! Its own routes (all JSON, all with `x-genkit-version`, CORS open to any origin as Genkit's
+//! own runtimes do): `GET /api/__health`, `GET /api/actions`, `POST /api/runAction` (with
 //! `?stream=true`: NDJSON chunks, then the final object; trace headers are sent before the
-//! result), `POST /api/cancelAction`, `POST /api/notify`, `GET /api/values`, `GET /api/envs`,
-//! `GET|POST /api/__quitquitquit`, plus the admin endpoints every managed server has.
+//! result, and the request stays in flight until the last byte), `POST /api/cancelAction`,
+//! `POST /api/notify`, `GET /api/values`, `GET /api/envs`, `GET|POST /api/__quitquitquit`
+//! (the same graceful shutdown as the edge's quit, under the same rule: a loopback peer, never
+//! cross-site).
 //!
 //! # Limits
-//! - The `POST` endpoints that read JSON (`runAction`, `cancelAction`, `notify`) accept at
-//!   most [`BODY_LIMIT`] (1 MiB): a larger body is a 413 with a JSON error, as is a declared
-//!   `Content-Length` over it (answered before any of the body is read). A non-empty body
-//!   whose `Content-Type` is given and is not `application/json` is a 415; malformed JSON,
-//!   wrong types and an empty body are 400s; all with a JSON error.
-//! - A client must send each request head within [`HEAD_TIMEOUT`] (10 s) of starting it (on a
-//!   new connection: of connecting), or its connection is dropped: poem gives hyper no timer,
-//!   so hyper's own header-read timeout never fires, and a client that never finishes its
-//!   headers (slowloris) would otherwise hold a connection forever.
+//! One [`edge::Limits`], set with [`ReflectionApi::limits`] (default [`Limits::default`]:
+//! 1 MiB bodies, 10 s for a request head, 10 s for a body):
+//! - The `POST` endpoints that read JSON (`runAction`, `cancelAction`, `notify`) read their
+//!   body with [`edge::read_body`]: a body over the limit is a 413 (a declared
+//!   `Content-Length` over it is answered before any of the body is read), one slower than
+//!   the body deadline a 408. A non-empty body whose `Content-Type` is given and is not
+//!   `application/json` is a 415; malformed JSON, wrong types and an empty body are 400s
+//!   (`{"error": "..."}`, the shape the genkit CLI prints).
+//! - A client must send each request head within the head deadline of starting it (on a new
+//!   connection: of connecting), or its connection is dropped: poem gives hyper no timer, so
+//!   each accepted connection is wrapped in an [`edge::HeadDeadline`].
+//!
+//! [`Limits::default`]: edge::Limits::default
+//!
+//! # Features
+//! - `test-routes`: [`test_routes`], the routes the end-to-end tests need, mounted with
+//!   [`ReflectionApi::routes`].
 //!
 //! ```no_run
 //! use reflection_poem::ReflectionApi;
@@ -41,12 +60,11 @@
 
 mod api;
 mod discovery;
-mod head_deadline;
 mod server;
+#[cfg(feature = "test-routes")]
+pub mod test_routes;
 
-pub use api::BODY_LIMIT;
 pub use discovery::{RuntimeFile, discovery_root};
-pub use head_deadline::HEAD_TIMEOUT;
 pub use server::ReflectionApi;
 
 /// The Reflection API version this runtime speaks (the CLI exits on a higher one).

@@ -1,37 +1,64 @@
-//! `ReflectionApi`: the poem server, its middleware, and the discovery file's lifecycle.
+//! `ReflectionApi`: the poem server, its one middleware (the edge), its acceptor, and the
+//! discovery file's lifecycle.
 
-use std::net::TcpListener;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use edge::{Begun, Edge, EdgeConfig, HeadDeadline, Limits, RequestHead};
 use flows::Registry;
-use manager::{BoxFuture, GuardCell, ServeContext, Server};
-use poem::http::header::{CONNECTION, HeaderName, HeaderValue};
-use poem::listener::TcpAcceptor;
-use poem::middleware::{CatchPanic, Cors};
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use futures_util::FutureExt;
+use manager::{BoxFuture, ServeContext, Server};
+use poem::http::header::{HeaderName, HeaderValue};
+use poem::http::uri::Scheme;
+use poem::listener::{Acceptor, TcpAcceptor};
+use poem::middleware::Cors;
+use poem::web::{LocalAddr, RemoteAddr};
+use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::discovery::{RuntimeFile, discovery_root};
-use crate::head_deadline::{HEAD_TIMEOUT, HeadDeadlineAcceptor};
+
+type Mount = Arc<dyn Fn(Route) -> Route + Send + Sync>;
 
 /// The reflection server. See the crate docs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "a server does nothing until it is added to a ServerManager"]
 pub struct ReflectionApi {
     registry: Arc<Registry>,
     name: Option<String>,
     root: Option<PathBuf>,
+    limits: Limits,
+    extra: Vec<Mount>,
     runtime_file: Arc<Mutex<Option<PathBuf>>>,
 }
 
+impl std::fmt::Debug for ReflectionApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReflectionApi")
+            .field("registry", &self.registry)
+            .field("name", &self.name)
+            .field("root", &self.root)
+            .field("limits", &self.limits)
+            .field("extra_routes", &self.extra.len())
+            .field("runtime_file", &self.runtime_file)
+            .finish()
+    }
+}
+
 impl ReflectionApi {
-    /// A reflection server for the flows of `registry`.
+    /// A reflection server for the flows of `registry`, with the default limits.
     pub fn new(registry: Arc<Registry>) -> Self {
         ReflectionApi {
             registry,
             name: None,
             root: None,
+            limits: Limits::default(),
+            extra: Vec::new(),
             runtime_file: Arc::default(),
         }
     }
@@ -49,6 +76,19 @@ impl ReflectionApi {
         self
     }
 
+    /// What a client may send, and how slowly.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Mounts more routes next to the Reflection API's (behind the same middleware). Each
+    /// call adds to the previous ones.
+    pub fn routes(mut self, mount: impl Fn(Route) -> Route + Send + Sync + 'static) -> Self {
+        self.extra.push(Arc::new(mount));
+        self
+    }
+
     /// The discovery file written at startup, until it is removed at shutdown.
     pub fn runtime_file(&self) -> Option<PathBuf> {
         self.runtime_file
@@ -56,53 +96,134 @@ impl ReflectionApi {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    fn app(&self, state: Arc<State>) -> impl Endpoint<Output = Response> + use<> {
+        let cors = Cors::new().expose_headers([
+            "X-Genkit-Trace-Id",
+            "X-Genkit-Span-Id",
+            "x-genkit-version",
+        ]);
+        let edge = state.edge.clone();
+        let routes = api::routes(Route::new());
+        let routes = self
+            .extra
+            .iter()
+            .fold(routes, |routes, mount| mount(routes));
+        Edged {
+            edge,
+            inner: routes.with(cors).data(state),
+        }
+    }
 }
 
 /// What every handler can reach, as poem request data.
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) registry: Arc<Registry>,
-    pub(crate) ctx: ServeContext,
+    pub(crate) edge: Edge,
     pub(crate) runtime_id: String,
 }
 
 static GENKIT_VERSION_HEADER: HeaderName = HeaderName::from_static("x-genkit-version");
 
-fn app(state: Arc<State>) -> impl Endpoint<Output = Response> {
-    let cors =
-        Cors::new().expose_headers(["X-Genkit-Trace-Id", "X-Genkit-Span-Id", "x-genkit-version"]);
-    let ctx = state.ctx.clone();
-    api::routes(Route::new())
-        .with(CatchPanic::new().with_handler(on_panic))
-        .with(cors)
-        .data(state)
-        .around(move |ep, mut req: Request| {
-            let ctx = ctx.clone();
-            async move {
-                let path = req.uri().path().to_owned();
-                let slot = Arc::new(GuardCell::new(
-                    ctx.begin_request(req.method().as_str(), &path),
-                ));
-                req.extensions_mut().insert(Arc::clone(&slot));
-                // poem hands 404/405 to middleware as errors; answer them as JSON here.
-                let mut res = match ep.call(req).await {
-                    Ok(res) => res.into_response(),
-                    Err(err) => api::error_response(err.status(), &path),
-                };
-                let headers = res.headers_mut();
-                headers.insert(
-                    GENKIT_VERSION_HEADER.clone(),
-                    HeaderValue::from_static(crate::GENKIT_VERSION),
-                );
-                if ctx.requests().is_draining() {
-                    headers.insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                if let Some(guard) = slot.take() {
-                    guard.finish(res.status().as_u16());
-                }
-                Ok(res)
-            }
-        })
+/// The routes behind the edge: see [`around`].
+struct Edged<E> {
+    edge: Edge,
+    inner: E,
+}
+
+impl<E: Endpoint> Endpoint for Edged<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        Ok(around(&self.edge, &self.inner, req).await)
+    }
+}
+
+/// The one middleware: the edge begins the request (and answers the admin endpoints and the
+/// refusals itself); the rest goes to the routes, a panic answering 500 for that request only
+/// and poem's own 404/405 the edge's JSON errors. Every answer carries `x-genkit-version` and
+/// the scope's headers; a streamed body (`runAction`'s result follows its headers) keeps the
+/// request in flight until its last byte.
+async fn around<E: Endpoint>(edge: &Edge, inner: &E, req: Request) -> Response {
+    let peer = req.remote_addr().as_socket_addr().map(SocketAddr::ip);
+    let begun = edge.begin(&RequestHead::of(
+        req.method(),
+        req.uri(),
+        req.headers(),
+        peer,
+    ));
+    let (scope, mut res) = match begun {
+        Begun::Answered(scope, reply) => (scope, api::reply(reply)),
+        Begun::Route(scope) => {
+            let uri = req.uri().clone();
+            let res = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
+                Ok(Ok(res)) => res.into_response(),
+                // poem hands 404/405 (and extractor failures) to middleware as errors.
+                Ok(Err(err)) => api::reply(edge::errors::for_status(
+                    err.status(),
+                    uri.path(),
+                    api::allow(uri.path()),
+                )),
+                Err(panic) => api::reply(edge::errors::panicked(
+                    edge.ctx().name(),
+                    scope.id(),
+                    &*panic,
+                )),
+            };
+            (scope, res)
+        }
+    };
+    let headers = res.headers_mut();
+    headers.insert(
+        GENKIT_VERSION_HEADER.clone(),
+        HeaderValue::from_static(crate::GENKIT_VERSION),
+    );
+    scope.stamp(headers);
+    let status = res.status().as_u16();
+    let body: http_body_util::combinators::BoxBody<bytes::Bytes, io::Error> =
+        res.take_body().into();
+    if http_body::Body::size_hint(&body).exact().is_some() {
+        res.set_body(Body::from(body));
+        scope.finish(status);
+    } else {
+        let body = Body::from(body).into_bytes_stream();
+        res.set_body(Body::from_bytes_stream(scope.finish_at_end(status, body)));
+    }
+    res
+}
+
+/// Accepts like poem's [`TcpAcceptor`], with an [`HeadDeadline`] on every connection (poem
+/// gives hyper no timer, so hyper's own header-read timeout never fires), and stops accepting
+/// the moment `stop` fires (the manager then stops the socket listening, and fires
+/// `close_idle`, which poem is given as its shutdown signal).
+struct StopAwareAcceptor {
+    inner: TcpAcceptor,
+    head_timeout: Duration,
+    stop: CancellationToken,
+}
+
+impl Acceptor for StopAwareAcceptor {
+    type Io = HeadDeadline<<TcpAcceptor as Acceptor>::Io>;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        let accepted = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => std::future::pending().await,
+            accepted = self.inner.accept() => accepted,
+        };
+        let (io, local, remote, scheme) = accepted?;
+        Ok((
+            HeadDeadline::new(io, self.head_timeout),
+            local,
+            remote,
+            scheme,
+        ))
+    }
 }
 
 impl Server for ReflectionApi {
@@ -116,28 +237,28 @@ impl Server for ReflectionApi {
         ctx: ServeContext,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
+            // Genkit's tools reach this server as localhost or 127.0.0.1: no other Host name.
+            let edge = Edge::new(
+                ctx.clone(),
+                EdgeConfig::new().limits(self.limits).loopback_hosts(),
+            );
             let state = Arc::new(State {
                 registry: Arc::clone(&self.registry),
                 runtime_id: runtime_id(&ctx),
-                ctx: ctx.clone(),
+                edge,
             });
-            let acceptor = HeadDeadlineAcceptor::new(
-                TcpAcceptor::from_std(listener)?,
-                HEAD_TIMEOUT,
-                ctx.shutdown().clone(),
-            );
-            // The acceptor stops on the shutdown token itself, so the socket can stop
-            // listening at once; poem is told to close idle connections a moment later.
-            let stop = {
-                let ctx = ctx.clone();
-                async move {
-                    ctx.shutdown().cancelled().await;
-                    ctx.stop_listening();
-                    ctx.close_idle().cancelled().await;
-                }
+            let acceptor = StopAwareAcceptor {
+                inner: TcpAcceptor::from_std(listener)?,
+                head_timeout: self.limits.head_timeout,
+                stop: ctx.stop_accepting().clone(),
             };
+            let close_idle = ctx.close_idle().clone();
             poem::Server::new_with_acceptor(acceptor)
-                .run_with_graceful_shutdown(app(state), stop, Some(ctx.drain_deadline()))
+                .run_with_graceful_shutdown(
+                    self.app(state),
+                    async move { close_idle.cancelled().await },
+                    Some(ctx.drain_deadline()),
+                )
                 .await?;
             Ok(())
         })
@@ -179,13 +300,246 @@ impl Server for ReflectionApi {
     }
 }
 
-fn on_panic(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    api::json_error(
-        poem::http::StatusCode::INTERNAL_SERVER_ERROR,
-        "internal error",
-    )
-}
-
 fn runtime_id(ctx: &ServeContext) -> String {
     format!("{}-{}", std::process::id(), ctx.local_addr().port())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use flows::{FlowContext, FlowError};
+    use manager::{
+        ManagerHandle, Outcome, ProcessState, ServerConfig, ServerManager, ShutdownReason,
+    };
+    use poem::{get, handler};
+    use serde_json::Value;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    pub(crate) fn temp_root(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("reflection-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    pub(crate) async fn start(
+        api: ReflectionApi,
+    ) -> (ManagerHandle, tokio::task::JoinHandle<manager::Report>) {
+        let mut manager = ServerManager::new()
+            .handle_signals(false)
+            .drain_deadline(Duration::from_secs(5));
+        manager.add_server(ServerConfig::new("reflection"), api);
+        let handle = manager.handle();
+        let run = tokio::spawn(manager.run());
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), handle.wait_live())
+                .await
+                .unwrap(),
+            ProcessState::Live
+        );
+        (handle, run)
+    }
+
+    pub(crate) fn addr_of(handle: &ManagerHandle) -> String {
+        let url = handle.server_info().servers[0].url.clone().unwrap();
+        url.trim_start_matches("http://").to_owned()
+    }
+
+    /// One request on its own connection: status, lower-case headers, body.
+    pub(crate) async fn raw(addr: &str, request: String) -> (u16, Vec<(String, String)>, String) {
+        let addr = addr.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = std::net::TcpStream::connect(addr).unwrap();
+            conn.write_all(request.as_bytes()).unwrap();
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).unwrap();
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+            let mut lines = head.lines();
+            let status = lines.next().unwrap()[9..12].parse().unwrap();
+            let headers = lines
+                .filter_map(|l| l.split_once(": "))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+                .collect();
+            (status, headers, body.to_owned())
+        })
+        .await
+        .unwrap()
+    }
+
+    pub(crate) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A `runAction` whose flow is still running when shutdown starts (its headers are out,
+    /// its result is not) still completes with its result, and the server stops as soon as it
+    /// has: the middleware keeps a streamed body's request in flight until its last byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_flight_request_completes_during_shutdown() {
+        let entered = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let registry = Registry::new();
+        let (e, r) = (Arc::clone(&entered), Arc::clone(&release));
+        registry.define_flow(
+            "hold",
+            "waits to be released",
+            move |name: String, _: FlowContext| {
+                let (e, r) = (Arc::clone(&e), Arc::clone(&r));
+                async move {
+                    e.notify_one();
+                    r.notified().await;
+                    Ok::<_, FlowError>(format!("released {name}"))
+                }
+            },
+        );
+        let root = temp_root("inflight");
+        let api = ReflectionApi::new(registry).discovery_root(&root);
+        let (handle, run) = start(api).await;
+        let url = handle.server_info().servers[0].url.clone().unwrap();
+
+        let request = tokio::task::spawn_blocking(move || {
+            let mut res = ureq::post(format!("{url}/api/runAction"))
+                .content_type("application/json")
+                .send(r#"{"key":"/flow/hold","input":"Al"}"#)
+                .unwrap();
+            (
+                res.status().as_u16(),
+                res.body_mut().read_to_string().unwrap(),
+            )
+        });
+        tokio::time::timeout(Duration::from_secs(10), entered.notified())
+            .await
+            .unwrap();
+        handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!run.is_finished(), "must wait for the running flow");
+        release.notify_one();
+
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, 200);
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["result"], "released Al", "{body}");
+        let started = std::time::Instant::now();
+        let report = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "stopped {:?} after idle",
+            started.elapsed()
+        );
+        assert_eq!(report.outcome(), Outcome::Clean);
+        assert_eq!(report.servers[0].requests.served, 1);
+        assert_eq!(report.servers[0].requests.aborted, 0);
+        let runtimes = std::fs::read_dir(root.join(".genkit/runtimes"))
+            .unwrap()
+            .count();
+        assert_eq!(runtimes, 0, "the discovery file is removed at shutdown");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[handler]
+    fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    /// The edge answers its endpoints and refusals, poem's 404/405 and a panic are the edge's
+    /// JSON errors, and every answer carries `x-request-id` and `x-genkit-version`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_edge_answers_around_the_routes() {
+        let root = temp_root("edge");
+        let api = ReflectionApi::new(Registry::new())
+            .discovery_root(&root)
+            .routes(|route| route.at("/boom", get(boom)));
+        let (handle, run) = start(api).await;
+        let addr = addr_of(&handle);
+        let ask = |method: &str, path: &str, extra: &str| {
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: 0\r\n\r\n"
+            )
+        };
+        let json = |body: &str| serde_json::from_str::<Value>(body).unwrap();
+
+        let mut ids = Vec::new();
+        for (method, path, extra, status) in [
+            ("GET", "/api/__health", "", 200),
+            ("GET", "/__healthz", "", 200),
+            ("GET", "/nope", "", 404),
+            ("GET", "/api/runAction", "", 405),
+            ("GET", "/boom", "", 500),
+            (
+                "POST",
+                "/api/__quitquitquit",
+                "Origin: http://evil.example\r\n",
+                403,
+            ),
+            (
+                "POST",
+                "/api/cancelAction",
+                "Content-Type: text/plain\r\n",
+                400,
+            ),
+        ] {
+            let (got, headers, body) = raw(&addr, ask(method, path, extra)).await;
+            assert_eq!(got, status, "{method} {path}: {body}");
+            assert_eq!(
+                header(&headers, "x-genkit-version"),
+                Some(crate::GENKIT_VERSION),
+                "{path}"
+            );
+            ids.push(header(&headers, "x-request-id").unwrap().to_owned());
+            if status >= 400 {
+                assert_eq!(header(&headers, "content-type"), Some("application/json"));
+                assert!(json(&body)["error"].is_string(), "{path}: {body}");
+            }
+            match path {
+                "/nope" => assert_eq!(json(&body)["path"], "/nope"),
+                "/api/runAction" => assert_eq!(header(&headers, "allow"), Some("POST")),
+                "/boom" => assert_eq!(json(&body)["error"], "internal error"),
+                "/api/cancelAction" => {
+                    assert_eq!(
+                        json(&body)["error"],
+                        "request body is empty; expected a JSON object"
+                    );
+                }
+                _ => {}
+            }
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 7, "one id per request: {ids:?}");
+
+        let foreign = format!(
+            "GET /api/actions HTTP/1.1\r\nHost: rebind.evil:{}\r\nConnection: close\r\n\r\n",
+            addr.rsplit(':').next().unwrap()
+        );
+        let (status, headers, _) = raw(&addr, foreign).await;
+        assert_eq!(status, 403);
+        assert!(header(&headers, "x-request-id").is_some());
+
+        let (status, _, body) = raw(&addr, ask("GET", "/api/__quitquitquit", "")).await;
+        assert_eq!((status, json(&body)["status"].as_str()), (200, Some("OK")));
+        let report = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.outcome(), Outcome::Clean);
+        assert_eq!(
+            handle.shutdown_reason(),
+            Some(ShutdownReason::Quit {
+                server: "reflection".into()
+            })
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

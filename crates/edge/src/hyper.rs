@@ -1,0 +1,230 @@
+//! The serve loop of a server built on hyper 1 (plain hyper, axum), keeping the manager's
+//! contract: accept until told to stop, close idle connections when told, return once every
+//! connection has finished or the drain deadline has passed.
+
+use std::net::{SocketAddr, TcpListener};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use manager::ServeContext;
+
+use crate::{Begun, Edge, Limits, RequestHead, RequestScope, errors};
+
+/// Serves HTTP/1.1 on `listener` until the manager's stop sequence has run, one service per
+/// connection from `make_service(peer)`.
+///
+/// A request head (and a keep-alive connection's next one) must arrive within
+/// [`Limits::head_timeout`] (hyper's own timer; a head larger than hyper's buffer is a 431).
+///
+/// # Errors
+/// When the listener cannot be registered with tokio.
+pub async fn serve<M, S, B>(
+    listener: TcpListener,
+    ctx: &ServeContext,
+    limits: &Limits,
+    make_service: M,
+) -> std::io::Result<()>
+where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            // First: once told to stop, no accept may run (the manager stops the socket
+            // listening right after, and an accept racing that would fail).
+            biased;
+            () = ctx.stop_accepting().cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: wait, don't spin.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // A client hanging up is not the server's error.
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    ctx.close_idle().cancelled().await;
+    // Idle connections close now; busy ones after their answer (with `Connection: close`).
+    let _ = tokio::time::timeout(ctx.drain_deadline(), graceful.shutdown()).await;
+    Ok(())
+}
+
+/// Puts the edge in front of a hyper service: every request begins a scope; what the edge
+/// answers (admin endpoints, refusals) is answered; the rest goes to `inner`, whose panics
+/// become a 500 for that request only and whose bodiless error answers get the JSON error
+/// body; every answer carries the scope's headers; a streamed body keeps the scope open to
+/// its last byte.
+///
+/// The peer's address comes from the connection (see [`serve`]).
+#[derive(Debug, Clone)]
+pub struct Edged<S> {
+    edge: Edge,
+    peer: SocketAddr,
+    inner: S,
+}
+
+impl<S> Edged<S> {
+    /// `inner` behind `edge`, for one connection from `peer`.
+    pub fn new(edge: Edge, peer: SocketAddr, inner: S) -> Self {
+        Edged { edge, peer, inner }
+    }
+}
+
+impl<S, B> Service<Request<Incoming>> for Edged<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<EdgeBody<B>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let head = RequestHead::of(req.method(), req.uri(), req.headers(), Some(self.peer.ip()));
+        let scope = match self.edge.begin(&head) {
+            Begun::Answered(scope, reply) => {
+                let res = reply.map(|bytes| EdgeBody::Reply(Some(bytes)));
+                return Box::pin(std::future::ready(Ok(stamped(scope, res))));
+            }
+            Begun::Route(scope) => scope,
+        };
+        let path = req.uri().path().to_owned();
+        let server = self.edge.ctx().name().to_owned();
+        let answer = AssertUnwindSafe(self.inner.call(req)).catch_unwind();
+        Box::pin(async move {
+            let res = match answer.await {
+                Ok(Ok(res)) => res,
+                Ok(Err(err)) => {
+                    scope.finish(500);
+                    return Err(err);
+                }
+                Err(panic) => {
+                    let reply = errors::panicked(&server, scope.id(), &*panic);
+                    let res = reply.map(|bytes| EdgeBody::Reply(Some(bytes)));
+                    return Ok(stamped(scope, res));
+                }
+            };
+            let status = res.status();
+            if status.as_u16() >= 400 && res.body().size_hint().exact() == Some(0) {
+                let allow = res
+                    .headers()
+                    .get(http::header::ALLOW)
+                    .and_then(|a| a.to_str().ok());
+                let reply = errors::for_status(status, &path, allow);
+                return Ok(stamped(
+                    scope,
+                    reply.map(|bytes| EdgeBody::Reply(Some(bytes))),
+                ));
+            }
+            Ok(stamped(
+                scope,
+                res.map(|body| EdgeBody::Inner { body, scope: None }),
+            ))
+        })
+    }
+}
+
+/// Stamps the scope's headers on `res` and finishes the scope: now, or, for a streamed body,
+/// at its last byte.
+fn stamped<B: Body>(scope: RequestScope, mut res: Response<EdgeBody<B>>) -> Response<EdgeBody<B>> {
+    scope.stamp(res.headers_mut());
+    let status = res.status().as_u16();
+    match res.body_mut() {
+        EdgeBody::Inner { body, scope: slot } if body.size_hint().exact().is_none() => {
+            *slot = Some((scope, status));
+        }
+        _ => scope.finish(status),
+    }
+    res
+}
+
+/// The body of an answer through [`Edged`]: the edge's own reply, or the inner service's
+/// body carrying the request's scope until its last frame.
+#[derive(Debug)]
+pub enum EdgeBody<B> {
+    /// An answer the edge built.
+    Reply(Option<Bytes>),
+    /// The inner service's body.
+    Inner {
+        /// The body.
+        body: B,
+        /// The scope and status, while a streamed body runs.
+        scope: Option<(RequestScope, u16)>,
+    },
+}
+
+impl<B> Body for EdgeBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.get_mut() {
+            EdgeBody::Reply(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            EdgeBody::Inner { body, scope } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(None) = polled
+                    && let Some((scope, status)) = scope.take()
+                {
+                    scope.finish(status);
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            EdgeBody::Reply(bytes) => bytes.is_none(),
+            EdgeBody::Inner { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            EdgeBody::Reply(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            EdgeBody::Inner { body, .. } => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The HTTP edge every multi-server server shares, on the `http` 1.x types and with no web
+//! framework: each behaviour a managed server owes its users, written once.
+//!
+//! - [`admin`]: `GET /__healthz`, `GET /__readyz`, `GET /__serverz` and
+//!   `POST /__quitquitquitz`, answered from the manager's data, with their method and peer
+//!   rules;
+//! - [`scope`]: the request scope — begun on the request head, finished on the response head
+//!   (`x-request-id`, `Connection: close` once the server drains, the status, the one log
+//!   line), aborted when dropped — and [`Streamed`], which keeps it open until the last byte
+//!   of a streamed body;
+//! - [`errors`]: one JSON error shape for 400/403/404/405 (with `Allow`)/408/413/415/431/500
+//!   and handler panics;
+//! - [`limits`]: body size, request-head and body-read deadlines as one [`Limits`], with a
+//!   bounded, timed [`read_body`] and a [`HeadDeadline`] for servers with no head timer;
+//! - `hyper` (feature `hyper`): the serve loop of a server built on hyper (plain hyper,
+//!   axum) that keeps the manager's stop contract;
+//! - [`policy`]: loopback-only `Host` names and the rule for changes (loopback peer, never
+//!   cross-site).
+//!
+//! A framework crate calls [`Edge::begin`] first thing for every request, answers what the
+//! edge answered, routes the rest, and puts the scope's headers on whatever it answers.
+//! poem, salvo, axum and hyper use the `http` types directly; actix-web, still on `http`
+//! 0.2, converts at its edge.
+//!
+//! ```
+//! use edge::{Begun, Edge, EdgeConfig, RequestHead};
+//! # use manager::{BoxFuture, ServeContext, Server, ServerConfig, ServerManager, ShutdownReason};
+//! # struct Probe;
+//! # impl Server for Probe {
+//! #     fn framework(&self) -> &'static str { "none" }
+//! #     fn serve(self: std::sync::Arc<Self>, _: std::net::TcpListener, ctx: ServeContext)
+//! #         -> BoxFuture<'static, anyhow::Result<()>> {
+//! #         Box::pin(async move { check(Edge::new(ctx.clone(), EdgeConfig::default()));
+//! #             ctx.manager().request_shutdown(ShutdownReason::Requested { why: "done".into() });
+//! #             ctx.stop_accepting().cancelled().await; Ok(()) })
+//! #     }
+//! # }
+//! fn check(edge: Edge) {
+//!     let head = RequestHead { method: "GET", path: "/__healthz", ..RequestHead::default() };
+//!     match edge.begin(&head) {
+//!         Begun::Answered(scope, reply) => {
+//!             assert_eq!(reply.status(), 200);
+//!             scope.finish(reply.status().as_u16());
+//!         }
+//!         Begun::Route(_) => unreachable!("the edge answers the admin endpoints"),
+//!     }
+//! }
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! # let mut manager = ServerManager::new().handle_signals(false);
+//! # manager.add_server(ServerConfig::new("probe"), Probe);
+//! # let _ = manager.run().await;
+//! # }
+//! ```
+
+pub mod admin;
+pub mod errors;
+#[cfg(feature = "hyper")]
+pub mod hyper;
+pub mod limits;
+pub mod policy;
+pub mod scope;
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use manager::ServeContext;
+
+pub use errors::Reply;
+pub use limits::{BodyError, HeadDeadline, Limits, content_length, read_body};
+pub use policy::{ChangePolicy, HostPolicy, RequestHead};
+pub use scope::{RequestScope, Streamed};
+
+/// How a server's edge behaves: its limits and who it answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EdgeConfig {
+    /// What a client may send, and how slowly.
+    pub limits: Limits,
+    /// Which `Host` names the server answers under.
+    pub hosts: HostPolicy,
+    /// Who may make changes.
+    pub changes: ChangePolicy,
+}
+
+impl EdgeConfig {
+    /// The defaults: [`Limits::default`], any `Host`, changes left to the routes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With these limits.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// A server for this machine only: loopback `Host` names on every path, and changes from
+    /// a loopback peer and never cross-site.
+    #[must_use]
+    pub fn loopback_only(mut self) -> Self {
+        self.hosts = HostPolicy::Loopback;
+        self.changes = ChangePolicy::SameOriginLoopback;
+        self
+    }
+
+    /// Loopback `Host` names on every path; changes left to the routes.
+    #[must_use]
+    pub fn loopback_hosts(mut self) -> Self {
+        self.hosts = HostPolicy::Loopback;
+        self
+    }
+}
+
+/// One server's edge: cheap to clone, shared by every connection of the server.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ctx: ServeContext,
+    config: EdgeConfig,
+}
+
+/// What [`Edge::begin`] decided for a request.
+#[derive(Debug)]
+#[must_use = "the scope must be finished, and an answer sent"]
+pub enum Begun {
+    /// The framework routes it; finish the scope with the answer.
+    Route(RequestScope),
+    /// The edge answered it (an admin endpoint, or a refusal): send the reply, stamped with
+    /// the scope's headers, and finish the scope with its status.
+    Answered(RequestScope, Reply),
+}
+
+impl Edge {
+    /// The edge of the server that `ctx` belongs to.
+    pub fn new(ctx: ServeContext, config: EdgeConfig) -> Self {
+        Edge {
+            inner: Arc::new(Inner { ctx, config }),
+        }
+    }
+
+    /// The server's context.
+    pub fn ctx(&self) -> &ServeContext {
+        &self.inner.ctx
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.config.limits
+    }
+
+    /// The config.
+    pub fn config(&self) -> &EdgeConfig {
+        &self.inner.config
+    }
+
+    /// Begins a request: its scope (counted and logged from now on) and, when the edge
+    /// answers the request itself, the answer: a refused `Host` or change (403), or an admin
+    /// endpoint.
+    pub fn begin(&self, head: &RequestHead<'_>) -> Begun {
+        let ctx = &self.inner.ctx;
+        let scope = RequestScope::new(ctx.begin_request(head.method, head.path));
+        let config = &self.inner.config;
+        let refusal = policy::refuse_host(config.hosts, head).or_else(|| {
+            (config.changes == ChangePolicy::SameOriginLoopback && policy::is_change(head.method))
+                .then(|| policy::refuse_change(head))
+                .flatten()
+        });
+        if let Some(refusal) = refusal {
+            return Begun::Answered(scope, errors::error(StatusCode::FORBIDDEN, &refusal));
+        }
+        match admin::answer(ctx, head) {
+            Some(reply) => Begun::Answered(scope, reply),
+            None => Begun::Route(scope),
+        }
+    }
+}

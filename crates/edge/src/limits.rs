@@ -1,0 +1,393 @@
+//! The limits every server enforces, as one config, and the pieces that enforce them where a
+//! framework does not: a bounded, timed body read and a request-head deadline on connections.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::errors::{self, Reply};
+
+/// What a client may send and how slowly. Every server gets the same values (the binary sets
+/// them once); each framework crate maps them onto its framework's own knobs where it has one
+/// and onto the edge's pieces ([`read_body`], [`HeadDeadline`]) where it has not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest request body read, in bytes (413 above it; a declared `Content-Length`
+    /// over it is refused before any of the body is read).
+    pub body_bytes: usize,
+    /// How long a client may take to send a request head, from connecting or from the end of
+    /// the previous answer; a keep-alive connection waiting that long for its next request is
+    /// closed too (on poem, which has no timer, only the first half holds: an idle keep-alive
+    /// connection stays until the client or the drain closes it).
+    pub head_timeout: Duration,
+    /// How long reading a request body may take once it started (408 after it).
+    pub body_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// 1 MiB bodies, 10 s for a head, 10 s for a body.
+    fn default() -> Self {
+        Limits {
+            body_bytes: 1 << 20,
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// Larger than [`Limits::body_bytes`] (declared or sent).
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Not complete within [`Limits::body_timeout`].
+    TooSlow {
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The connection failed while reading.
+    Broken {
+        /// What the framework said.
+        detail: String,
+    },
+}
+
+impl BodyError {
+    /// The JSON answer: 413, 408 or 400.
+    pub fn reply(&self) -> Reply {
+        match self {
+            BodyError::TooLarge { limit } => errors::payload_too_large(*limit),
+            BodyError::TooSlow { timeout } => errors::error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("request body not received within {timeout:?}"),
+            ),
+            BodyError::Broken { detail } => errors::error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {detail}"),
+            ),
+        }
+    }
+}
+
+/// The declared `Content-Length` of an `http` 1.x request, if any (for [`read_body`]).
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Reads a whole request body within `limits`: at most [`Limits::body_bytes`] (a declared
+/// `content_length` over it fails at once), within [`Limits::body_timeout`].
+///
+/// # Errors
+/// [`BodyError`] says which limit was hit; [`BodyError::reply`] is the answer to send.
+pub async fn read_body<S, E>(
+    body: S,
+    content_length: Option<u64>,
+    limits: &Limits,
+) -> Result<Bytes, BodyError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    let limit = limits.body_bytes;
+    if content_length.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        let mut first: Option<Bytes> = None;
+        let mut more = BytesMut::new();
+        let mut total = 0usize;
+        while let Some(chunk) = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await {
+            let chunk = chunk.map_err(|err| BodyError::Broken {
+                detail: err.to_string(),
+            })?;
+            total += chunk.len();
+            if total > limit {
+                return Err(BodyError::TooLarge { limit });
+            }
+            // One chunk (the usual case) is kept as it came, without a copy.
+            match first.take() {
+                None if more.is_empty() => first = Some(chunk),
+                None => more.extend_from_slice(&chunk),
+                Some(head) => {
+                    more.reserve(total);
+                    more.extend_from_slice(&head);
+                    more.extend_from_slice(&chunk);
+                }
+            }
+        }
+        Ok(first.unwrap_or_else(|| more.freeze()))
+    };
+    tokio::time::timeout(limits.body_timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::TooSlow {
+            timeout: limits.body_timeout,
+        }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the end of a request head; `newlines` counts line ends in a row.
+    Head { newlines: u8 },
+    /// A head arrived; `answered` once the server wrote to the connection.
+    Request { answered: bool },
+    /// Not HTTP/1: no deadline.
+    Transparent,
+}
+
+/// A connection whose request heads must arrive within a deadline, for servers whose HTTP
+/// stack has no timer of its own (poem gives hyper none, so hyper's `header_read_timeout`
+/// never fires and a client that never finishes its headers, slowloris, would hold its
+/// connection forever).
+///
+/// While the server waits for a request head (on a new connection, and again once the
+/// client sends more bytes after an answer began), the head must end (a blank line) within
+/// the timeout; otherwise reading fails and the connection is dropped, whether the client
+/// trickles bytes or sends nothing. Request bodies and answers are not limited here. HTTP/2
+/// (prior knowledge) is left alone.
+#[derive(Debug)]
+pub struct HeadDeadline<T> {
+    inner: T,
+    timeout: Duration,
+    phase: Phase,
+    first_read: bool,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<T> HeadDeadline<T> {
+    /// Wraps a freshly accepted connection: its first head is due within `timeout`.
+    pub fn new(inner: T, timeout: Duration) -> Self {
+        HeadDeadline {
+            inner,
+            timeout,
+            phase: Phase::Head { newlines: 0 },
+            first_read: true,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    fn timed_out(&self) -> bool {
+        matches!(self.phase, Phase::Head { .. }) && Instant::now() >= self.timer.deadline()
+    }
+
+    /// Follows the bytes the client sent.
+    fn saw(&mut self, bytes: &[u8]) {
+        if std::mem::take(&mut self.first_read) && bytes.starts_with(b"PRI ") {
+            self.phase = Phase::Transparent;
+            return;
+        }
+        if self.phase == (Phase::Request { answered: true }) {
+            // More bytes after an answer began: the next request's head.
+            self.phase = Phase::Head { newlines: 0 };
+            let deadline = Instant::now() + self.timeout;
+            self.timer.as_mut().reset(deadline);
+        }
+        let Phase::Head { mut newlines } = self.phase else {
+            return;
+        };
+        for &byte in bytes {
+            match byte {
+                b'\n' => {
+                    newlines += 1;
+                    if newlines == 2 {
+                        self.phase = Phase::Request { answered: false };
+                        return;
+                    }
+                }
+                b'\r' => {}
+                _ => newlines = 0,
+            }
+        }
+        self.phase = Phase::Head { newlines };
+    }
+
+    fn wrote(&mut self) {
+        if let Phase::Request { answered } = &mut self.phase {
+            *answered = true;
+        }
+    }
+}
+
+fn too_slow() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client did not send its request head in time",
+    )
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.timed_out() {
+            return Poll::Ready(Err(too_slow()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let filled = &buf.filled()[before..];
+                if !filled.is_empty() {
+                    let bytes = filled.to_vec();
+                    this.saw(&bytes);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if matches!(this.phase, Phase::Head { .. })
+                    && this.timer.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(too_slow()));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.wrote();
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.wrote();
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static str]) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+        futures_util::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p.as_bytes())))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_within_its_limit() {
+        let limits = Limits {
+            body_bytes: 8,
+            ..Limits::default()
+        };
+        assert_eq!(
+            read_body(chunks(&["ab", "cd"]), None, &limits)
+                .await
+                .unwrap(),
+            "abcd"
+        );
+        assert_eq!(
+            read_body(chunks(&["abc", "def", "gh"]), None, &limits)
+                .await
+                .unwrap(),
+            "abcdefgh",
+            "exactly the limit, in three chunks"
+        );
+        assert_eq!(
+            read_body(chunks(&["abcd"]), Some(4), &limits)
+                .await
+                .unwrap(),
+            "abcd"
+        );
+        assert_eq!(read_body(chunks(&[]), None, &limits).await.unwrap(), "");
+        assert_eq!(
+            read_body(chunks(&["abcd", "efghi"]), None, &limits).await,
+            Err(BodyError::TooLarge { limit: 8 })
+        );
+        assert_eq!(
+            read_body(chunks(&[]), Some(9), &limits).await,
+            Err(BodyError::TooLarge { limit: 8 })
+        );
+        assert_eq!(BodyError::TooLarge { limit: 8 }.reply().status(), 413);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_times_out() {
+        let limits = Limits {
+            body_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        };
+        let stalled = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+        let err = read_body(stalled, None, &limits).await.unwrap_err();
+        assert_eq!(err.reply().status(), 408);
+    }
+
+    #[tokio::test]
+    async fn follows_heads_answers_and_the_next_head() {
+        let mut conn = HeadDeadline::new((), Duration::from_secs(10));
+        conn.saw(b"GET / HTTP/1.1\r\nHost: x\r\n");
+        assert_eq!(conn.phase, Phase::Head { newlines: 1 });
+        conn.saw(b"\r\n{\"body\":1}");
+        assert_eq!(conn.phase, Phase::Request { answered: false });
+        conn.saw(b"more body");
+        assert_eq!(conn.phase, Phase::Request { answered: false });
+        conn.wrote();
+        conn.saw(b"GET /next HTTP/1.1\n");
+        assert_eq!(conn.phase, Phase::Head { newlines: 1 });
+        conn.saw(b"\n");
+        assert_eq!(conn.phase, Phase::Request { answered: false });
+
+        let mut h2 = HeadDeadline::new((), Duration::from_secs(10));
+        h2.saw(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert_eq!(h2.phase, Phase::Transparent);
+    }
+
+    #[tokio::test]
+    async fn a_head_that_does_not_end_in_time_times_out() {
+        let mut conn = HeadDeadline::new((), Duration::from_millis(50));
+        conn.saw(b"GET / HTTP/1.1\r\nX-a: ");
+        assert!(!conn.timed_out());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(conn.timed_out());
+        conn.saw(b"\r\n\r\n");
+        assert!(!conn.timed_out(), "a head that ended has no deadline");
+    }
+}

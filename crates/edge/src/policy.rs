@@ -1,0 +1,218 @@
+//! Who may ask what: loopback-only `Host` names (against DNS rebinding) and the rule for
+//! changes (a `POST` from a loopback peer, never cross-site).
+
+use std::net::IpAddr;
+
+/// The request facts the policy and the admin endpoints look at, borrowed from whatever types
+/// the framework has (actix is still on `http` 0.2, so this is not `http::Request`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestHead<'a> {
+    /// The method, e.g. `GET`.
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The `Host` header (or HTTP/2 `:authority`).
+    pub host: Option<&'a str>,
+    /// The `Origin` header.
+    pub origin: Option<&'a str>,
+    /// The `Sec-Fetch-Site` header browsers send.
+    pub fetch_site: Option<&'a str>,
+    /// The peer's address.
+    pub peer: Option<IpAddr>,
+}
+
+impl<'a> RequestHead<'a> {
+    /// The facts of an `http` 1.x request.
+    pub fn of(
+        method: &'a http::Method,
+        uri: &'a http::Uri,
+        headers: &'a http::HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Self {
+        let header =
+            |name: http::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        RequestHead {
+            method: method.as_str(),
+            path: uri.path(),
+            host: header(http::header::HOST).or_else(|| uri.authority().map(|a| a.as_str())),
+            origin: header(http::header::ORIGIN),
+            fetch_site: headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()),
+            peer,
+        }
+    }
+}
+
+/// Which requests a server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HostPolicy {
+    /// Any `Host` name (a public API behind a load balancer, probes by pod IP).
+    #[default]
+    Any,
+    /// Only loopback names (`localhost`, `127.x.y.z`, `[::1]`), on every path, so a
+    /// DNS-rebinding page cannot read or drive a server meant for this machine.
+    Loopback,
+}
+
+/// Whether changes (every method but `GET`, `HEAD`, `OPTIONS`) need a loopback peer and, from a
+/// browser, the server's own origin. The quit endpoint always does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ChangePolicy {
+    /// Routes decide (an API whose clients are other programs).
+    #[default]
+    Open,
+    /// Every change from a loopback peer and never cross-site (a page for the developer).
+    SameOriginLoopback,
+}
+
+/// True for 127.0.0.0/8, ::1 and IPv4-mapped loopback.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(is_loopback)
+}
+
+/// Why a request under `policy` is refused (403), if it is: a foreign `Host` name.
+pub fn refuse_host(policy: HostPolicy, head: &RequestHead<'_>) -> Option<String> {
+    match (policy, head.host) {
+        (HostPolicy::Loopback, Some(host)) if !is_loopback_host(host) => Some(format!(
+            "this server answers only under a loopback host name, not '{host}'"
+        )),
+        _ => None,
+    }
+}
+
+/// Why a change is refused (403), if it is: a peer that is not loopback, or a browser request
+/// from another site (an `Origin` that is not this server, or `Sec-Fetch-Site: cross-site`):
+/// another page open in the developer's browser must not be able to quit the process with a
+/// form post.
+pub fn refuse_change(head: &RequestHead<'_>) -> Option<String> {
+    if !head.peer.is_some_and(is_loopback) {
+        let peer = head
+            .peer
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        return Some(format!(
+            "changes are accepted from loopback peers only, not from {peer}"
+        ));
+    }
+    if let Some(origin) = head.origin {
+        let same = origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| head.host == Some(authority));
+        if !same {
+            return Some(format!(
+                "cross-origin change refused: origin '{origin}' is not this server"
+            ));
+        }
+    }
+    if head
+        .fetch_site
+        .is_some_and(|site| site.eq_ignore_ascii_case("cross-site"))
+    {
+        return Some("cross-site change refused".to_owned());
+    }
+    None
+}
+
+/// Whether `method` changes anything (anything but `GET`, `HEAD`, `OPTIONS`).
+pub fn is_change(method: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_host_names() {
+        for host in [
+            "localhost:4000",
+            "127.0.0.1:4000",
+            "127.0.0.1",
+            "[::1]:4000",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:4000",
+            "10.0.0.1:4000",
+            "[2001:db8::1]:80",
+            "localhost.evil",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn loopback_includes_mapped_v4() {
+        assert!(is_loopback("127.8.9.1".parse().unwrap()));
+        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("::ffff:10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn changes_need_a_loopback_peer_and_the_same_origin() {
+        let local = Some("127.0.0.1".parse().unwrap());
+        let head = RequestHead {
+            method: "POST",
+            host: Some("127.0.0.1:4000"),
+            peer: local,
+            ..RequestHead::default()
+        };
+        assert_eq!(refuse_change(&head), None);
+        let same = RequestHead {
+            origin: Some("http://127.0.0.1:4000"),
+            ..head
+        };
+        assert_eq!(refuse_change(&same), None);
+        assert!(
+            refuse_change(&RequestHead {
+                origin: Some("http://evil.example"),
+                ..head
+            })
+            .is_some()
+        );
+        assert!(
+            refuse_change(&RequestHead {
+                fetch_site: Some("cross-site"),
+                ..head
+            })
+            .is_some()
+        );
+        assert!(
+            refuse_change(&RequestHead {
+                peer: Some("10.0.0.1".parse().unwrap()),
+                ..head
+            })
+            .is_some()
+        );
+        assert!(refuse_change(&RequestHead { peer: None, ..head }).is_some());
+    }
+
+    #[test]
+    fn a_foreign_host_is_refused_only_on_loopback_servers() {
+        let head = RequestHead {
+            host: Some("rebind.evil:4000"),
+            ..RequestHead::default()
+        };
+        assert!(refuse_host(HostPolicy::Loopback, &head).is_some());
+        assert!(refuse_host(HostPolicy::Any, &head).is_none());
+        let no_host = RequestHead::default();
+        assert!(refuse_host(HostPolicy::Loopback, &no_host).is_none());
+    }
+}

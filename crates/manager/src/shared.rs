@@ -1,0 +1,137 @@
+//! The state the manager, its handles and its supervisors share.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::inherited::InheritedSockets;
+use crate::requests::{RequestFeed, RequestTracker};
+use crate::server::{ServeContext, Server, ServerConfig};
+use crate::{ManagerHandle, ProcessState, ServerState, ShutdownReason};
+
+/// The manager's settings; fixed once `run` starts.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) version: String,
+    pub(crate) drain_delay: Duration,
+    pub(crate) drain_deadline: Duration,
+    pub(crate) hook_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            version: String::from("0.0.0"),
+            drain_delay: Duration::ZERO,
+            drain_deadline: Duration::from_secs(10),
+            hook_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub(crate) struct Slot {
+    pub(crate) index: usize,
+    pub(crate) config: ServerConfig,
+    pub(crate) framework: &'static str,
+    pub(crate) state: Mutex<ServerState>,
+    pub(crate) addr: OnceLock<SocketAddr>,
+    pub(crate) serving_since: OnceLock<Instant>,
+    pub(crate) error: Mutex<Option<String>>,
+    pub(crate) tracker: Arc<RequestTracker>,
+    /// Registered before `run`: the process is live only once these have started.
+    pub(crate) immediate: bool,
+}
+
+impl Slot {
+    pub(crate) fn state(&self) -> ServerState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+pub(crate) struct Registration {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) server: Arc<dyn Server>,
+}
+
+pub(crate) struct Started {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) server: Arc<dyn Server>,
+    pub(crate) ctx: ServeContext,
+}
+
+pub(crate) struct Shared {
+    pub(crate) settings: Mutex<Settings>,
+    pub(crate) started: Instant,
+    pub(crate) started_wall: SystemTime,
+    pub(crate) state: watch::Sender<ProcessState>,
+    pub(crate) readiness_forced_fail: std::sync::atomic::AtomicBool,
+    pub(crate) servers: RwLock<Vec<Arc<Slot>>>,
+    /// Cancelled when shutdown is requested: readiness fails, delayed starts are cancelled.
+    pub(crate) shutdown: CancellationToken,
+    /// Cancelled after the drain delay: servers stop accepting and drain.
+    pub(crate) stop_accepting: CancellationToken,
+    pub(crate) reason: OnceLock<ShutdownReason>,
+    pub(crate) deadline: OnceLock<tokio::time::Instant>,
+    pub(crate) add_tx: mpsc::UnboundedSender<Registration>,
+    pub(crate) inherited: Mutex<InheritedSockets>,
+    pub(crate) started_servers: Mutex<Vec<Started>>,
+    pub(crate) failures: Mutex<Vec<Error>>,
+    pub(crate) optional_failures: Mutex<Vec<Error>>,
+    pub(crate) requests_feed: Arc<RequestFeed>,
+}
+
+pub(crate) fn fail(shared: &Arc<Shared>, slot: &Arc<Slot>, err: Error) {
+    set_state(slot, ServerState::Failed);
+    record_failure(shared, slot, err);
+    ManagerHandle {
+        shared: Arc::clone(shared),
+    }
+    .update_liveness();
+}
+
+pub(crate) fn record_failure(shared: &Arc<Shared>, slot: &Slot, err: Error) {
+    let message = err.chain();
+    *lock(&slot.error) = Some(message.clone());
+    if slot.config.required {
+        tracing::error!(server = slot.name(), error = message, "server failed");
+        lock(&shared.failures).push(err);
+        ManagerHandle {
+            shared: Arc::clone(shared),
+        }
+        .request_shutdown(ShutdownReason::ServerFailed {
+            server: slot.name().to_owned(),
+        });
+    } else {
+        tracing::warn!(
+            server = slot.name(),
+            error = message,
+            "optional server failed; carrying on"
+        );
+        lock(&shared.optional_failures).push(err);
+    }
+}
+
+pub(crate) fn set_state(slot: &Slot, state: ServerState) {
+    *slot.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn epoch_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}

@@ -1,0 +1,245 @@
+//! One server's life: delay, bind, startup hook, serve, stop accepting, drain.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::server::{ListeningSocket, ServeContext};
+use crate::shared::{Registration, Shared, Slot, Started, fail, lock, set_state};
+use crate::{ManagerHandle, ServerState};
+
+/// How long after a server's socket stops listening it closes idle connections (see
+/// `ServeContext::close_idle`).
+const ACCEPTED_SETTLE: Duration = Duration::from_millis(20);
+
+/// How long a framework may take to unwind after the drain deadline before it is abandoned.
+const FRAMEWORK_GRACE: Duration = Duration::from_millis(500);
+
+/// Starts one server, serves it until shutdown, and drains it within the deadline.
+pub(crate) async fn supervise(shared: Arc<Shared>, Registration { slot, server }: Registration) {
+    let name = slot.name().to_owned();
+    if !slot.config.start_delay.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(slot.config.start_delay) => {}
+            () = shared.shutdown.cancelled() => {
+                set_state(&slot, ServerState::Stopped);
+                return;
+            }
+        }
+    }
+    if shared.shutdown.is_cancelled() {
+        set_state(&slot, ServerState::Stopped);
+        return;
+    }
+    set_state(&slot, ServerState::Starting);
+
+    let inherited = lock(&shared.inherited).take(slot.index);
+    let inherited_socket = inherited.is_some();
+    let listener = match inherited {
+        Some(Ok(listener)) => Ok(listener),
+        Some(Err(source)) => Err(Error::Inherited {
+            server: name.clone(),
+            index: slot.index,
+            source,
+        }),
+        None => crate::port::bind(&name, slot.config.host, &slot.config.ports),
+    };
+    let (listener, local_addr) = match listener.and_then(|l| {
+        let addr = l.local_addr().map_err(|source| Error::Inherited {
+            server: name.clone(),
+            index: slot.index,
+            source,
+        })?;
+        Ok((l, addr))
+    }) {
+        Ok(bound) => bound,
+        Err(err) => return fail(&shared, &slot, err),
+    };
+    let _ = slot.addr.set(local_addr);
+    let listening = if inherited_socket {
+        ListeningSocket::default()
+    } else {
+        ListeningSocket::of(&listener)
+    };
+
+    let settings = lock(&shared.settings).clone();
+    let ctx = ServeContext {
+        name: Arc::clone(&slot.config.name),
+        local_addr,
+        stop_accepting: shared.stop_accepting.clone(),
+        close_idle: CancellationToken::new(),
+        drain_deadline: settings.drain_deadline,
+        requests: Arc::clone(&slot.tracker),
+        manager: ManagerHandle {
+            shared: Arc::clone(&shared),
+        },
+    };
+    match tokio::time::timeout(settings.hook_timeout, server.on_startup(&ctx)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            let source = err.into();
+            return fail(
+                &shared,
+                &slot,
+                Error::StartupHook {
+                    server: name,
+                    source,
+                },
+            );
+        }
+        Err(_) => {
+            let timeout = settings.hook_timeout;
+            let err = Error::HookTimeout {
+                server: name,
+                hook: "startup",
+                timeout,
+            };
+            return fail(&shared, &slot, err);
+        }
+    }
+    lock(&shared.started_servers).push(Started {
+        slot: Arc::clone(&slot),
+        server: Arc::clone(&server),
+        ctx: ctx.clone(),
+    });
+
+    let _ = slot.serving_since.set(Instant::now());
+    set_state(&slot, ServerState::Serving);
+    tracing::info!(server = name, framework = slot.framework, url = %format!("http://{local_addr}"), "serving");
+    ManagerHandle {
+        shared: Arc::clone(&shared),
+    }
+    .update_liveness();
+
+    // Whichever way serve ends, our handle on the socket goes too, so the port is released.
+    let listening = ReleaseOnDrop(listening);
+    let close_idle = ctx.close_idle.clone();
+    let accept_stop_lag = server.accept_stop_lag();
+    let mut serve = tokio::spawn(Arc::clone(&server).serve(listener, ctx));
+    let exited = tokio::select! {
+        joined = &mut serve => Some(joined),
+        () = shared.stop_accepting.cancelled() => None,
+    };
+    if let Some(joined) = exited {
+        if let Some(err) = exit_error(&name, joined, shared.stop_accepting.is_cancelled()) {
+            return fail(&shared, &slot, err);
+        }
+        set_state(&slot, ServerState::Stopped);
+        return;
+    }
+
+    set_state(&slot, ServerState::Draining);
+    let drain_started = Instant::now();
+    // The stop sequence the server itself need not know: once it has stopped calling accept,
+    // the socket refuses newcomers (instead of queueing them to be reset when it closes) and
+    // responses ask keep-alive clients to close (not earlier: a client told to close
+    // reconnects at once, and before the socket stops listening it would land in the
+    // backlog); a moment later, idle connections close.
+    tokio::spawn({
+        let tracker = Arc::clone(&slot.tracker);
+        async move {
+            tokio::time::sleep(accept_stop_lag).await;
+            listening.0.stop();
+            tracker.close_connections();
+            tokio::time::sleep(ACCEPTED_SETTLE).await;
+            close_idle.cancel();
+        }
+    });
+    let deadline = *shared.deadline.get().expect("set before stop_accepting");
+    let joined = match tokio::time::timeout_at(deadline, &mut serve).await {
+        Ok(joined) => {
+            // A framework that returns with requests still running has cut them; one whose
+            // own deadline timer fired a moment before ours has dropped them already.
+            if slot.tracker.in_flight() > 0 || slot.tracker.cut_by_deadline() > 0 {
+                report_cut(&slot);
+            }
+            Some(joined)
+        }
+        Err(_) => {
+            report_cut(&slot);
+            match tokio::time::timeout(FRAMEWORK_GRACE, &mut serve).await {
+                Ok(joined) => Some(joined),
+                Err(_) => {
+                    serve.abort();
+                    let grace = FRAMEWORK_GRACE;
+                    return fail(
+                        &shared,
+                        &slot,
+                        Error::Unresponsive {
+                            server: name,
+                            grace,
+                        },
+                    );
+                }
+            }
+        }
+    };
+    if let Some(Err(err)) = joined.map(|j| exit_error(&name, j, true).map_or(Ok(()), Err)) {
+        return fail(&shared, &slot, err);
+    }
+    set_state(&slot, ServerState::Stopped);
+    tracing::info!(
+        server = name,
+        drain_ms = drain_started.elapsed().as_secs_f64() * 1e3,
+        served = slot.tracker.served(),
+        "stopped"
+    );
+}
+
+struct ReleaseOnDrop(ListeningSocket);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+fn report_cut(slot: &Slot) {
+    let cut = slot.tracker.deadline_passed();
+    if cut > 0 {
+        tracing::warn!(
+            server = slot.name(),
+            cut,
+            "drain deadline passed: requests cut"
+        );
+    }
+}
+
+/// The error a finished serve task stands for, if any. An `Ok` return is only an error when
+/// shutdown had not been requested.
+fn exit_error(
+    name: &str,
+    joined: Result<anyhow::Result<()>, tokio::task::JoinError>,
+    shutting_down: bool,
+) -> Option<Error> {
+    match joined {
+        Ok(Ok(())) if shutting_down => None,
+        Ok(Ok(())) => Some(Error::Exited {
+            server: name.to_owned(),
+        }),
+        Ok(Err(err)) => Some(Error::Serve {
+            server: name.to_owned(),
+            source: err.into(),
+        }),
+        Err(join) if join.is_panic() => {
+            let payload = join.into_panic();
+            let message = panic_message(&*payload);
+            Some(Error::Panicked {
+                server: name.to_owned(),
+                message,
+            })
+        }
+        Err(_) => None,
+    }
+}
+
+/// The message of a caught panic (`&str` or `String` payloads).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".to_owned())
+}
