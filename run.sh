@@ -36,8 +36,8 @@ fi
 # How --watch works: a socket holder that becomes the runner, and a builder; no connection is
 # ever refused.
 # - The socket holder (a few lines of Perl: perl-base is part of every Debian system) opens the
-#   listening sockets once, with a full backlog, places them at descriptors 3, 4, 5 and execs the
-#   runner with LISTEN_FDS=3 and LISTEN_FDNAMES=flows:reflection:devui (systemd's protocol; the
+#   listening sockets once, with a full backlog, places them at descriptors 3, 4, 5, 6 and execs the
+#   runner with LISTEN_FDS=4 and LISTEN_FDNAMES=flows:reflection:devui:admin (systemd's protocol; the
 #   binary matches them by name). watchexec's own --socket is not used: in watchexec 2.8 it
 #   listens with a backlog of 1 (connections beyond it wait for a SYN retry, a second or more)
 #   and does not place several sockets at consecutive descriptors (fd 9, 11, 12), which the
@@ -92,7 +92,7 @@ watch() {
     echo "run.sh: --watch needs perl (Debian: perl-base, always there)" >&2
     exit 1
   fi
-  local sockets="${MULTI_SERVER_WATCH_SOCKETS:-flows=127.0.0.1:3400 reflection=127.0.0.1:3100 devui=127.0.0.1:4000}"
+  local sockets="${MULTI_SERVER_WATCH_SOCKETS:-flows=127.0.0.1:3400 reflection=127.0.0.1:3100 devui=127.0.0.1:4000 admin=127.0.0.1:9900}"
 
   local build='
     cargo build --bin multi-server &&

@@ -126,21 +126,24 @@ impl Server for FlowsApi {
             let edge = Edge::new(ctx.clone(), EdgeConfig::new().limits(self.limits));
             let server = self.build(listener, edge)?;
             let handle = server.handle();
-            // actix checks a graceful stop's progress once a second and counts idle keep-alive
-            // connections as busy. Instead: stop accepting, wait until the manager's count of
-            // in-flight requests is zero (or the deadline passed), then close what is left.
-            // Polled next to the server, not spawned: dropping this future stops everything.
+            // The manager's stop sequence on actix's: pause the acceptor; at `close_idle`,
+            // actix's graceful stop, whose signal makes every HTTP/1 connection close as soon
+            // as it is idle (idle keep-alive connections at once; a busy one after its
+            // current answer, which then says `Connection: close`); once drained, drop the
+            // server: a forced stop of whatever is left. Not actix's own graceful end: its
+            // workers look at their connection count once a second. Polled next to the
+            // server, not spawned: dropping this future stops everything.
             let stopper = async {
                 ctx.stop_accepting().cancelled().await;
                 handle.pause().await;
+                ctx.close_idle().cancelled().await;
+                // Sent on the call; its future ends only with actix's graceful end.
+                drop(handle.stop(true));
                 ctx.drained().await;
-                handle.stop(false).await;
-                // The server future returns now.
-                std::future::pending::<()>().await;
             };
             let result = tokio::select! {
                 result = server => result,
-                () = stopper => unreachable!("the stopper never ends"),
+                () = stopper => Ok(()),
             };
             // A forced stop returns before the worker threads have dropped the requests they
             // cut; wait (briefly) for those drops, so each cut request is logged before exit.
