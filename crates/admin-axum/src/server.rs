@@ -84,8 +84,16 @@ impl Server for AdminApi {
         ctx: ServeContext,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
-            // Any Host name: probes reach an operations port by pod IP or service name.
-            let edge = Edge::new(ctx.clone(), EdgeConfig::new().limits(self.limits));
+            // Bound on loopback (the default), it is for this machine only: loopback Host
+            // names, so a DNS-rebinding page can neither read /__serverz nor quit. Bound
+            // elsewhere (--admin-host 0.0.0.0), probes reach it by pod IP or service name.
+            let config = EdgeConfig::new().limits(self.limits);
+            let config = if ctx.local_addr().ip().is_loopback() {
+                config.loopback_hosts()
+            } else {
+                config
+            };
+            let edge = Edge::new(ctx.clone(), config);
             let router = self.router(&edge);
             edge::hyper::serve(listener, &ctx, &self.limits, |peer| {
                 Edged::new(edge.clone(), peer, TowerToHyperService::new(router.clone()))

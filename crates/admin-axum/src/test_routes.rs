@@ -49,10 +49,7 @@ async fn panic() -> Response {
 }
 
 async fn echo(Extension(edge): Extension<Edge>, req: Request) -> Response {
-    let length = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let length = edge::content_length(req.headers());
     let stream = req.into_body().into_data_stream();
     match edge::read_body(stream, length, edge.limits()).await {
         Ok(body) => Json(json!({ "bytes": body.len() })).into_response(),

@@ -8,9 +8,8 @@ use bytes::Bytes;
 use edge::errors;
 use flows::{FlowRun, RunOptions};
 use http_body_util::BodyDataStream;
-use manager::ShutdownReason;
 use salvo::http::StatusCode;
-use salvo::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use salvo::{Depot, Request, Response, Router, handler};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -28,7 +27,15 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
                    img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub(crate) fn router() -> Router {
-    Router::new()
+    // The admin endpoints are the edge's (the middleware answers them before any handler);
+    // routed first all the same, because a path salvo's router does not find costs it a
+    // second pass over every route (to tell 404 from 405), and probes call these often.
+    let admin = edge::admin::PATHS
+        .iter()
+        .fold(Router::new(), |router, path| {
+            router.push(Router::with_path(&path[1..]).goal(answered_by_the_edge))
+        });
+    admin
         .get(index)
         .head(index)
         .push(Router::with_path("assets/app.js").get(app_js))
@@ -43,6 +50,12 @@ pub(crate) fn router() -> Router {
         .push(Router::with_path("api/readiness/fail").post(readiness_fail))
         .push(Router::with_path("api/readiness/ok").post(readiness_ok))
         .push(Router::with_path("api/quit").post(quit))
+}
+
+/// Never reached: the middleware answers the admin endpoints itself.
+#[handler]
+async fn answered_by_the_edge(req: &mut Request, res: &mut Response) {
+    crate::server::reply(res, edge::errors::not_found(req.uri().path()));
 }
 
 pub(crate) fn state(depot: &Depot) -> Arc<State> {
@@ -69,11 +82,7 @@ pub(crate) async fn read_body(
     limits: &edge::Limits,
     res: &mut Response,
 ) -> Option<Bytes> {
-    let length = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let length = edge::content_length(req.headers());
     let body = BodyDataStream::new(req.take_body());
     match edge::read_body(body, length, limits).await {
         Ok(body) => Some(body),
@@ -330,13 +339,9 @@ async fn readiness_ok(depot: &mut Depot, res: &mut Response) {
 /// `POST /api/quit`: a graceful shutdown of the whole process. The edge already refused
 /// it unless it came from a loopback peer and not from another site.
 #[handler]
-async fn quit(depot: &mut Depot, res: &mut Response) {
+async fn quit(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let state = state(depot);
-    state
-        .ctx()
-        .manager()
-        .request_shutdown(ShutdownReason::Quit {
-            server: state.ctx().name().to_owned(),
-        });
-    ok(res, &json!({ "status": "OK" }));
+    let peer = req.remote_addr().clone().into_std().map(|a| a.ip());
+    let head = edge::RequestHead::of(req.method(), req.uri(), req.headers(), peer);
+    crate::server::reply(res, edge::admin::quit(state.ctx(), &head));
 }

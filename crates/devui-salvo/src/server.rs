@@ -164,11 +164,7 @@ impl Acceptor for StopAwareAcceptor {
         &mut self,
         fuse_policy: Option<ArcFusePolicy>,
     ) -> std::io::Result<Accepted<Self::Coupler, Self::Stream>> {
-        tokio::select! {
-            biased;
-            () = self.ctx.stop_accepting().cancelled() => std::future::pending().await,
-            accepted = self.inner.accept(fuse_policy) => accepted,
-        }
+        edge::accept_unless_stopped(&self.ctx, self.inner.accept(fuse_policy)).await
     }
 }
 

@@ -9,26 +9,26 @@ use serde_json::json;
 use crate::errors::{self, Reply};
 use crate::policy::{RequestHead, refuse_change};
 
-/// Whether `path` is an admin endpoint (the edge answers it before any route).
+/// The admin endpoints' paths (the edge answers them before any route).
+pub const PATHS: [&str; 4] = ["/__healthz", "/__readyz", "/__serverz", "/__quitquitquitz"];
+
+/// Whether `path` is an admin endpoint.
 pub fn is_admin_path(path: &str) -> bool {
-    matches!(
-        path,
-        "/__healthz" | "/__readyz" | "/__serverz" | "/__quitquitquitz"
-    )
+    PATHS.contains(&path)
 }
 
 /// The answer to an admin endpoint, or `None` when `head` is not one.
 pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
     let manager = ctx.manager();
     let get = |body: &dyn Fn() -> Reply| {
-        if head.method == "GET" {
+        if matches!(head.method, "GET" | "HEAD") {
             body()
         } else {
-            errors::method_not_allowed("GET")
+            errors::method_not_allowed("GET, HEAD")
         }
     };
     let reply = match head.path {
-        "/__healthz" => get(&|| errors::json(StatusCode::OK, &json!(manager.health()))),
+        "/__healthz" => get(&|| errors::json(StatusCode::OK, &manager.health())),
         "/__readyz" => get(&|| {
             let readiness = manager.readiness();
             let status = if readiness.ready {
@@ -36,9 +36,9 @@ pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            errors::json(status, &json!(readiness))
+            errors::json(status, &readiness)
         }),
-        "/__serverz" => get(&|| errors::json(StatusCode::OK, &json!(manager.server_info()))),
+        "/__serverz" => get(&|| errors::json(StatusCode::OK, &manager.server_info())),
         "/__quitquitquitz" if head.method != "POST" => errors::method_not_allowed("POST"),
         "/__quitquitquitz" => quit(ctx, head),
         _ => return None,

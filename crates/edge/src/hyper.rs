@@ -128,10 +128,9 @@ where
         Box::pin(async move {
             let res = match answer.await {
                 Ok(Ok(res)) => res,
-                Ok(Err(err)) => {
-                    scope.finish(500);
-                    return Err(err);
-                }
+                // hyper sends nothing and closes the connection: the scope, dropped, logs
+                // the request as aborted.
+                Ok(Err(err)) => return Err(err),
                 Err(panic) => {
                     let reply = errors::panicked(&server, scope.id(), &*panic);
                     let res = reply.map(|bytes| EdgeBody::Reply(Some(bytes)));

@@ -70,6 +70,21 @@ pub use limits::{BodyError, HeadDeadline, Limits, content_length, read_body};
 pub use policy::{ChangePolicy, HostPolicy, RequestHead};
 pub use scope::{RequestScope, Streamed};
 
+/// Runs `accept` (a framework acceptor's next accept) unless the server was told to stop
+/// accepting; from then on never resolves, so no accept can race the socket ceasing to listen
+/// (the manager stops it listening right after the stop). The stop-aware acceptor of a
+/// framework whose accept loop takes a stop command later than the token fires.
+pub async fn accept_unless_stopped<T>(
+    ctx: &ServeContext,
+    accept: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::select! {
+        biased;
+        () = ctx.stop_accepting().cancelled() => std::future::pending().await,
+        accepted = accept => accepted,
+    }
+}
+
 /// How a server's edge behaves: its limits and who it answers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -247,8 +247,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
             Poll::Ready(Ok(())) => {
                 let filled = &buf.filled()[before..];
                 if !filled.is_empty() {
-                    let bytes = filled.to_vec();
-                    this.saw(&bytes);
+                    this.saw(filled);
                 }
                 Poll::Ready(Ok(()))
             }

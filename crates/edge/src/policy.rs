@@ -79,11 +79,21 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 /// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
 pub fn is_loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
+        match rest.split_once(']') {
+            Some((name, "")) => name,
+            Some((name, port)) if is_port(port) => name,
+            _ => return false,
+        }
     } else {
         host.rsplit_once(':').map_or(host, |(name, _)| name)
     };
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(is_loopback)
+}
+
+/// `:` and digits.
+fn is_port(text: &str) -> bool {
+    text.strip_prefix(':')
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Why a request under `policy` is refused (403), if it is: a foreign `Host` name.
@@ -107,6 +117,15 @@ pub fn refuse_change(head: &RequestHead<'_>) -> Option<String> {
             .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
         return Some(format!(
             "changes are accepted from loopback peers only, not from {peer}"
+        ));
+    }
+    // Through a proxy on this host every peer is loopback: the name the client asked for
+    // tells it apart (and a DNS-rebinding page asks under its own name).
+    if let Some(host) = head.host
+        && !is_loopback_host(host)
+    {
+        return Some(format!(
+            "changes are accepted under a loopback host name only, not '{host}'"
         ));
     }
     if let Some(origin) = head.origin {
@@ -153,6 +172,9 @@ mod tests {
             "10.0.0.1:4000",
             "[2001:db8::1]:80",
             "localhost.evil",
+            "localhost.",
+            "[::1]evil.example",
+            "[::1]:",
         ] {
             assert!(!is_loopback_host(host), "{host}");
         }
@@ -202,6 +224,14 @@ mod tests {
             .is_some()
         );
         assert!(refuse_change(&RequestHead { peer: None, ..head }).is_some());
+        let proxied = RequestHead {
+            host: Some("api.example.com"),
+            ..head
+        };
+        assert!(
+            refuse_change(&proxied).is_some(),
+            "through a proxy on this host"
+        );
     }
 
     #[test]

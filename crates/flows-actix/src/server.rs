@@ -14,6 +14,9 @@ use manager::{BoxFuture, ServeContext, Server};
 use crate::middleware::track;
 use crate::routes;
 
+/// How much later than the manager's deadline actix's own whole-second timer may fire.
+const ACTIX_TIMER_ROUNDING: Duration = Duration::from_millis(1100);
+
 /// How long to wait for actix's worker threads to drop the requests a forced stop cut. Less
 /// than the manager's grace after the deadline.
 const WORKER_UNWIND: Duration = Duration::from_millis(400);
@@ -78,8 +81,12 @@ impl FlowsApi {
     /// Builds the actix server. A plain function on purpose: actix's builder is not `Send`,
     /// so it must not live across an `.await` in the serve future.
     fn build(&self, listener: TcpListener, edge: Edge) -> std::io::Result<actix_web::dev::Server> {
-        // actix counts whole seconds; the manager enforces the exact deadline itself.
-        let deadline_secs = edge.ctx().drain_deadline().as_secs().max(1);
+        // actix counts whole seconds, and its timer (started at `close_idle`, after the
+        // manager's deadline began) is what drops the requests a deadline cuts: rounded up,
+        // so it never fires before the manager's deadline (requests it cut then would be
+        // logged as "client gone" and the stop reported clean).
+        let deadline = edge.ctx().drain_deadline();
+        let deadline_secs = (deadline.as_secs() + u64::from(deadline.subsec_nanos() > 0)).max(1);
         let edge = web::Data::new(edge);
         let registry = web::Data::new(Arc::clone(&self.registry));
         let extra = self.extra_routes.clone();
@@ -130,9 +137,10 @@ impl Server for FlowsApi {
             // actix's graceful stop, whose signal makes every HTTP/1 connection close as soon
             // as it is idle (idle keep-alive connections at once; a busy one after its
             // current answer, which then says `Connection: close`); once drained, drop the
-            // server: a forced stop of whatever is left. Not actix's own graceful end: its
-            // workers look at their connection count once a second. Polled next to the
-            // server, not spawned: dropping this future stops everything.
+            // server when nothing is left (not actix's own graceful end: its workers look at
+            // their connection count once a second). Requests the deadline cut are dropped
+            // by actix's own timer a moment later (the deadline rounded up to whole seconds):
+            // wait for it, so each is logged as cut. Polled next to the server, not spawned.
             let stopper = async {
                 ctx.stop_accepting().cancelled().await;
                 handle.pause().await;
@@ -141,9 +149,18 @@ impl Server for FlowsApi {
                 drop(handle.stop(true));
                 ctx.drained().await;
             };
+            let mut server = std::pin::pin!(server);
             let result = tokio::select! {
-                result = server => result,
-                () = stopper => Ok(()),
+                result = &mut server => result,
+                () = stopper => {
+                    if ctx.requests().in_flight() == 0 {
+                        Ok(())
+                    } else {
+                        tokio::time::timeout(ACTIX_TIMER_ROUNDING, &mut server)
+                            .await
+                            .unwrap_or(Ok(()))
+                    }
+                }
             };
             // A forced stop returns before the worker threads have dropped the requests they
             // cut; wait (briefly) for those drops, so each cut request is logged before exit.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use edge::hyper::Edged;
 use edge::{Edge, EdgeConfig, Limits};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyDataStream, Full};
 use hyper::body::{Bytes, Incoming};
@@ -86,10 +86,7 @@ async fn respond(
         }
         (&Method::GET, "/__test/panic") if hello.test_routes => panic!("test route asked to panic"),
         (&Method::POST, "/__test/echo") if hello.test_routes => {
-            let length = req
-                .headers()
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok());
+            let length = edge::content_length(req.headers());
             let body = BodyDataStream::new(req.into_body());
             match edge::read_body(body, length, edge.limits()).await {
                 Ok(body) => json(StatusCode::OK, format!(r#"{{"bytes":{}}}"#, body.len())),

@@ -14,8 +14,9 @@ use crate::{ManagerHandle, ServerState};
 /// `ServeContext::close_idle`).
 const ACCEPTED_SETTLE: Duration = Duration::from_millis(20);
 
-/// How long a framework may take to unwind after the drain deadline before it is abandoned.
-const FRAMEWORK_GRACE: Duration = Duration::from_millis(500);
+/// How long a framework may take to unwind after the drain deadline before it is abandoned:
+/// enough for one whose timers count whole seconds (actix) to drop what the deadline cut.
+const FRAMEWORK_GRACE: Duration = Duration::from_millis(1500);
 
 /// Starts one server, serves it until shutdown, and drains it within the deadline.
 pub(crate) async fn supervise(shared: Arc<Shared>, Registration { slot, server }: Registration) {

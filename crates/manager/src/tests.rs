@@ -1054,7 +1054,7 @@ async fn a_server_that_never_stops_is_abandoned_after_deadline_and_grace() {
         let report = report_of(run).await;
         let took = asked.elapsed();
         assert!(
-            took >= Duration::from_secs(2) && took <= Duration::from_secs(3),
+            took >= Duration::from_secs(2) && took <= Duration::from_secs(4),
             "{took:?}"
         );
         assert!(events.has("stuck:stop-accepting"));

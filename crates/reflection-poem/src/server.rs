@@ -18,7 +18,6 @@ use poem::listener::{Acceptor, TcpAcceptor};
 use poem::middleware::Cors;
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
-use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::discovery::{RuntimeFile, discovery_root};
@@ -200,7 +199,7 @@ async fn around<E: Endpoint>(edge: &Edge, inner: &E, req: Request) -> Response {
 struct StopAwareAcceptor {
     inner: TcpAcceptor,
     head_timeout: Duration,
-    stop: CancellationToken,
+    ctx: ServeContext,
 }
 
 impl Acceptor for StopAwareAcceptor {
@@ -211,11 +210,7 @@ impl Acceptor for StopAwareAcceptor {
     }
 
     async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
-        let accepted = tokio::select! {
-            biased;
-            () = self.stop.cancelled() => std::future::pending().await,
-            accepted = self.inner.accept() => accepted,
-        };
+        let accepted = edge::accept_unless_stopped(&self.ctx, self.inner.accept()).await;
         let (io, local, remote, scheme) = accepted?;
         Ok((
             HeadDeadline::new(io, self.head_timeout),
@@ -250,7 +245,7 @@ impl Server for ReflectionApi {
             let acceptor = StopAwareAcceptor {
                 inner: TcpAcceptor::from_std(listener)?,
                 head_timeout: self.limits.head_timeout,
-                stop: ctx.stop_accepting().clone(),
+                ctx: ctx.clone(),
             };
             let close_idle = ctx.close_idle().clone();
             poem::Server::new_with_acceptor(acceptor)
