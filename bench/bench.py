@@ -20,7 +20,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RELEASE = ROOT / "target" / "release"
+# Where cargo put the build: CARGO_TARGET_DIR as cargo reads it (relative to the repo root,
+# where bench/run.sh runs cargo), else target/.
+TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
+RELEASE = TARGET / "release"
 BINARY = RELEASE / "multi-server"
 # The original Python sample, measured on a 2-core machine (shared/spec/lifecycle.md).
 ORIGINAL = {"startup_ms": 820, "shutdown_idle_ms": 416, "shutdown_loaded_ms": 600,
@@ -311,7 +314,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs per comparison")
     ap.add_argument("--runs", type=int, default=10, help="start/stop runs for the medians")
-    ap.add_argument("--out", default=str(ROOT / "target" / "bench" / "results.json"))
+    ap.add_argument("--out", default=str(TARGET / "bench" / "results.json"))
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="multi-server-bench-")
 

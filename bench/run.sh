@@ -6,7 +6,14 @@
 #   bench/run.sh [--seconds 5] [--rounds 3] [--runs 10]
 #
 # Needs wrk (apt-get install wrk) and python3. Prints a markdown table and writes JSON to
-# target/bench/results.json. Takes about 4 minutes with the defaults.
+# target/bench/results.json (CARGO_TARGET_DIR is honoured: binaries and JSON live under it).
+# Takes about 4 minutes with the defaults.
+#
+# For a figure that does not move with the machine's load, bench/callgrind.sh counts
+# instructions per request (valgrind's callgrind, one sequential keep-alive client) for the
+# same servers and bare baselines: repeatable to 0.1-3% where req/s moves by 10%, so it shows
+# small per-request costs (a middleware, a log line) that wrk's noise hides. It takes about
+# 75 s and needs valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v wrk >/dev/null; then

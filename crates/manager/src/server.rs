@@ -198,7 +198,7 @@ impl ServeContext {
         &self.stop_accepting
     }
 
-    /// Cancelled a moment (20 ms) after the socket stopped listening: close idle connections
+    /// Cancelled a moment (20 ms) after `stop_accepting`, once the socket stopped listening: close idle connections
     /// now. The pause lets a connection accepted just before the stop deliver its first
     /// request, which is then served instead of the connection being closed unanswered.
     pub fn close_idle(&self) -> &CancellationToken {

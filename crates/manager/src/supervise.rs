@@ -10,8 +10,7 @@ use crate::server::{ListeningSocket, ServeContext};
 use crate::shared::{Registration, Shared, Slot, Started, fail, lock, set_state};
 use crate::{ManagerHandle, ServerState};
 
-/// How long after a server's socket stops listening it closes idle connections (see
-/// `ServeContext::close_idle`).
+/// How long after the stop a server closes idle connections (see `ServeContext::close_idle`).
 const ACCEPTED_SETTLE: Duration = Duration::from_millis(20);
 
 /// How long a framework may take to unwind after the drain deadline before it is abandoned:
@@ -144,7 +143,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, Registration { slot, server }
             tokio::time::sleep(accept_stop_lag).await;
             listening.0.stop();
             tracker.close_connections();
-            tokio::time::sleep(ACCEPTED_SETTLE).await;
+            // Counted from the stop, not from the socket ceasing to listen: a connection
+            // accepted until then has had the same moment to deliver its request either way.
+            tokio::time::sleep(ACCEPTED_SETTLE.saturating_sub(accept_stop_lag)).await;
             close_idle.cancel();
         }
     });
