@@ -19,6 +19,8 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use manager::ServeContext;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::{Begun, Edge, Limits, RequestHead, RequestScope, errors};
 
@@ -52,6 +54,10 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(limits.head_timeout);
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so that none outlives `serve`: at the drain deadline what is
+    // left is dropped (its requests logged as cut) before `serve` returns.
+    let connections = TaskTracker::new();
+    let cut = CancellationToken::new();
     loop {
         let (stream, peer) = tokio::select! {
             // First: once told to stop, no accept may run (the manager stops the socket
@@ -69,15 +75,26 @@ where
         };
         let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer));
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            // A client hanging up is not the server's error.
-            let _ = conn.await;
+        let cut = cut.clone();
+        connections.spawn(async move {
+            tokio::select! {
+                // A client hanging up is not the server's error.
+                _ = conn => {}
+                () = cut.cancelled() => {}
+            }
         });
     }
     drop(listener);
+    connections.close();
     ctx.close_idle().cancelled().await;
     // Idle connections close now; busy ones after their answer (with `Connection: close`).
-    let _ = tokio::time::timeout(ctx.drain_deadline(), graceful.shutdown()).await;
+    if tokio::time::timeout(ctx.drain_deadline(), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        cut.cancel();
+        let _ = tokio::time::timeout(Duration::from_millis(100), connections.wait()).await;
+    }
     Ok(())
 }
 
@@ -123,6 +140,8 @@ where
             Begun::Route(scope) => scope,
         };
         let path = req.uri().path().to_owned();
+        // hyper sends no body for HEAD and never polls it: finished at the head.
+        let head_only = req.method() == http::Method::HEAD;
         let server = self.edge.ctx().name().to_owned();
         let answer = AssertUnwindSafe(self.inner.call(req)).catch_unwind();
         Box::pin(async move {
@@ -144,15 +163,23 @@ where
                     .get(http::header::ALLOW)
                     .and_then(|a| a.to_str().ok());
                 let reply = errors::for_status(status, &path, allow);
-                return Ok(stamped(
-                    scope,
-                    reply.map(|bytes| EdgeBody::Reply(Some(bytes))),
-                ));
+                // The inner answer's headers stay (`WWW-Authenticate`, `Retry-After`...); the
+                // body and its type are the edge's.
+                let (mut parts, _) = res.into_parts();
+                let (reply_parts, bytes) = reply.into_parts();
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                parts.headers.extend(reply_parts.headers);
+                let res = Response::from_parts(parts, EdgeBody::Reply(Some(bytes)));
+                return Ok(stamped(scope, res));
             }
-            Ok(stamped(
-                scope,
-                res.map(|body| EdgeBody::Inner { body, scope: None }),
-            ))
+            let res = res.map(|body| EdgeBody::Inner { body, scope: None });
+            if head_only {
+                let mut res = res;
+                scope.stamp(res.headers_mut());
+                scope.finish(res.status().as_u16());
+                return Ok(res);
+            }
+            Ok(stamped(scope, res))
         })
     }
 }
@@ -200,10 +227,16 @@ where
         match self.get_mut() {
             EdgeBody::Reply(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             EdgeBody::Inner { body, scope } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(None) = polled
-                    && let Some((scope, status)) = scope.take()
-                {
+                let mut body = Pin::new(body);
+                let polled = body.as_mut().poll_frame(cx);
+                // hyper stops polling once a body says it has ended (or after trailers): the
+                // last frame, not only `None`, finishes the request.
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || body.is_end_stream(),
+                    _ => false,
+                };
+                if ended && let Some((scope, status)) = scope.take() {
                     scope.finish(status);
                 }
                 polled
