@@ -109,7 +109,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use manager::{Outcome, ProcessState, ServerConfig, ServerManager, ShutdownReason};
+    use manager::{Outcome, ShutdownReason};
     use tokio::sync::Notify;
 
     use super::*;
@@ -132,18 +132,7 @@ mod tests {
                 }),
             )
         });
-        let mut manager = ServerManager::new()
-            .handle_signals(false)
-            .drain_deadline(Duration::from_secs(5));
-        manager.add_server(ServerConfig::new("admin"), api);
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(
-            tokio::time::timeout(Duration::from_secs(10), handle.wait_live())
-                .await
-                .unwrap(),
-            ProcessState::Live
-        );
+        let edge::testing::Started { handle, run, .. } = edge::testing::start("admin", api).await;
         let url = handle.server_info().servers[0].url.clone().unwrap();
         let health = {
             let url = url.clone();

@@ -267,7 +267,7 @@ mod tests {
     use std::time::Duration;
 
     use flows::{FlowContext, FlowError};
-    use manager::{Outcome, ProcessState, ServerConfig, ServerManager, ShutdownReason};
+    use manager::{Outcome, ShutdownReason};
     use tokio::sync::Notify;
 
     use super::*;
@@ -292,18 +292,8 @@ mod tests {
                 }
             },
         );
-        let mut manager = ServerManager::new()
-            .handle_signals(false)
-            .drain_deadline(Duration::from_secs(5));
-        manager.add_server(ServerConfig::new("devui"), DevUi::new(registry));
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(
-            tokio::time::timeout(Duration::from_secs(10), handle.wait_live())
-                .await
-                .unwrap(),
-            ProcessState::Live
-        );
+        let edge::testing::Started { handle, run, .. } =
+            edge::testing::start("devui", DevUi::new(registry)).await;
         let addr = handle.server_info().servers[0].address.clone().unwrap();
 
         // A raw HTTP/1.1 client: the answer is a chunked NDJSON stream, read to its end.

@@ -59,6 +59,8 @@ pub mod hyper;
 pub mod limits;
 pub mod policy;
 pub mod scope;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::Arc;
 

@@ -195,9 +195,7 @@ pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use manager::{
-        ManagerHandle, Outcome, ProcessState, Report, ServerConfig, ServerManager, ShutdownReason,
-    };
+    use manager::{ManagerHandle, Outcome, Report, ShutdownReason};
     use serde_json::Value;
     use tokio::sync::Notify;
     use tokio::task::JoinHandle;
@@ -208,18 +206,8 @@ pub(crate) mod tests {
     pub(crate) async fn start(
         server: impl Server,
     ) -> (ManagerHandle, SocketAddr, JoinHandle<Report>) {
-        let mut manager = ServerManager::new()
-            .handle_signals(false)
-            .drain_deadline(Duration::from_secs(5));
-        manager.add_server(ServerConfig::new("flows"), server);
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(
-            tokio::time::timeout(Duration::from_secs(10), handle.wait_live())
-                .await
-                .unwrap(),
-            ProcessState::Live
-        );
+        let edge::testing::Started { handle, run, .. } =
+            edge::testing::start("flows", server).await;
         let addr = handle.server_info().servers[0].address.clone().unwrap();
         (handle, addr.parse().unwrap(), run)
     }
@@ -539,18 +527,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn in_flight_request_completes_during_shutdown() {
         let (api, entered, release) = holding();
-        let mut manager = ServerManager::new()
-            .handle_signals(false)
-            .drain_deadline(Duration::from_secs(5));
-        manager.add_server(ServerConfig::new("flows"), api);
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(
-            tokio::time::timeout(Duration::from_secs(10), handle.wait_live())
-                .await
-                .unwrap(),
-            manager::ProcessState::Live
-        );
+        let edge::testing::Started { handle, run, .. } = edge::testing::start("flows", api).await;
         let url = handle.server_info().servers[0].url.clone().unwrap();
 
         let request = tokio::task::spawn_blocking(move || {

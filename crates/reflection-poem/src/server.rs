@@ -306,9 +306,7 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use flows::{FlowContext, FlowError};
-    use manager::{
-        ManagerHandle, Outcome, ProcessState, ServerConfig, ServerManager, ShutdownReason,
-    };
+    use manager::{ManagerHandle, Outcome, ShutdownReason};
     use poem::{get, handler};
     use serde_json::Value;
     use tokio::sync::Notify;
@@ -325,18 +323,8 @@ pub(crate) mod tests {
     pub(crate) async fn start(
         api: ReflectionApi,
     ) -> (ManagerHandle, tokio::task::JoinHandle<manager::Report>) {
-        let mut manager = ServerManager::new()
-            .handle_signals(false)
-            .drain_deadline(Duration::from_secs(5));
-        manager.add_server(ServerConfig::new("reflection"), api);
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(
-            tokio::time::timeout(Duration::from_secs(10), handle.wait_live())
-                .await
-                .unwrap(),
-            ProcessState::Live
-        );
+        let edge::testing::Started { handle, run, .. } =
+            edge::testing::start("reflection", api).await;
         (handle, run)
     }
 
