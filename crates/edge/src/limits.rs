@@ -142,6 +142,9 @@ where
         }))
 }
 
+/// What an HTTP/2 client with prior knowledge sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Waiting for the end of a request head; `newlines` counts line ends in a row.
@@ -189,7 +192,9 @@ impl<T> HeadDeadline<T> {
 
     /// Follows the bytes the client sent.
     fn saw(&mut self, bytes: &[u8]) {
-        if std::mem::take(&mut self.first_read) && bytes.starts_with(b"PRI ") {
+        // Only the whole HTTP/2 preface turns the deadline off: `PRI ` and silence is a
+        // slowloris like any other.
+        if std::mem::take(&mut self.first_read) && bytes.starts_with(H2_PREFACE) {
             self.phase = Phase::Transparent;
             return;
         }
@@ -376,6 +381,15 @@ mod tests {
 
         let mut h2 = HeadDeadline::new((), Duration::from_secs(10));
         h2.saw(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert_eq!(h2.phase, Phase::Transparent);
+
+        let mut stalled = HeadDeadline::new((), Duration::from_secs(10));
+        stalled.saw(b"PRI ");
+        assert_eq!(
+            stalled.phase,
+            Phase::Head { newlines: 0 },
+            "a bare PRI keeps the deadline"
+        );
         assert_eq!(h2.phase, Phase::Transparent);
     }
 
