@@ -12,8 +12,12 @@
 //!   and handler panics;
 //! - [`limits`]: body size, request-head and body-read deadlines as one [`Limits`], with a
 //!   bounded, timed [`read_body`] and a [`HeadDeadline`] for servers with no head timer;
+//! - [`accept_unless_stopped`]: the stop-aware accept of a framework's own acceptor;
 //! - `hyper` (feature `hyper`): the serve loop of a server built on hyper (plain hyper,
-//!   axum) that keeps the manager's stop contract;
+//!   axum) that keeps the manager's stop contract, and `Edged`, the whole edge in front of a
+//!   hyper service;
+//! - `testing` (feature `testing`): one server under a manager, for the framework crates'
+//!   own tests;
 //! - [`policy`]: loopback-only `Host` names and the rule for changes (loopback peer, never
 //!   cross-site).
 //!
