@@ -119,8 +119,20 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// The longest any duration flag may be: a day. Anything longer is a typo, and far longer
+/// values (`3e11y`) would overflow the clock at shutdown.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10s, 500ms, 1m)"))
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10s, 500ms, 1m)"))?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "at most {} (24h)",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -145,6 +157,10 @@ mod tests {
         .unwrap();
         assert_eq!(cli.flows_ports, PortSpec::Ephemeral);
         assert_eq!(cli.drain_deadline, Duration::from_millis(250));
+        for huge in ["3e11y", "25h", "1000000000000000000s"] {
+            let err = Cli::try_parse_from(["multi-server", "--drain-deadline", huge]).unwrap_err();
+            assert!(err.to_string().contains("--drain-deadline"), "{err}");
+        }
         let err = Cli::try_parse_from(["multi-server", "--flows-ports", "9..1"]).unwrap_err();
         assert!(
             err.to_string().contains("invalid port spec '9..1'"),

@@ -54,7 +54,7 @@ impl Readiness {
 pub struct ServerInfo {
     /// Process id.
     pub pid: u32,
-    /// The command line.
+    /// The command line, values of secret-named flags and URL userinfo redacted.
     pub argv: Vec<String>,
     /// The program's version.
     pub version: String,

@@ -224,9 +224,7 @@ impl ManagerHandle {
             .collect();
         ServerInfo {
             pid: std::process::id(),
-            argv: std::env::args_os()
-                .map(|arg| arg.to_string_lossy().into_owned())
-                .collect(),
+            argv: crate::argv::shown(),
             version: lock(&self.shared.settings).version.clone(),
             state: self.process_state(),
             readiness_forced_fail: self

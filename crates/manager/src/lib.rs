@@ -45,6 +45,7 @@
 //! ```
 
 pub mod admin;
+mod argv;
 mod error;
 mod handle;
 mod inherited;
