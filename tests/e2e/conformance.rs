@@ -759,6 +759,14 @@ fn every_server_answers_the_admin_endpoints_with_their_codes() {
         if let Some(a) = f.answer(&what, ask(addr, "POST", "/__quitquitquitz", &origin, b"")) {
             f.json_error(&what, &a, 403);
         }
+        // Through a proxy on this host the peer is loopback too; its headers give it away.
+        for proxy_header in ["X-Forwarded-For", "Forwarded", "X-Real-IP"] {
+            let what = format!("POST /__quitquitquitz with {proxy_header}");
+            let proxied = [(proxy_header, "for=203.0.113.9")];
+            if let Some(a) = f.answer(&what, ask(addr, "POST", "/__quitquitquitz", &proxied, b"")) {
+                f.json_error(&what, &a, 403);
+            }
+        }
     });
     // The refused quits left every process running, and ready.
     thread::sleep(Duration::from_millis(200));

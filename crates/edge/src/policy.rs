@@ -17,6 +17,9 @@ pub struct RequestHead<'a> {
     pub origin: Option<&'a str>,
     /// The `Sec-Fetch-Site` header browsers send.
     pub fetch_site: Option<&'a str>,
+    /// Whether the request says it came through a proxy (`Forwarded`, `X-Forwarded-For` or
+    /// `X-Real-IP` present).
+    pub proxied: bool,
     /// The peer's address.
     pub peer: Option<IpAddr>,
 }
@@ -37,10 +40,14 @@ impl<'a> RequestHead<'a> {
             host: header(http::header::HOST).or_else(|| uri.authority().map(|a| a.as_str())),
             origin: header(http::header::ORIGIN),
             fetch_site: headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()),
+            proxied: PROXY_HEADERS.iter().any(|name| headers.contains_key(*name)),
             peer,
         }
     }
 }
+
+/// The headers a proxy adds: a request carrying one came through a proxy, whatever its peer.
+pub const PROXY_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 
 /// Which requests a server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,8 +126,12 @@ pub fn refuse_change(head: &RequestHead<'_>) -> Option<String> {
             "changes are accepted from loopback peers only, not from {peer}"
         ));
     }
-    // Through a proxy on this host every peer is loopback: the name the client asked for
-    // tells it apart (and a DNS-rebinding page asks under its own name).
+    // Through a proxy on this host every peer is loopback: the proxy's own headers, or the
+    // name the client asked for, tell it apart (and a DNS-rebinding page asks under its own
+    // name).
+    if head.proxied {
+        return Some("changes are not accepted through a proxy".to_owned());
+    }
     if let Some(host) = head.host
         && !is_loopback_host(host)
     {
@@ -224,6 +235,11 @@ mod tests {
             .is_some()
         );
         assert!(refuse_change(&RequestHead { peer: None, ..head }).is_some());
+        let forwarded = RequestHead {
+            proxied: true,
+            ..head
+        };
+        assert!(refuse_change(&forwarded).is_some(), "a proxy's headers");
         let proxied = RequestHead {
             host: Some("api.example.com"),
             ..head

@@ -68,6 +68,9 @@ fn head(req: &ServiceRequest) -> RequestHead<'_> {
         host: text(headers.get(header::HOST)).or_else(|| req.uri().authority().map(|a| a.as_str())),
         origin: text(headers.get(header::ORIGIN)),
         fetch_site: text(headers.get("sec-fetch-site")),
+        proxied: edge::policy::PROXY_HEADERS
+            .iter()
+            .any(|name| headers.contains_key(*name)),
         peer: req.peer_addr().map(|addr| addr.ip()),
     }
 }
