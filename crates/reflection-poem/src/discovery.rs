@@ -22,11 +22,41 @@ const ROOT_MARKERS: &[&str] = &[
 
 /// The folder whose `.genkit/runtimes/` the CLI reads: the nearest ancestor of `cwd` (itself
 /// included) that holds one of the CLI's marker files, else `cwd` itself.
+///
+/// The walk up stops at `$HOME`, and a folder counts only when it and its marker belong to
+/// this process's user: another user's `/tmp/package.json` must not make `/tmp` the place
+/// this runtime writes to.
 pub fn discovery_root(cwd: &Path) -> PathBuf {
-    cwd.ancestors()
-        .find(|dir| ROOT_MARKERS.iter().any(|m| dir.join(m).is_file()))
-        .unwrap_or(cwd)
-        .to_path_buf()
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    root_within(cwd, home.as_deref(), own_uid())
+}
+
+fn root_within(cwd: &Path, home: Option<&Path>, uid: Option<u32>) -> PathBuf {
+    for dir in cwd.ancestors() {
+        let marked = ROOT_MARKERS.iter().any(|marker| {
+            let file = dir.join(marker);
+            file.is_file() && owned_by(&file, uid) && owned_by(dir, uid)
+        });
+        if marked {
+            return dir.to_path_buf();
+        }
+        if Some(dir) == home {
+            break;
+        }
+    }
+    cwd.to_path_buf()
+}
+
+/// This process's user, as the owner of `/proc/self` (Linux); `None` where that is unknown,
+/// and then ownership is not checked.
+fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+fn owned_by(path: &Path, uid: Option<u32>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    uid.is_none_or(|uid| fs::symlink_metadata(path).is_ok_and(|m| m.uid() == uid))
 }
 
 /// The discovery file's content, field names as the CLI expects them.
@@ -66,7 +96,8 @@ impl RuntimeFile {
     }
 
     /// Writes it under `<root>/.genkit/runtimes/`, atomically (temp file + rename), so the CLI
-    /// never reads half a file. Returns the path.
+    /// never reads half a file. The temp file has a random name and is created new (it fails
+    /// rather than follow a link planted there). Returns the path.
     ///
     /// # Errors
     /// When the folder cannot be created or written.
@@ -79,10 +110,24 @@ impl RuntimeFile {
             .as_millis();
         let port = self.id.rsplit('-').next().unwrap_or("0");
         let path = dir.join(format!("{}-{port}-{millis}.json", self.pid));
-        let temp = dir.join(format!(".{}-{port}-{millis}.json.tmp", self.pid));
-        fs::write(&temp, serde_json::to_vec_pretty(self)?)?;
-        fs::rename(&temp, &path)?;
-        Ok(path)
+        let temp = dir.join(format!(
+            ".{}-{:016x}.json.tmp",
+            self.pid,
+            rand::random::<u64>()
+        ));
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .and_then(|mut file| {
+                io::Write::write_all(&mut file, &serde_json::to_vec_pretty(self)?)?;
+                file.sync_all()
+            })
+            .and_then(|()| fs::rename(&temp, &path));
+        if written.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        written.map(|()| path)
     }
 
     /// Removes the file at `path` if it is still ours (its `pid` is this process).
@@ -124,6 +169,28 @@ mod tests {
         assert_eq!(discovery_root(&deep), base.join("a"));
         fs::write(deep.join("go.mod"), "").unwrap();
         assert_eq!(discovery_root(&deep), deep);
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn the_walk_stops_at_home_and_skips_folders_of_other_users() {
+        let base = temp("home");
+        let home = base.join("home");
+        let deep = home.join("project/src");
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(base.join("package.json"), "{}").unwrap();
+        assert_eq!(
+            root_within(&deep, Some(&home), own_uid()),
+            deep,
+            "a marker above $HOME does not count"
+        );
+        assert_eq!(root_within(&deep, None, own_uid()), base);
+        let someone_else = own_uid().map(|uid| uid.wrapping_add(1));
+        assert_eq!(
+            root_within(&deep, None, someone_else),
+            deep,
+            "a folder of another user does not count"
+        );
         fs::remove_dir_all(&base).unwrap();
     }
 

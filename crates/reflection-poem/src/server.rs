@@ -262,19 +262,24 @@ impl Server for ReflectionApi {
     /// The socket already listens here, so the CLI's first health check finds it.
     fn on_startup<'a>(&'a self, ctx: &'a ServeContext) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
+            // Without its discovery file the CLI does not find this runtime, but the API
+            // still serves (a read-only working directory under systemd): one warning.
             let root = match &self.root {
-                Some(root) => root.clone(),
-                None => discovery_root(&std::env::current_dir()?),
+                Some(root) => Ok(root.clone()),
+                None => std::env::current_dir().map(|cwd| discovery_root(&cwd)),
             };
             let file = RuntimeFile::new(ctx.local_addr().port(), self.name.clone());
-            let path = file.write(&root).map_err(|err| {
-                anyhow::anyhow!(
-                    "cannot write the runtime file under {}: {err}",
-                    root.display()
-                )
-            })?;
-            tracing::info!(server = ctx.name(), path = %path.display(), "runtime file written");
-            *self.runtime_file.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+            match root.and_then(|root| file.write(&root).map(|path| (root, path))) {
+                Ok((_, path)) => {
+                    tracing::info!(server = ctx.name(), path = %path.display(), "runtime file written");
+                    *self.runtime_file.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+                }
+                Err(err) => tracing::warn!(
+                    server = ctx.name(),
+                    error = %err,
+                    "cannot write the runtime file; the genkit CLI will not find this runtime"
+                ),
+            }
             Ok(())
         })
     }
@@ -326,6 +331,36 @@ pub(crate) mod tests {
         let edge::testing::Started { handle, run, .. } =
             edge::testing::start("reflection", api).await;
         (handle, run)
+    }
+
+    /// A discovery file that cannot be written (here its folder is a file) is one warning:
+    /// the API still serves and the stop is clean.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unwritable_discovery_folder_does_not_stop_the_server() {
+        let root = temp_root("unwritable");
+        let blocked = root.join("not-a-folder");
+        std::fs::write(&blocked, "").unwrap();
+        let api = ReflectionApi::new(Registry::new()).discovery_root(&blocked);
+        let (handle, run) = start(api.clone()).await;
+        let url = handle.server_info().servers[0].url.clone().unwrap();
+        let status = tokio::task::spawn_blocking(move || {
+            ureq::get(format!("{url}/api/__health"))
+                .call()
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(api.runtime_file(), None);
+        handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
+        let report = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.outcome(), Outcome::Clean);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     pub(crate) fn addr_of(handle: &ManagerHandle) -> String {
