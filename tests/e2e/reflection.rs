@@ -1,5 +1,5 @@
 //! The Genkit Reflection API v1 on the real binary in dev mode: every endpoint, its shapes and
-//! status codes, streaming, cancellation, CORS, the discovery file's lifecycle, two runtimes in
+//! status codes, streaming, cancellation, the origin guard, the discovery file's lifecycle, two runtimes in
 //! one folder, and trace export to a telemetry server.
 
 use std::fs;
@@ -594,72 +594,90 @@ fn notify_values_and_envs() {
 }
 
 #[test]
-fn cors_allows_any_origin_and_exposes_the_trace_headers() {
+fn a_web_page_cannot_drive_the_runtime_nor_redirect_its_traces() {
     let p = start_dev(&[]);
     let base = p.url("reflection");
-    let origin = "http://localhost:4000";
+    let run_body = r#"{"key":"/flow/multi_server_flow","input":"Page"}"#;
 
-    let preflight = send(
-        "OPTIONS",
-        &format!("{base}/api/runAction"),
-        &[
-            ("origin", origin),
-            ("access-control-request-method", "POST"),
-            ("access-control-request-headers", "content-type"),
-        ],
-        None,
-    );
-    assert!(
-        (200..300).contains(&preflight.status),
-        "{} {:?}",
-        preflight.status,
-        preflight.headers
-    );
-    let allowed = &preflight.headers["access-control-allow-origin"];
-    assert!(allowed == origin || allowed == "*", "{allowed}");
-    assert!(
-        preflight.headers["access-control-allow-methods"].contains("POST"),
-        "{:?}",
-        preflight.headers
-    );
-
-    let exposed = |reply: &Reply| {
-        reply
-            .headers
-            .get("access-control-expose-headers")
-            .map(|v| v.to_ascii_lowercase())
-            .unwrap_or_default()
-    };
-    let envs = send(
-        "GET",
-        &format!("{base}/api/envs"),
-        &[("origin", origin)],
-        None,
-    );
-    assert_eq!(envs.status, 200);
-    let allowed = &envs.headers["access-control-allow-origin"];
-    assert!(allowed == origin || allowed == "*", "{allowed}");
-    for header in ["x-genkit-trace-id", "x-genkit-span-id", "x-genkit-version"] {
-        assert!(
-            exposed(&envs).contains(header),
-            "{header}: {:?}",
-            envs.headers
+    // Another site (or another local dev server) open in the developer's browser: its
+    // preflight, its simple requests and its reads are all refused, and no CORS header lets
+    // it read anything.
+    for origin in ["http://evil.example", "http://localhost:8080", "null"] {
+        let preflight = send(
+            "OPTIONS",
+            &format!("{base}/api/runAction"),
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+            None,
         );
+        assert_eq!(preflight.status, 403, "{origin}: {}", preflight.text);
+        assert!(
+            !preflight
+                .headers
+                .contains_key("access-control-allow-origin"),
+            "{origin}: {:?}",
+            preflight.headers
+        );
+        let run = send(
+            "POST",
+            &format!("{base}/api/runAction"),
+            &[("origin", origin), ("content-type", "text/plain")],
+            Some(run_body),
+        );
+        assert_eq!(run.status, 403, "{origin}: {}", run.text);
+        assert_eq!(run.json["status"], 403, "{}", run.text);
+        let envs = send(
+            "GET",
+            &format!("{base}/api/envs"),
+            &[("origin", origin)],
+            None,
+        );
+        assert_eq!(envs.status, 403, "{origin}: {}", envs.text);
     }
 
-    let run = send(
+    // A page of this process (the Dev UI's) may; so may the CLI, which sends no Origin.
+    let devui = p.url("devui");
+    let own = send(
         "POST",
         &format!("{base}/api/runAction"),
-        &[("origin", origin), ("content-type", "application/json")],
-        Some(r#"{"key":"/flow/multi_server_flow","input":"Cors"}"#),
+        &[("origin", devui), ("content-type", "application/json")],
+        Some(run_body),
     );
-    assert_eq!(run.status, 200, "{}", run.text);
-    assert!(
-        exposed(&run).contains("x-genkit-trace-id"),
-        "{:?}",
-        run.headers
+    assert_eq!(own.status, 200, "{}", own.text);
+    assert_eq!(own.json["result"], "Hello from multi-server, Page!");
+    assert!(!own.headers.contains_key("access-control-allow-origin"));
+
+    // Trace export may be pointed at a loopback telemetry server only.
+    for url in [
+        "http://evil.example:4033",
+        "http://10.0.0.1:4033",
+        "http://user@127.0.0.1:4033",
+        "https://collector.example",
+    ] {
+        let notify = post(
+            &format!("{base}/api/notify"),
+            "application/json",
+            &json!({"telemetryServerUrl": url, "reflectionApiSpecVersion": 1}).to_string(),
+        );
+        assert_eq!(notify.status, 403, "{url}: {}", notify.text);
+        assert!(
+            notify.json["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("MULTI_SERVER_TELEMETRY_ANY_HOST"),
+            "{}",
+            notify.text
+        );
+    }
+    let notify = post(
+        &format!("{base}/api/notify"),
+        "application/json",
+        r#"{"telemetryServerUrl":"http://localhost:4033","reflectionApiSpecVersion":1}"#,
     );
-    assert_eq!(run.json["result"], "Hello from multi-server, Cors!");
+    assert_eq!(notify.status, 200, "{}", notify.text);
 }
 
 #[test]

@@ -179,6 +179,23 @@ impl Edge {
         &self.inner.config
     }
 
+    /// Whether `port` is one a server of this process listens on (a browser page of one of
+    /// them may call the others: the Dev UI's page).
+    fn is_own_port(&self, port: u16) -> bool {
+        self.inner
+            .ctx
+            .manager()
+            .server_info()
+            .servers
+            .iter()
+            .filter_map(|server| server.address.as_deref())
+            .any(|address| {
+                address
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p == port.to_string())
+            })
+    }
+
     /// Begins a request: its scope (counted and logged from now on) and, when the edge
     /// answers the request itself, the answer: a refused `Host` or change (403), or an admin
     /// endpoint.
@@ -186,11 +203,18 @@ impl Edge {
         let ctx = &self.inner.ctx;
         let scope = RequestScope::new(ctx.begin_request(head.method, head.path));
         let config = &self.inner.config;
-        let refusal = policy::refuse_host(config.hosts, head).or_else(|| {
-            (config.changes == ChangePolicy::SameOriginLoopback && policy::is_change(head.method))
+        let refusal = policy::refuse_host(config.hosts, head)
+            .or_else(|| {
+                (config.hosts == HostPolicy::Loopback && head.origin.is_some())
+                    .then(|| policy::refuse_origin(head, |port| self.is_own_port(port)))
+                    .flatten()
+            })
+            .or_else(|| {
+                (config.changes == ChangePolicy::SameOriginLoopback
+                    && policy::is_change(head.method))
                 .then(|| policy::refuse_change(head))
                 .flatten()
-        });
+            });
         if let Some(refusal) = refusal {
             return Begun::Answered(scope, errors::error(StatusCode::FORBIDDEN, &refusal));
         }

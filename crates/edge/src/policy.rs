@@ -113,6 +113,21 @@ pub fn refuse_host(policy: HostPolicy, head: &RequestHead<'_>) -> Option<String>
     }
 }
 
+/// Why a request to a loopback-only server is refused for its `Origin` (403), if it is: a
+/// browser page of another origin. Only loopback origins whose port `is_ours` (one of this
+/// process's servers) pass; `Origin: null` (sandboxed frames, `file:` pages) does not. Programs
+/// (the genkit CLI, curl) send no `Origin` and are not concerned.
+pub fn refuse_origin(head: &RequestHead<'_>, is_ours: impl Fn(u16) -> bool) -> Option<String> {
+    let origin = head.origin?;
+    let ours = origin
+        .strip_prefix("http://")
+        .filter(|authority| is_loopback_host(authority))
+        .and_then(|authority| authority.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .is_some_and(is_ours);
+    (!ours).then(|| format!("requests from the web page at '{origin}' are refused"))
+}
+
 /// Why a change is refused (403), if it is: a peer that is not loopback, or a browser request
 /// from another site (an `Origin` that is not this server, or `Sec-Fetch-Site: cross-site`):
 /// another page open in the developer's browser must not be able to quit the process with a
@@ -248,6 +263,33 @@ mod tests {
             refuse_change(&proxied).is_some(),
             "through a proxy on this host"
         );
+    }
+
+    #[test]
+    fn only_loopback_origins_of_this_process_pass() {
+        let ours = |port| port == 4000;
+        let with = |origin| RequestHead {
+            origin: Some(origin),
+            ..RequestHead::default()
+        };
+        assert_eq!(
+            refuse_origin(&RequestHead::default(), ours),
+            None,
+            "no Origin"
+        );
+        assert_eq!(refuse_origin(&with("http://localhost:4000"), ours), None);
+        assert_eq!(refuse_origin(&with("http://127.0.0.1:4000"), ours), None);
+        assert_eq!(refuse_origin(&with("http://[::1]:4000"), ours), None);
+        for foreign in [
+            "http://evil.example",
+            "http://evil.example:4000",
+            "http://localhost:8080",
+            "http://localhost",
+            "https://localhost:4000",
+            "null",
+        ] {
+            assert!(refuse_origin(&with(foreign), ours).is_some(), "{foreign}");
+        }
     }
 
     #[test]

@@ -286,6 +286,17 @@ async fn notify(req: &Request, body: Body, Data(state): Data<&Arc<State>>) -> Re
         Err(message) => return bad_request(&message),
     };
     if let Some(url) = body.telemetry_server_url {
+        // Every trace (inputs and outputs of every server) goes where this says: a loopback
+        // telemetry server (the genkit CLI's), unless the operator allowed any host.
+        if !telemetry_host_allowed(&url) {
+            return reply(edge::errors::error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "telemetryServerUrl must be a loopback http URL (set {TELEMETRY_ANY_HOST}=1 \
+                     to allow any host), not '{url}'"
+                ),
+            ));
+        }
         state.registry.set_telemetry_server(Some(url));
     }
     let version = body.reflection_api_spec_version.and_then(|v| v.as_u64());
@@ -298,6 +309,20 @@ async fn notify(req: &Request, body: Body, Data(state): Data<&Arc<State>>) -> Re
         );
     }
     ok(&json!({}))
+}
+
+/// The environment variable that lets `/api/notify` point trace export at any host.
+const TELEMETRY_ANY_HOST: &str = "MULTI_SERVER_TELEMETRY_ANY_HOST";
+
+fn telemetry_host_allowed(url: &str) -> bool {
+    if std::env::var(TELEMETRY_ANY_HOST).is_ok_and(|v| v == "1") {
+        return true;
+    }
+    url.strip_prefix("http://")
+        .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .is_some_and(|authority| {
+            !authority.contains('@') && edge::policy::is_loopback_host(authority)
+        })
 }
 
 #[derive(Deserialize)]

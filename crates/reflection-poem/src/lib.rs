@@ -16,8 +16,12 @@
 //! `POST /__quitquitquitz`). A handler panic is a 500 for that request only, and every error
 //! has the edge's JSON shape.
 //!
-//! Its own routes (all JSON, all with `x-genkit-version`, CORS open to any origin as Genkit's
-//! own runtimes do): `GET /api/__health`, `GET /api/actions`, `POST /api/runAction` (with
+//! It answers only loopback `Host` names and refuses any request from a web page that is not
+//! one of this process's own (`Origin`); there is no CORS: the genkit CLI is not a browser.
+//! `POST /api/notify` points trace export at a loopback telemetry server only, unless the
+//! operator allows any host with `MULTI_SERVER_TELEMETRY_ANY_HOST=1`.
+//!
+//! Its own routes (all JSON, all with `x-genkit-version`): `GET /api/__health`, `GET /api/actions`, `POST /api/runAction` (with
 //! `?stream=true`: NDJSON chunks, then the final object; trace headers are sent before the
 //! result, and the request stays in flight until the last byte), `POST /api/cancelAction`,
 //! `POST /api/notify`, `GET /api/values`, `GET /api/envs`, `GET|POST /api/__quitquitquit`

@@ -15,7 +15,6 @@ use manager::{BoxFuture, ServeContext, Server};
 use poem::http::header::{HeaderName, HeaderValue};
 use poem::http::uri::Scheme;
 use poem::listener::{Acceptor, TcpAcceptor};
-use poem::middleware::Cors;
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 
@@ -97,11 +96,9 @@ impl ReflectionApi {
     }
 
     fn app(&self, state: Arc<State>) -> impl Endpoint<Output = Response> + use<> {
-        let cors = Cors::new().expose_headers([
-            "X-Genkit-Trace-Id",
-            "X-Genkit-Span-Id",
-            "x-genkit-version",
-        ]);
+        // No CORS: the genkit CLI is not a browser (its own Dev UI talks to the CLI, which
+        // proxies), and a web page must not drive the runtime; the edge refuses foreign
+        // origins outright.
         let edge = state.edge.clone();
         let routes = api::routes(Route::new());
         let routes = self
@@ -110,7 +107,7 @@ impl ReflectionApi {
             .fold(routes, |routes, mount| mount(routes));
         Edged {
             edge,
-            inner: routes.with(cors).data(state),
+            inner: routes.data(state),
         }
     }
 }
