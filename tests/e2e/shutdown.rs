@@ -147,10 +147,13 @@ fn readiness_fails_at_once_while_the_drain_delay_keeps_serving() {
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json["state"], "draining");
     assert_eq!(ready.json["ready"], false);
+    let greet = get(&format!("{flows}/greet"));
+    assert_eq!(greet.status, 200, "still serving during the delay");
     assert_eq!(
-        get(&format!("{flows}/greet")).status,
-        200,
-        "still serving during the delay"
+        greet.headers.get("connection").map(String::as_str),
+        Some("close"),
+        "keep-alive clients are asked to move away during the delay: {:?}",
+        greet.headers
     );
     assert_eq!(p.wait_exit(EXIT_WAIT).code(), Some(0), "{}", p.stderr());
 }

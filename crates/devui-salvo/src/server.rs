@@ -164,7 +164,13 @@ impl Acceptor for StopAwareAcceptor {
         &mut self,
         fuse_policy: Option<ArcFusePolicy>,
     ) -> std::io::Result<Accepted<Self::Coupler, Self::Stream>> {
-        edge::accept_unless_stopped(&self.ctx, self.inner.accept(fuse_policy)).await
+        loop {
+            let accept = self.inner.accept(fuse_policy.clone());
+            match edge::accept_unless_stopped(&self.ctx, accept).await {
+                Ok(accepted) => return Ok(accepted),
+                Err(err) => edge::accept_failed(&self.ctx, err).await,
+            }
+        }
     }
 }
 

@@ -67,8 +67,8 @@ where
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 // Out of file descriptors and the like: wait, don't spin.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(err) => {
+                    crate::accept_failed(ctx, err).await;
                     continue;
                 }
             },

@@ -91,6 +91,14 @@ pub async fn accept_unless_stopped<T>(
     }
 }
 
+/// What an acceptor does when `accept` fails (out of file descriptors, a connection reset
+/// before it was accepted): logs it and waits a moment, instead of returning the error to a
+/// framework loop that would retry at once and spin a core (poem's does).
+pub async fn accept_failed(ctx: &ServeContext, err: std::io::Error) {
+    tracing::warn!(server = ctx.name(), error = %err, "accept failed; retrying in 50 ms");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
 /// How a server's edge behaves: its limits and who it answers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

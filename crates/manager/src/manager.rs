@@ -191,6 +191,13 @@ impl ServerManager {
         tracing::info!(%reason, drain_delay = ?settings.drain_delay, drain_deadline = ?settings.drain_deadline, "shutting down");
 
         if !settings.drain_delay.is_zero() {
+            // Through the drain delay answers ask keep-alive clients to close, so pooled
+            // clients move away while the listener still accepts their reconnects, instead of
+            // staying until it stops. (Without a delay, not before the socket stops listening:
+            // a client sent away at that moment would reconnect into a backlog that is reset.)
+            for slot in read(&shared.servers).iter() {
+                slot.tracker.close_connections();
+            }
             tokio::time::sleep(settings.drain_delay).await;
         }
         let deadline = tokio::time::Instant::now() + settings.drain_deadline;

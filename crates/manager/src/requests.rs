@@ -109,11 +109,11 @@ impl RequestTracker {
                 .is_some_and(|deadline| tokio::time::Instant::now() >= *deadline)
     }
 
-    /// True once the server's socket has stopped listening: responses must now ask clients
-    /// to close their connection (`Connection: close`). Not earlier: a client told to close
-    /// reconnects at once, and before the socket stops listening that new connection would
-    /// wait in the backlog only to be reset; from then on it is refused and the client can
-    /// go elsewhere.
+    /// True from the start of the drain delay (when there is one), else once the server's
+    /// socket has stopped listening: responses must now ask clients to close their connection
+    /// (`Connection: close`). With no delay not earlier: a client told to close reconnects at
+    /// once, and before the socket stops listening that new connection would wait in the
+    /// backlog only to be reset; from then on it is refused and the client can go elsewhere.
     pub fn closes_connections(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
     }

@@ -207,8 +207,12 @@ impl Acceptor for StopAwareAcceptor {
     }
 
     async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
-        let accepted = edge::accept_unless_stopped(&self.ctx, self.inner.accept()).await;
-        let (io, local, remote, scheme) = accepted?;
+        let (io, local, remote, scheme) = loop {
+            match edge::accept_unless_stopped(&self.ctx, self.inner.accept()).await {
+                Ok(accepted) => break accepted,
+                Err(err) => edge::accept_failed(&self.ctx, err).await,
+            }
+        };
         Ok((
             HeadDeadline::new(io, self.head_timeout),
             local,
