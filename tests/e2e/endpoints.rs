@@ -137,3 +137,29 @@ fn every_request_is_logged_with_server_id_status_and_latency() {
     ));
     assert!(p.stderr().contains("server=\"flows\""));
 }
+
+#[test]
+fn quit_can_be_left_to_the_admin_listener() {
+    let mut p = start(&["--quit-on-admin-only"]);
+    let refused = post(
+        &format!("{}/__quitquitquitz", p.url("flows")),
+        "application/json",
+        "",
+    );
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert!(
+        refused.json["error"].as_str().unwrap().contains("admin"),
+        "{}",
+        refused.text
+    );
+    assert!(refused.headers.contains_key("x-request-id"));
+    assert_eq!(get(&format!("{}/__readyz", p.url("flows"))).status, 200);
+    let quit = post(
+        &format!("{}/__quitquitquitz", p.url("admin")),
+        "application/json",
+        "",
+    );
+    assert_eq!(quit.status, 200, "{}", quit.text);
+    let status = p.wait_exit(multi_server_e2e::WAIT);
+    assert_eq!(status.code(), Some(0), "{}", p.stderr());
+}

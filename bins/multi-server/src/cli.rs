@@ -53,6 +53,11 @@ pub(crate) struct Cli {
     #[arg(long, env = "MULTI_SERVER_ADMIN_PORTS", default_value = "9900..9910")]
     pub(crate) admin_ports: PortSpec,
 
+    /// Serve the quit endpoint on the admin listener only (403 on the flows API): for a public
+    /// API behind a proxy, where operators quit through the loopback admin port.
+    #[arg(long, env = "MULTI_SERVER_QUIT_ON_ADMIN_ONLY")]
+    pub(crate) quit_on_admin_only: bool,
+
     /// How long a client may take to send a request head; also how long an idle keep-alive
     /// connection waits for its next request (every server).
     #[arg(long, env = "MULTI_SERVER_HEAD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

@@ -90,6 +90,9 @@ fn add_servers(manager: &mut ManagerBuilder<'_>, cli: &Cli, dev: bool) {
         if let Some(workers) = cli.flows_workers {
             api = api.workers(workers);
         }
+        if cli.quit_on_admin_only {
+            api = api.without_quit();
+        }
         manager.add(config("flows").ports(cli.flows_ports.clone()), api);
         #[cfg(feature = "test-faults")]
         faults::add_faulty_servers(manager, cli, &registry, config);

@@ -100,7 +100,7 @@ pub async fn accept_failed(ctx: &ServeContext, err: std::io::Error) {
 }
 
 /// How a server's edge behaves: its limits and who it answers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EdgeConfig {
     /// What a client may send, and how slowly.
@@ -109,12 +109,33 @@ pub struct EdgeConfig {
     pub hosts: HostPolicy,
     /// Who may make changes.
     pub changes: ChangePolicy,
+    /// Whether this server serves the quit endpoint (off: 403 naming the listener that does;
+    /// for public servers whose operators quit through the loopback admin listener).
+    pub quit: bool,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            limits: Limits::default(),
+            hosts: HostPolicy::default(),
+            changes: ChangePolicy::default(),
+            quit: true,
+        }
+    }
 }
 
 impl EdgeConfig {
     /// The defaults: [`Limits::default`], any `Host`, changes left to the routes.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Without the quit endpoint (403): quit through another listener (the admin one).
+    #[must_use]
+    pub fn without_quit(mut self) -> Self {
+        self.quit = false;
+        self
     }
 
     /// With these limits.
@@ -225,6 +246,10 @@ impl Edge {
             });
         if let Some(refusal) = refusal {
             return Begun::Answered(scope, errors::error(StatusCode::FORBIDDEN, &refusal));
+        }
+        if !config.quit && head.path == "/__quitquitquitz" {
+            let refusal = "quit is not served on this listener; use the admin listener's";
+            return Begun::Answered(scope, errors::error(StatusCode::FORBIDDEN, refusal));
         }
         match admin::answer(ctx, head) {
             Some(reply) => Begun::Answered(scope, reply),

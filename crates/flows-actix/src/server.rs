@@ -30,6 +30,7 @@ pub struct FlowsApi {
     registry: Arc<Registry>,
     workers: usize,
     limits: Limits,
+    serves_quit: bool,
     extra_routes: Vec<Configure>,
 }
 
@@ -50,6 +51,7 @@ impl FlowsApi {
             registry,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             limits: Limits::default(),
+            serves_quit: true,
             extra_routes: Vec::new(),
         }
     }
@@ -65,6 +67,13 @@ impl FlowsApi {
     /// which is also how long an idle keep-alive connection waits for its next request).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Without the quit endpoint (403): for a public API whose operators quit through the
+    /// loopback admin listener.
+    pub fn without_quit(mut self) -> Self {
+        self.serves_quit = false;
         self
     }
 
@@ -130,7 +139,13 @@ impl Server for FlowsApi {
         ctx: ServeContext,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
-            let edge = Edge::new(ctx.clone(), EdgeConfig::new().limits(self.limits));
+            let config = EdgeConfig::new().limits(self.limits);
+            let config = if self.serves_quit {
+                config
+            } else {
+                config.without_quit()
+            };
+            let edge = Edge::new(ctx.clone(), config);
             let server = self.build(listener, edge)?;
             let handle = server.handle();
             // The manager's stop sequence on actix's: pause the acceptor; at `close_idle`,
