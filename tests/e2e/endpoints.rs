@@ -50,6 +50,7 @@ fn admin_endpoints_report_live_data_and_no_environment() {
     let info = &first.json;
     assert_eq!(info["pid"], p.pid());
     assert_eq!(info["state"], "live");
+    assert_eq!(info["log_lines_dropped"], 0, "the log output keeps up");
     assert!(
         info["argv"]
             .as_array()

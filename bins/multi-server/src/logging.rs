@@ -7,9 +7,16 @@
 //! `perf` and `bench/run.sh`). Here a line is one copy into a shared buffer under a mutex; the
 //! writer thread is woken only when the buffer goes from empty to non-empty, lingers a
 //! millisecond so a batch gathers, and writes the batch with one `write(2)`.
+//!
+//! A logger never waits for the output: when stderr is a pipe nobody reads (`multi-server |
+//! less`, a stuck log shipper) the writer thread blocks in `write(2)`, the buffer reaches its
+//! byte budget ([`HIGH_WATER`]) and further lines are dropped and counted. Once the output
+//! takes bytes again, the writer writes one line saying how many were dropped. Memory stays
+//! bounded by the budget plus the batch being written.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,22 +33,37 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
 
-/// Past this many buffered bytes, loggers wait for the writer (back-pressure, never loss).
-const HIGH_WATER: usize = 4 << 20;
+/// Byte budget of pending lines: a line that would take the buffer past it is dropped and
+/// counted (loggers never wait for the output).
+const HIGH_WATER: usize = 1 << 20;
 /// How long the writer lets a batch gather once woken.
 const LINGER: Duration = Duration::from_millis(1);
+/// How long the guard waits at exit for the writer to flush (a stalled output never does).
+const FLUSH_DEADLINE: Duration = Duration::from_secs(1);
+/// String fields of a request line (the path, above all) are cut at this many bytes.
+const MAX_FIELD: usize = 512;
+/// Target of the line reporting dropped lines.
+const DROP_TARGET: &str = "multi_server::logging";
 
 #[derive(Default)]
 struct State {
     buffer: Vec<u8>,
+    /// Lines dropped since the last report line.
+    unreported: u64,
     closed: bool,
+    /// The writer thread has written everything and returned.
+    finished: bool,
 }
 
 #[derive(Default)]
 struct Shared {
     state: Mutex<State>,
     has_lines: Condvar,
-    has_room: Condvar,
+    finished: Condvar,
+    /// Lines dropped since start.
+    dropped: AtomicU64,
+    /// Report lines in JSON.
+    json: bool,
 }
 
 impl Shared {
@@ -50,19 +72,40 @@ impl Shared {
     }
 }
 
+/// The writer `init` installed, for [`dropped`].
+static INSTALLED: OnceLock<Arc<Shared>> = OnceLock::new();
+
+/// How many log lines were dropped since start because the output did not keep up.
+pub(crate) fn dropped() -> u64 {
+    INSTALLED
+        .get()
+        .map_or(0, |shared| shared.dropped.load(Ordering::Relaxed))
+}
+
 /// The `MakeWriter` every layer writes through.
 #[derive(Clone)]
 pub(crate) struct LogWriter(Arc<Shared>);
 
 impl Write for &LogWriter {
+    /// Takes one whole line (every layer writes a formatted line with one `write_all`), or
+    /// drops it when the budget is spent. Never waits for the output; reports the line as
+    /// written either way, so no layer retries.
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let shared = &self.0;
         let mut state = shared.lock();
-        while state.buffer.len() >= HIGH_WATER && !state.closed {
-            state = shared
-                .has_room
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+        if state.closed || state.buffer.len() + line.len() > HIGH_WATER {
+            // After close nobody reports, so only the total counts it.
+            let wake = !state.closed && state.buffer.is_empty() && state.unreported == 0;
+            if !state.closed {
+                state.unreported += 1;
+            }
+            drop(state);
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            if wake {
+                // A single line over budget into an idle writer: report it now.
+                shared.has_lines.notify_one();
+            }
+            return Ok(line.len());
         }
         let was_empty = state.buffer.is_empty();
         state.buffer.extend_from_slice(line);
@@ -94,28 +137,60 @@ pub(crate) struct LogGuard {
 }
 
 impl Drop for LogGuard {
+    /// Waits for the writer to flush, at most [`FLUSH_DEADLINE`]: an output that never
+    /// drains must not keep the process from exiting.
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.has_lines.notify_one();
-        self.shared.has_room.notify_all();
-        if let Some(thread) = self.thread.take() {
+        let shared = &self.shared;
+        shared.lock().closed = true;
+        shared.has_lines.notify_one();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let (state, _) = shared
+            .finished
+            .wait_timeout_while(shared.lock(), FLUSH_DEADLINE, |state| !state.finished)
+            .unwrap_or_else(|e| e.into_inner());
+        if state.finished {
+            drop(state);
             let _ = thread.join();
         }
     }
+}
+
+/// The line saying `count` lines were dropped, in the format of the other lines.
+fn drop_report(json: bool, count: u64) -> String {
+    let mut line = String::with_capacity(160);
+    let message = "log output did not keep up: lines dropped";
+    if json {
+        line.push_str("{\"timestamp\":\"");
+        let _ = SystemTime.format_time(&mut Writer::new(&mut line));
+        let _ = writeln!(
+            line,
+            "\",\"level\":\"WARN\",\"message\":\"{message}\",\"dropped\":{count},\"target\":\"{DROP_TARGET}\"}}"
+        );
+    } else {
+        let _ = SystemTime.format_time(&mut Writer::new(&mut line));
+        let _ = writeln!(line, "  WARN {DROP_TARGET}: {message} dropped={count}");
+    }
+    line
 }
 
 fn write_batches(shared: &Shared, mut out: impl Write) {
     let mut batch = Vec::with_capacity(64 * 1024);
     loop {
         let mut state = shared.lock();
-        while state.buffer.is_empty() && !state.closed {
+        while state.buffer.is_empty() && state.unreported == 0 && !state.closed {
             state = shared
                 .has_lines
                 .wait(state)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        if state.buffer.is_empty() {
-            return; // closed and drained
+        if state.buffer.is_empty() && state.unreported == 0 {
+            // Closed and drained.
+            state.finished = true;
+            drop(state);
+            shared.finished.notify_all();
+            return;
         }
         if !state.closed {
             drop(state);
@@ -123,11 +198,20 @@ fn write_batches(shared: &Shared, mut out: impl Write) {
             state = shared.lock();
         }
         std::mem::swap(&mut batch, &mut state.buffer);
+        // Every line in `batch` was taken before the lines counted here were dropped.
+        let unreported = std::mem::take(&mut state.unreported);
         drop(state);
-        shared.has_room.notify_all();
-        // A log that cannot be written (closed stderr) must not take the process down.
+        if unreported > 0 {
+            batch.extend_from_slice(drop_report(shared.json, unreported).as_bytes());
+        }
+        // A log that cannot be written (closed stderr) must not take the process down. While
+        // this blocks (a stalled pipe), loggers fill the buffer up to the budget, then drop.
         let _ = out.write_all(&batch).and_then(|()| out.flush());
         batch.clear();
+        // A stalled output can leave one huge batch behind; do not keep its capacity.
+        if batch.capacity() > HIGH_WATER + 64 * 1024 {
+            batch = Vec::with_capacity(64 * 1024);
+        }
     }
 }
 
@@ -173,8 +257,22 @@ const REQUEST_TARGET: &str = "request";
 
 struct TextFields<'a>(&'a mut String);
 
+/// `value` cut at [`MAX_FIELD`] bytes (on a character boundary), with a marker saying how
+/// many bytes were left out.
+fn truncated(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_FIELD {
+        return value.into();
+    }
+    let mut end = MAX_FIELD;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[+{} bytes]", &value[..end], value.len() - end).into()
+}
+
 impl Visit for TextFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
+        let value = truncated(value);
         let _ = write!(self.0, " {}={value:?}", field.name());
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -187,7 +285,8 @@ impl Visit for TextFields<'_> {
         let _ = write!(self.0, " {}={value:.3}", field.name());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, " {}={value:?}", field.name());
+        let text = format!("{value:?}");
+        let _ = write!(self.0, " {}={}", field.name(), truncated(&text));
     }
 }
 
@@ -199,7 +298,7 @@ impl Visit for JsonFields<'_> {
             self.0,
             ",\"{}\":{}",
             field.name(),
-            serde_json::Value::from(value)
+            serde_json::Value::from(truncated(value).as_ref())
         );
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -217,7 +316,7 @@ impl Visit for JsonFields<'_> {
             self.0,
             ",\"{}\":{}",
             field.name(),
-            serde_json::Value::from(text)
+            serde_json::Value::from(truncated(&text).as_ref())
         );
     }
 }
@@ -225,7 +324,11 @@ impl Visit for JsonFields<'_> {
 /// Installs the subscriber: text or JSON lines to stderr, filtered by `RUST_LOG` (default
 /// `info`).
 pub(crate) fn init(format: LogFormat) -> LogGuard {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        json: format == LogFormat::Json,
+        ..Shared::default()
+    });
+    let _ = INSTALLED.set(Arc::clone(&shared));
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
         .spawn({
@@ -350,29 +453,173 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_full_buffer_holds_loggers_back_instead_of_dropping_lines() {
-        let shared = Arc::new(Shared::default());
-        let writer = LogWriter(Arc::clone(&shared));
-        (&writer).write_all(&vec![b'x'; HIGH_WATER]).unwrap();
-        let blocked = std::thread::spawn({
-            let writer = writer.clone();
-            move || (&writer).write_all(b"next\n").unwrap()
-        });
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!blocked.is_finished(), "must wait for room");
+    /// An output whose first write blocks until `gate` sends (or its sender is dropped), like a
+    /// pipe nobody reads; then it writes into `sink`.
+    struct Stalled {
+        gate: std::sync::mpsc::Receiver<()>,
+        entered: std::sync::mpsc::Sender<()>,
+        sink: Sink,
+        open: bool,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            if !self.open {
+                let _ = self.entered.send(());
+                let _ = self.gate.recv();
+                self.open = true;
+            }
+            self.sink.write(data)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A writer thread on a [`Stalled`] output, stuck in its first write once this returns.
+    fn stalled_writer(shared: &Arc<Shared>) -> (std::sync::mpsc::Sender<()>, Sink, JoinHandle<()>) {
+        let (release, gate) = std::sync::mpsc::channel();
+        let (entered, stuck) = std::sync::mpsc::channel();
         let sink = Sink::default();
+        let output = Stalled {
+            gate,
+            entered,
+            sink: sink.clone(),
+            open: false,
+        };
         let thread = std::thread::spawn({
-            let (shared, sink) = (Arc::clone(&shared), sink.clone());
-            move || write_batches(&shared, sink)
+            let shared = Arc::clone(shared);
+            move || write_batches(&shared, output)
         });
-        blocked.join().unwrap();
+        (&LogWriter(Arc::clone(shared)))
+            .write_all(b"first\n")
+            .unwrap();
+        stuck
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the writer reaches the output");
+        (release, sink, thread)
+    }
+
+    #[test]
+    fn a_stalled_output_drops_and_counts_lines_and_reports_them_once_it_drains() {
+        const LINES: usize = 40_000; // about 3 MiB: three times the budget
+        let shared = Arc::new(Shared::default());
+        let (release, sink, thread) = stalled_writer(&shared);
+        let producer = std::thread::spawn({
+            let writer = LogWriter(Arc::clone(&shared));
+            move || {
+                for i in 0..LINES {
+                    let line = format!("line {i:06} {}\n", "y".repeat(64));
+                    (&writer).write_all(line.as_bytes()).unwrap();
+                }
+            }
+        });
+        let started = std::time::Instant::now();
+        while !producer.is_finished() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "a logger blocked on a stalled output"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        producer.join().unwrap();
+        let dropped = shared.dropped.load(Ordering::Relaxed);
+        assert!(dropped > 0, "nothing dropped past the budget");
+        assert!(shared.lock().buffer.len() <= HIGH_WATER);
+        assert_eq!(shared.lock().unreported, dropped);
+
+        release.send(()).unwrap();
         drop(LogGuard {
-            shared,
+            shared: Arc::clone(&shared),
             thread: Some(thread),
         });
-        let written = sink.0.lock().unwrap();
-        assert_eq!(written.len(), HIGH_WATER + 5);
-        assert!(written.ends_with(b"next\n"));
+        assert!(shared.lock().finished);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(text.starts_with("first\n"));
+        let kept: Vec<usize> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("line "))
+            .map(|l| l[..6].parse().unwrap())
+            .collect();
+        assert!(kept.windows(2).all(|w| w[0] < w[1]), "out of order");
+        let reports: Vec<u64> = text
+            .lines()
+            .filter(|l| l.contains(&format!("WARN {DROP_TARGET}: ")))
+            .map(|l| l.rsplit_once("dropped=").unwrap().1.parse().unwrap())
+            .collect();
+        assert_eq!(
+            reports,
+            [dropped],
+            "one report line with the count: {reports:?}"
+        );
+        assert!(
+            text.trim_end().lines().last().unwrap().contains("dropped="),
+            "the report follows the lines kept before the drops"
+        );
+        assert_eq!(kept.len() as u64 + dropped, LINES as u64);
+    }
+
+    #[test]
+    fn the_guard_gives_up_on_an_output_that_never_drains() {
+        let shared = Arc::new(Shared::default());
+        let (release, _sink, thread) = stalled_writer(&shared);
+        let started = std::time::Instant::now();
+        drop(LogGuard {
+            shared: Arc::clone(&shared),
+            thread: Some(thread),
+        });
+        let waited = started.elapsed();
+        assert!(waited >= FLUSH_DEADLINE, "{waited:?}");
+        assert!(
+            waited < FLUSH_DEADLINE + Duration::from_secs(2),
+            "{waited:?}"
+        );
+        // Loggers after the end neither block nor grow the buffer.
+        (&LogWriter(Arc::clone(&shared)))
+            .write_all(b"late\n")
+            .unwrap();
+        assert!(shared.lock().buffer.is_empty());
+        drop(release); // lets the writer thread finish
+    }
+
+    #[test]
+    fn drop_reports_keep_the_line_formats() {
+        let line: serde_json::Value = serde_json::from_str(drop_report(true, 3).trim()).unwrap();
+        assert_eq!(line["dropped"], 3);
+        assert_eq!(line["level"], "WARN");
+        let text = drop_report(false, 3);
+        assert!(text.ends_with(" dropped=3\n"), "{text}");
+        assert!(text.contains(&format!("  WARN {DROP_TARGET}: ")), "{text}");
+    }
+
+    #[test]
+    fn long_request_paths_are_truncated_with_a_marker() {
+        let path = format!("/{}", "é".repeat(1000)); // 2001 bytes, cut on a char boundary
+        for json in [false, true] {
+            let shared = Arc::new(Shared::default());
+            let layer = RequestLines {
+                writer: LogWriter(Arc::clone(&shared)),
+                json,
+            };
+            let subscriber = tracing_subscriber::registry().with(layer);
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::info!(target: "request", server = "flows", id = 1u64, method = "GET",
+                    path = path.as_str(), status = 404u16, latency_ms = 0.5);
+            });
+            let text = String::from_utf8(shared.lock().buffer.clone()).unwrap();
+            let kept = format!("/{}", "é".repeat(255)); // 511 bytes
+            let expected = format!("{kept}…[+1490 bytes]");
+            if json {
+                let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+                assert_eq!(line["path"], expected.as_str());
+                assert_eq!(line["status"], 404);
+            } else {
+                assert!(
+                    text.contains(&format!(" path=\"{expected}\" status=404")),
+                    "{text}"
+                );
+            }
+            assert!(text.len() < 800, "{}", text.len());
+        }
     }
 }

@@ -55,6 +55,7 @@ async fn run(cli: Cli, inherited: InheritedSockets) -> u8 {
         .version(VERSION)
         .drain_deadline(cli.drain_deadline)
         .drain_delay(cli.drain_delay)
+        .log_lines_dropped(logging::dropped)
         .inherited_sockets(inherited);
     add_servers(&mut ManagerBuilder(&mut manager), &cli, dev);
     let handle = manager.handle();

@@ -19,6 +19,10 @@
 //!   (`GENKIT_TELEMETRY_SERVER`, or [`Registry::set_telemetry_server`] from `/api/notify`) each
 //!   state is posted to `<url>/api/traces` by a background task. Export never slows a flow
 //!   down: when the server is slow or gone, traces are dropped and counted.
+//! - **Memory budgets**: each recorded value is cut to [`TRACE_VALUE_BYTES`] (with a
+//!   `…[truncated N bytes]` marker), the stored traces to [`TRACE_STORE_BYTES`] in all (oldest
+//!   evicted), and the export queue to [`TELEMETRY_QUEUE_BYTES`] (a newer state of a trace
+//!   replaces its queued older one; beyond the budget the oldest are dropped and counted).
 //!
 //! It serves no HTTP itself and knows no web framework; the servers wrap it.
 //! Flows run on the tokio runtime the registry was created in (else on the caller's).
@@ -61,7 +65,10 @@ mod trace;
 pub use error::{FlowError, StatusCode};
 pub use registry::{ActionDesc, Registry, RunOptions, TRACE_HISTORY};
 pub use run::{FlowContext, FlowRun};
-pub use trace::{InstrumentationLibrary, SpanData, SpanStatus, TraceData};
+pub use telemetry::TELEMETRY_QUEUE_BYTES;
+pub use trace::{
+    InstrumentationLibrary, SpanData, SpanStatus, TRACE_STORE_BYTES, TRACE_VALUE_BYTES, TraceData,
+};
 
 /// The `schemars` this crate derives schemas with, so flow input and output types can derive
 /// `JsonSchema` from the same version.

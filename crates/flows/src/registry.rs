@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::error::FlowError;
 use crate::run::{FlowContext, FlowRun, RunShared};
 use crate::telemetry::{self, Telemetry};
-use crate::trace::{SpanData, TraceData, TraceStore, lock, new_span_id, new_trace_id};
+use crate::trace::{
+    SpanData, TRACE_STORE_BYTES, TraceData, TraceStore, lock, new_span_id, new_trace_id,
+};
 
 /// How many finished or running traces stay in memory.
 pub const TRACE_HISTORY: usize = 100;
@@ -115,7 +117,7 @@ impl Registry {
         Arc::new(Registry {
             flows: RwLock::default(),
             running: Mutex::default(),
-            traces: TraceStore::new(TRACE_HISTORY),
+            traces: TraceStore::new(TRACE_HISTORY, TRACE_STORE_BYTES),
             feed: broadcast::channel(TRACE_FEED).0,
             telemetry: Telemetry::new(env_url, runtime.clone()),
             runtime,
@@ -318,7 +320,8 @@ impl Registry {
         }
     }
 
-    /// The last [`TRACE_HISTORY`] traces, newest first (by start time), running ones included.
+    /// The last [`TRACE_HISTORY`] traces, newest first (by start time), running ones included,
+    /// at most [`TRACE_STORE_BYTES`](crate::TRACE_STORE_BYTES) of them (oldest evicted first).
     pub fn recent_traces(&self) -> Vec<TraceData> {
         self.traces.recent()
     }
@@ -352,9 +355,22 @@ impl Registry {
         self.telemetry.sent()
     }
 
-    /// How many trace posts were dropped (queue full, server down or failing).
+    /// How many trace posts were dropped: the export queue over its byte budget
+    /// ([`TELEMETRY_QUEUE_BYTES`](crate::TELEMETRY_QUEUE_BYTES)) or count, no runtime to post
+    /// from, or the server down or failing. A queued state replaced by a newer state of the
+    /// same trace is not a drop (the newer one carries everything).
     pub fn telemetry_dropped(&self) -> u64 {
         self.telemetry.dropped()
+    }
+
+    /// Bytes of trace JSON waiting in the export queue now.
+    pub fn telemetry_queued_bytes(&self) -> usize {
+        self.telemetry.queued_bytes()
+    }
+
+    /// Bytes (serialized JSON) of the traces kept in memory now.
+    pub fn trace_store_bytes(&self) -> usize {
+        self.traces.bytes()
     }
 
     /// Stores, broadcasts and exports one state of a trace. `new` puts it at the front of the

@@ -525,18 +525,34 @@ async fn telemetry_receives_the_start_and_end_of_a_run() {
     let (url, mut posts) = telemetry_sink().await;
     let registry = registry();
     registry.set_telemetry_server(Some(format!("{url}/")));
+    // The flow waits until the start post has arrived: a newer state of a trace replaces a
+    // queued older one, so a flow that ends at once may well be posted only once.
+    let gate = Arc::new(Notify::new());
+    let flow_gate = Arc::clone(&gate);
+    registry.define_flow(
+        "gated",
+        "Doubles, once let through.",
+        move |n: i64, _ctx: FlowContext| {
+            let gate = Arc::clone(&flow_gate);
+            async move {
+                gate.notified().await;
+                Ok::<_, FlowError>(n * 2)
+            }
+        },
+    );
     let run = registry
-        .start("/flow/plain", json!(21), RunOptions::default())
+        .start("/flow/gated", json!(21), RunOptions::default())
         .unwrap();
     let trace_id = run.trace_id.clone();
     let span_id = run.span_id.clone();
-    assert_eq!(run.result().await.unwrap(), 42);
 
     let (path, start) = timeout(WAIT, posts.recv()).await.unwrap().unwrap();
+    gate.notify_one();
+    assert_eq!(run.result().await.unwrap(), 42);
     assert_eq!(path, "/api/traces");
     assert_eq!(start["traceId"], trace_id.as_str());
     assert_eq!(start["endTime"], 0.0);
-    assert_eq!(start["displayName"], "plain");
+    assert_eq!(start["displayName"], "gated");
     assert_eq!(start["spans"][&span_id]["endTime"], 0.0);
     assert_eq!(start["spans"][&span_id]["attributes"]["genkit:input"], "21");
 
@@ -583,10 +599,76 @@ async fn a_dead_telemetry_server_neither_fails_nor_slows_the_flow() {
         .unwrap();
     assert_eq!(output.unwrap(), 2);
     timeout(WAIT, async {
-        while registry.telemetry_dropped() < 2 {
+        // One post or two: the end state may replace the queued start state.
+        while registry.telemetry_dropped() < 1 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await
     .expect("failed posts are counted as dropped");
+    assert_eq!(registry.telemetry_sent(), 0);
+}
+
+#[tokio::test]
+async fn a_huge_input_is_truncated_in_the_trace_with_a_marker() {
+    use crate::TRACE_VALUE_BYTES;
+    let registry = registry();
+    let name = "x".repeat(1_000_000);
+    let run = registry
+        .start("/flow/greet", json!(name), RunOptions::default())
+        .unwrap();
+    let trace_id = run.trace_id.clone();
+    let span_id = run.span_id.clone();
+    // The flow itself gets the whole input.
+    assert_eq!(
+        run.result().await.unwrap().as_str().unwrap().len(),
+        1_000_000 + "Hello, !".len()
+    );
+    let trace = wait_finished(&registry, &trace_id).await;
+    let root = &trace.spans[&span_id];
+    let input = attr(root, "genkit:input");
+    // The JSON text of the input is 1_000_002 bytes (with its quotes).
+    let cut = 1_000_002 - TRACE_VALUE_BYTES;
+    assert!(
+        input.ends_with(&format!("…[truncated {cut} bytes]")),
+        "{}",
+        &input[input.len() - 40..]
+    );
+    assert!(input.starts_with("\"xxx"));
+    assert!(input.len() < TRACE_VALUE_BYTES + 64);
+    let output = attr(root, "genkit:output");
+    assert!(output.contains("…[truncated "));
+    assert!(output.len() < TRACE_VALUE_BYTES + 64);
+    // The step's output too: no value in the trace is anywhere near the input's size.
+    let encoded = serde_json::to_string(&trace).unwrap();
+    assert!(
+        encoded.len() < 4 * (TRACE_VALUE_BYTES + 64),
+        "{}",
+        encoded.len()
+    );
+    assert!(registry.trace_store_bytes() < 4 * (TRACE_VALUE_BYTES + 64));
+    // Still Genkit's schema, with string values as strings.
+    let parsed: TraceData = serde_json::from_str(&encoded).unwrap();
+    assert!(parsed.spans[&span_id].attributes["genkit:input"].is_string());
+}
+
+#[tokio::test]
+async fn many_huge_runs_stay_within_the_trace_budget() {
+    use crate::TRACE_STORE_BYTES;
+    let registry = registry();
+    let big = "y".repeat(200_000);
+    for _ in 0..(crate::TRACE_HISTORY + 20) {
+        let run = registry
+            .start("/flow/greet", json!(big), RunOptions::default())
+            .unwrap();
+        run.result().await.unwrap();
+    }
+    let traces = registry.recent_traces();
+    assert_eq!(traces.len(), crate::TRACE_HISTORY);
+    assert!(registry.trace_store_bytes() <= TRACE_STORE_BYTES);
+    let total: usize = traces
+        .iter()
+        .map(|t| serde_json::to_vec(t).unwrap().len())
+        .sum();
+    assert_eq!(total, registry.trace_store_bytes());
 }

@@ -62,6 +62,10 @@ pub struct ServerInfo {
     pub state: ProcessState,
     /// Whether readiness was forced to fail by an operator.
     pub readiness_forced_fail: bool,
+    /// Log lines dropped because the log output did not keep up (a stalled pipe), when the
+    /// program counts them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_lines_dropped: Option<u64>,
     /// Seconds since the manager started.
     pub uptime_seconds: f64,
     /// When the manager started, seconds since the Unix epoch.

@@ -222,10 +222,16 @@ impl ManagerHandle {
                 }
             })
             .collect();
+        // One lock, released before anything else is computed.
+        let (version, log_lines_dropped) = {
+            let settings = lock(&self.shared.settings);
+            (settings.version.clone(), settings.log_lines_dropped)
+        };
         ServerInfo {
             pid: std::process::id(),
             argv: crate::argv::shown(),
-            version: lock(&self.shared.settings).version.clone(),
+            version,
+            log_lines_dropped: log_lines_dropped.map(|count| count()),
             state: self.process_state(),
             readiness_forced_fail: self
                 .shared

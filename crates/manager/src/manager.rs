@@ -105,6 +105,13 @@ impl ServerManager {
         self
     }
 
+    /// How the program counts the log lines it dropped rather than block on a stalled output,
+    /// shown in `/__serverz` as `log_lines_dropped`.
+    pub fn log_lines_dropped(self, count: fn() -> u64) -> Self {
+        self.settings().log_lines_dropped = Some(count);
+        self
+    }
+
     /// Whether `run` handles SIGTERM, SIGINT and SIGHUP (default: yes). Tests and embedders
     /// that own signal handling turn it off and call [`ManagerHandle::request_shutdown`].
     pub fn handle_signals(mut self, on: bool) -> Self {

@@ -20,6 +20,7 @@ pub(crate) struct Settings {
     pub(crate) drain_delay: Duration,
     pub(crate) drain_deadline: Duration,
     pub(crate) hook_timeout: Duration,
+    pub(crate) log_lines_dropped: Option<fn() -> u64>,
 }
 
 impl Default for Settings {
@@ -29,6 +30,7 @@ impl Default for Settings {
             drain_delay: Duration::ZERO,
             drain_deadline: Duration::from_secs(10),
             hook_timeout: Duration::from_secs(5),
+            log_lines_dropped: None,
         }
     }
 }
