@@ -3,9 +3,9 @@
 //! Flows must never wait for telemetry: they hand the serialized trace to a queue bounded in
 //! count and bytes and move on. One background task posts the queue in order, so the start
 //! post of a trace reaches the server before its end post (the server merges posts; the last
-//! one wins). A newer state of a trace replaces its older state still waiting in the queue
-//! (it carries everything the older one did), so a trace takes one slot however many steps it
-//! has. Beyond the budget the oldest posts are dropped and counted; a failing server's posts
+//! one wins). A trace's first state stays queued (tools show a run as running from it); a later
+//! state replaces the later state still waiting in the queue (it carries everything the older
+//! one did), so a trace takes at most two slots however many steps it has. Beyond the budget the oldest posts are dropped and counted; a failing server's posts
 //! too. Drops are logged at most once a second, with how many there were since the last log.
 //! The server's response body is never read beyond a few bytes.
 
@@ -83,6 +83,8 @@ struct Post {
     url: String,
     trace_id: String,
     body: Vec<u8>,
+    /// A later state of its trace, which a newer one may replace (set by the queue).
+    replaceable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -116,10 +118,11 @@ impl Queue {
         }
     }
 
-    /// Queues `post`, replacing a queued post of the same trace to the same server. Returns
+    /// Queues `post`, replacing a queued later state of the same trace to the same server (a
+    /// queued first state stays, and `post` goes behind it). Returns
     /// how many posts were dropped to stay within budget (the new one included, when it alone
     /// is over budget).
-    fn push(&self, post: Post) -> u64 {
+    fn push(&self, mut post: Post) -> u64 {
         if post.body.len() > self.budget {
             return 1;
         }
@@ -127,14 +130,16 @@ impl Queue {
         let same = pending
             .posts
             .iter_mut()
+            .rev()
             .find(|p| p.trace_id == post.trace_id && p.url == post.url);
+        post.replaceable = same.is_some();
         match same {
-            Some(slot) => {
+            Some(slot) if slot.replaceable => {
                 let new_len = post.body.len();
                 let old = std::mem::replace(slot, post);
                 pending.bytes = pending.bytes - old.body.len() + new_len;
             }
-            None => {
+            _ => {
                 pending.bytes += post.body.len();
                 pending.posts.push_back(post);
             }
@@ -272,6 +277,7 @@ impl Telemetry {
             url,
             trace_id: trace.trace_id.clone(),
             body,
+            replaceable: false,
         };
         let dropped = self.queue.push(post);
         self.stats
@@ -388,6 +394,7 @@ mod tests {
             url: "http://localhost:1".into(),
             trace_id: trace_id.into(),
             body: vec![b'x'; bytes],
+            replaceable: false,
         }
     }
 
@@ -404,15 +411,20 @@ mod tests {
         let queue = Queue::new(10_000, 100);
         assert_eq!(queue.push(post("a", 100)), 0);
         assert_eq!(queue.push(post("b", 200)), 0);
+        // The first state stays (a run shows as running); later ones replace each other.
         assert_eq!(queue.push(post("a", 300)), 0);
-        assert_eq!(queued(&queue), [("a".into(), 300), ("b".into(), 200)]);
-        assert_eq!(queue.bytes(), 500);
+        assert_eq!(queue.push(post("a", 400)), 0);
+        assert_eq!(
+            queued(&queue),
+            [("a".into(), 100), ("b".into(), 200), ("a".into(), 400)]
+        );
+        assert_eq!(queue.bytes(), 700);
         // Another server's post of the same trace is another post.
         let mut other = post("a", 50);
         other.url = "http://localhost:2".into();
         assert_eq!(queue.push(other), 0);
-        assert_eq!(queued(&queue).len(), 3);
-        assert_eq!(queue.bytes(), 550);
+        assert_eq!(queued(&queue).len(), 4);
+        assert_eq!(queue.bytes(), 750);
     }
 
     #[test]
@@ -428,8 +440,9 @@ mod tests {
             queued(&queue),
             [("7".into(), 300), ("8".into(), 300), ("9".into(), 300)]
         );
-        // Growing a queued trace by coalescing evicts the oldest too.
-        assert_eq!(queue.push(post("9", 800)), 2);
+        // A later state of a queued trace goes behind its first one and evicts the oldest
+        // (that first state included, here) to stay within budget.
+        assert_eq!(queue.push(post("9", 800)), 3);
         assert_eq!(queued(&queue), [("9".into(), 800)]);
         // A post alone over budget is dropped itself, and nothing else.
         assert_eq!(queue.push(post("huge", 1_001)), 1);
@@ -484,14 +497,15 @@ mod tests {
         }
         assert_eq!(telemetry.queued_bytes(), 0);
 
-        // Ten states of one trace take one slot.
+        // Ten states of one trace take two slots: the first and the latest.
         for pad in 0..10 {
             telemetry.export(&trace("same", 1_000 + pad));
         }
-        assert_eq!(queued(&telemetry.queue).len(), 1);
+        assert_eq!(queued(&telemetry.queue).len(), 2);
         assert_eq!(
             telemetry.queued_bytes(),
-            serde_json::to_vec(&trace("same", 1_009)).unwrap().len()
+            serde_json::to_vec(&trace("same", 1_000)).unwrap().len()
+                + serde_json::to_vec(&trace("same", 1_009)).unwrap().len()
         );
         assert_eq!(telemetry.dropped(), 0);
 
@@ -502,7 +516,8 @@ mod tests {
         }
         let kept = queued(&telemetry.queue);
         assert!(kept.len() < 6, "{}", kept.len());
-        assert_eq!(telemetry.dropped(), 41 - kept.len() as u64);
+        // The two posts of "same" and the forty: all but those kept were dropped.
+        assert_eq!(telemetry.dropped(), 42 - kept.len() as u64);
         assert_eq!(kept.last().unwrap().0, "big39");
         assert_eq!(telemetry.sent(), 0);
     }
