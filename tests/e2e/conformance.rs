@@ -129,16 +129,8 @@ const DEFAULT: Opts = Opts {
 
 /// The binary with every server on an ephemeral port.
 fn start_binary(opts: Opts) -> Process {
-    let mut args = vec![
-        "--dev",
-        "--flows-ports",
-        "0",
-        "--flows-workers",
-        "2",
-        "--reflection-ports",
-        "0",
-        "--reflection-delay",
-        "0s",
+    let mut args = super::dev_args();
+    args.extend([
         "--devui-ports",
         "0",
         "--admin-ports",
@@ -147,7 +139,7 @@ fn start_binary(opts: Opts) -> Process {
         opts.head_timeout,
         "--body-timeout",
         "1s",
-    ];
+    ]);
     if let Some(deadline) = opts.drain_deadline {
         args.extend(["--drain-deadline", deadline]);
     }

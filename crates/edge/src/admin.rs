@@ -12,11 +12,6 @@ use crate::policy::{RequestHead, refuse_change};
 /// The admin endpoints' paths (the edge answers them before any route).
 pub const PATHS: [&str; 4] = ["/__healthz", "/__readyz", "/__serverz", "/__quitquitquitz"];
 
-/// Whether `path` is an admin endpoint.
-pub fn is_admin_path(path: &str) -> bool {
-    PATHS.contains(&path)
-}
-
 /// The answer to an admin endpoint, or `None` when `head` is not one.
 pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
     let manager = ctx.manager();

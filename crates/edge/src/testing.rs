@@ -47,3 +47,22 @@ pub async fn start(name: &str, server: impl manager::Server) -> Started {
         run,
     }
 }
+
+/// The report of `run`, which must end within 900 ms: a server that has just drained its
+/// last request stops at once (not, say, at its framework's next once-a-second check).
+///
+/// # Panics
+/// When the run does not end in time, or its task panicked.
+pub async fn report_soon(run: JoinHandle<Report>) -> Report {
+    let started = std::time::Instant::now();
+    let report = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("stopped within 10 s")
+        .expect("the manager does not panic");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "stopped {:?} after the last request ended",
+        started.elapsed()
+    );
+    report
+}

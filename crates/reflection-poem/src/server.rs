@@ -448,16 +448,7 @@ pub(crate) mod tests {
         assert_eq!(status, 200);
         let body: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["result"], "released Al", "{body}");
-        let started = std::time::Instant::now();
-        let report = tokio::time::timeout(Duration::from_secs(10), run)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            started.elapsed() < Duration::from_millis(900),
-            "stopped {:?} after idle",
-            started.elapsed()
-        );
+        let report = edge::testing::report_soon(run).await;
         assert_eq!(report.outcome(), Outcome::Clean);
         assert_eq!(report.servers[0].requests.served, 1);
         assert_eq!(report.servers[0].requests.aborted, 0);
