@@ -218,7 +218,7 @@ impl RequestGuard {
             server: tracker.server.to_string(),
             id: self.id,
             method: std::mem::take(&mut self.method).into_owned(),
-            path: std::mem::take(&mut self.path),
+            path: feed_path(std::mem::take(&mut self.path)),
             status: Some(status),
             aborted: None,
             latency_ms: latency.as_secs_f64() * 1e3,
@@ -253,7 +253,7 @@ impl Drop for RequestGuard {
                 server: tracker.server.to_string(),
                 id: self.id,
                 method: std::mem::take(&mut self.method).into_owned(),
-                path: std::mem::take(&mut self.path),
+                path: feed_path(std::mem::take(&mut self.path)),
                 status: None,
                 aborted: Some(reason),
                 latency_ms,
@@ -262,6 +262,23 @@ impl Drop for RequestGuard {
         }
         self.tracker.end();
     }
+}
+
+/// The most of a path the live feed carries: its ring holds 1024 events for a slow
+/// subscriber, and request heads may be hundreds of KiB.
+const FEED_PATH_BYTES: usize = 512;
+
+/// `path`, cut to [`FEED_PATH_BYTES`] on a character boundary with a `…` marker.
+fn feed_path(mut path: String) -> String {
+    if path.len() > FEED_PATH_BYTES {
+        let mut end = FEED_PATH_BYTES;
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        path.truncate(end);
+        path.push('…');
+    }
+    path
 }
 
 /// The standard methods as `&'static str`, so the common case allocates nothing.
@@ -429,6 +446,22 @@ mod tests {
             rx.try_recv().is_err(),
             "the request before subscribing is not replayed"
         );
+    }
+
+    #[test]
+    fn the_feed_carries_at_most_512_bytes_of_a_path() {
+        let feed = Arc::new(RequestFeed::default());
+        let t = Arc::new(RequestTracker::new("t".into(), Arc::clone(&feed)));
+        let mut rx = feed.subscribe();
+        let long = format!("/{}", "é".repeat(1000));
+        t.begin("GET", &long).finish(200);
+        let event = rx.try_recv().unwrap();
+        assert!(
+            event.path.len() <= FEED_PATH_BYTES + '…'.len_utf8(),
+            "{}",
+            event.path.len()
+        );
+        assert!(event.path.ends_with('…') && long.starts_with(event.path.trim_end_matches('…')));
     }
 
     #[test]
