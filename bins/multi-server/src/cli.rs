@@ -53,10 +53,27 @@ pub(crate) struct Cli {
     #[arg(long, env = "MULTI_SERVER_ADMIN_PORTS", default_value = "9900..9910")]
     pub(crate) admin_ports: PortSpec,
 
-    /// Serve the quit endpoint on the admin listener only (403 on the flows API): for a public
-    /// API behind a proxy, where operators quit through the loopback admin port.
-    #[arg(long, env = "MULTI_SERVER_QUIT_ON_ADMIN_ONLY")]
-    pub(crate) quit_on_admin_only: bool,
+    /// Serve the admin changes (quit, readiness fail and restore) on the admin listener only
+    /// (403 on the flows API): for a public API behind a proxy, where operators use the
+    /// loopback admin port.
+    #[arg(
+        long,
+        alias = "quit-on-admin-only",
+        env = "MULTI_SERVER_CHANGES_ON_ADMIN_ONLY"
+    )]
+    pub(crate) changes_on_admin_only: bool,
+
+    /// A file holding the admin token (e.g. a systemd credential): every admin change must then
+    /// send `Authorization: Bearer <token>`. Or set MULTI_SERVER_ADMIN_TOKEN; never on the
+    /// command line, which any local user can read.
+    #[arg(long, env = "MULTI_SERVER_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub(crate) admin_token_file: Option<std::path::PathBuf>,
+
+    /// How many connections each server keeps open at once; one more is answered 503 (actix
+    /// holds it in the listen backlog instead).
+    #[arg(long, env = "MULTI_SERVER_MAX_CONNECTIONS", default_value_t = edge::Limits::default().connections,
+          value_parser = parse_max_connections)]
+    pub(crate) max_connections: usize,
 
     /// How long a client may take to send a request head; also how long an idle keep-alive
     /// connection waits for its next request (every server).
@@ -106,8 +123,41 @@ impl Cli {
         edge::Limits {
             head_timeout: self.head_timeout,
             body_timeout: self.body_timeout,
+            connections: self.max_connections,
             ..edge::Limits::default()
         }
+    }
+
+    /// The admin token, from `--admin-token-file` or `MULTI_SERVER_ADMIN_TOKEN`, if one is
+    /// configured; else why it cannot be used (one line, naming where it came from).
+    pub(crate) fn admin_token(&self) -> Result<Option<manager::admin::AdminToken>, String> {
+        const VAR: &str = "MULTI_SERVER_ADMIN_TOKEN";
+        let (secret, source) = match (&self.admin_token_file, std::env::var_os(VAR)) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "both --admin-token-file and {VAR} are set; use one"
+                ));
+            }
+            (Some(path), None) => match std::fs::read_to_string(path) {
+                Ok(secret) => (secret, format!("--admin-token-file {}", path.display())),
+                Err(err) => {
+                    return Err(format!(
+                        "cannot read --admin-token-file {}: {err}",
+                        path.display()
+                    ));
+                }
+            },
+            (None, Some(secret)) => (
+                secret
+                    .into_string()
+                    .map_err(|_| format!("{VAR} is not UTF-8"))?,
+                VAR.to_owned(),
+            ),
+            (None, None) => return Ok(None),
+        };
+        manager::admin::AdminToken::new(&secret)
+            .map(Some)
+            .map_err(|err| format!("{source}: {err}"))
     }
 
     /// Dev mode from the flag or from Genkit's own variable, as the original sample did.
@@ -127,6 +177,13 @@ pub(crate) enum LogFormat {
 /// The longest any duration flag may be: a day. Anything longer is a typo, and far longer
 /// values (`3e11y`) would overflow the clock at shutdown.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=1_000_000) => Ok(n),
+        _ => Err("a whole number from 1 to 1000000".to_owned()),
+    }
+}
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration =

@@ -20,11 +20,22 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Exit statuses; `--help` and the README list them.
 mod exit {
     pub(crate) const SERVER_FAILED: u8 = 1;
+    pub(crate) const BAD_COMMAND_LINE: u8 = 2;
     pub(crate) const REQUESTS_CUT: u8 = 3;
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let admin_token = match cli.admin_token() {
+        Ok(token) => token,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(exit::BAD_COMMAND_LINE);
+        }
+    };
+    // Every server may keep --max-connections open: lift the soft file-descriptor limit
+    // (often 1024) to the hard one, as Go's runtime and nginx do.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     // Before any thread exists: listenfd reads and clears LISTEN_FDS.
     let inherited = InheritedSockets::from_env();
     let _log_flush = logging::init(cli.log_format);
@@ -39,14 +50,18 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::SERVER_FAILED);
         }
     };
-    let code = runtime.block_on(run(cli, inherited));
+    let code = runtime.block_on(run(cli, admin_token, inherited));
     // Connection tasks a framework left behind are dropped here, so their requests are
     // logged as aborted before the log writer flushes.
     runtime.shutdown_timeout(Duration::from_millis(200));
     ExitCode::from(code)
 }
 
-async fn run(cli: Cli, inherited: InheritedSockets) -> u8 {
+async fn run(
+    cli: Cli,
+    admin_token: Option<manager::admin::AdminToken>,
+    inherited: InheritedSockets,
+) -> u8 {
     let dev = cli.is_dev();
     if !cli.host.is_loopback() {
         tracing::warn!(host = %cli.host, "binding a non-loopback address: servers are reachable from the network");
@@ -57,6 +72,9 @@ async fn run(cli: Cli, inherited: InheritedSockets) -> u8 {
         .drain_delay(cli.drain_delay)
         .log_lines_dropped(logging::dropped)
         .inherited_sockets(inherited);
+    if let Some(token) = admin_token {
+        manager = manager.admin_token(token);
+    }
     add_servers(&mut ManagerBuilder(&mut manager), &cli, dev);
     let handle = manager.handle();
     tokio::spawn(print_banner(handle, dev));
@@ -91,8 +109,8 @@ fn add_servers(manager: &mut ManagerBuilder<'_>, cli: &Cli, dev: bool) {
         if let Some(workers) = cli.flows_workers {
             api = api.workers(workers);
         }
-        if cli.quit_on_admin_only {
-            api = api.without_quit();
+        if cli.changes_on_admin_only {
+            api = api.without_admin_changes();
         }
         manager.add(config("flows").ports(cli.flows_ports.clone()), api);
         #[cfg(feature = "test-faults")]

@@ -149,9 +149,22 @@ function patchRows(body, rows, key) {
   while (body.rows.length > next.length) body.deleteRow(body.rows.length - 1);
 }
 
-async function post(path) {
-  const res = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+// A process started with an admin token answers 401 to a change without it: ask once, keep it
+// for this tab only (sessionStorage), and send it as the admin endpoints expect.
+async function post(path, retried = false) {
+  const headers = { 'content-type': 'application/json' };
+  const token = sessionStorage.getItem('adminToken');
+  if (token) headers.authorization = `Bearer ${token}`;
+  const res = await fetch(path, { method: 'POST', headers, body: '{}' });
   const body = await res.json().catch(() => ({}));
+  if (res.status === 401 && !retried) {
+    const given = prompt(`${body.error || 'An admin token is required'}.\nAdmin token:`);
+    if (given) {
+      sessionStorage.setItem('adminToken', given.trim());
+      return post(path, true);
+    }
+  }
+  if (res.status === 401) sessionStorage.removeItem('adminToken');
   if (!res.ok) throw new Error(body.error || `HTTP ${res.status}`);
   return body;
 }

@@ -313,27 +313,23 @@ async fn trace_one(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     }
 }
 
-fn set_readiness(depot: &Depot, res: &mut Response, fail: bool) {
+fn set_readiness(req: &Request, depot: &Depot, res: &mut Response, fail: bool) {
     let state = state(depot);
-    let manager = state.ctx().manager();
-    manager.force_readiness_fail(fail);
-    tracing::warn!(
-        server = state.ctx().name(),
-        fail,
-        "readiness {} from the Developer UI",
-        if fail { "forced to fail" } else { "restored" }
+    let head = crate::server::head(req);
+    crate::server::reply(
+        res,
+        edge::admin::force_readiness_fail(state.ctx(), &head, fail),
     );
-    ok(res, &json!(manager.readiness()));
 }
 
 #[handler]
-async fn readiness_fail(depot: &mut Depot, res: &mut Response) {
-    set_readiness(depot, res, true);
+async fn readiness_fail(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    set_readiness(req, depot, res, true);
 }
 
 #[handler]
-async fn readiness_ok(depot: &mut Depot, res: &mut Response) {
-    set_readiness(depot, res, false);
+async fn readiness_ok(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    set_readiness(req, depot, res, false);
 }
 
 /// `POST /api/quit`: a graceful shutdown of the whole process. The edge already refused
@@ -341,7 +337,8 @@ async fn readiness_ok(depot: &mut Depot, res: &mut Response) {
 #[handler]
 async fn quit(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let state = state(depot);
-    let peer = req.remote_addr().clone().into_std().map(|a| a.ip());
-    let head = edge::RequestHead::of(req.method(), req.uri(), req.headers(), peer);
-    crate::server::reply(res, edge::admin::quit(state.ctx(), &head));
+    crate::server::reply(
+        res,
+        edge::admin::quit(state.ctx(), &crate::server::head(req)),
+    );
 }

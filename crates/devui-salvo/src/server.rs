@@ -5,13 +5,13 @@ use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use edge::{Begun, Edge, EdgeConfig, Limits, Reply, RequestHead};
+use edge::{Admitted, Begun, ConnectionLimit, Edge, EdgeConfig, Limits, Reply, RequestHead};
 use flows::Registry;
 use futures_util::FutureExt;
 use http::StatusCode;
 use http_body_util::BodyDataStream;
 use manager::{BoxFuture, ServeContext, Server};
-use salvo::conn::tcp::TcpAcceptor;
+use salvo::conn::tcp::{TcpAcceptor, TcpCoupler};
 use salvo::conn::{Accepted, Acceptor, Holding};
 use salvo::fuse::ArcFusePolicy;
 use salvo::http::ResBody;
@@ -111,6 +111,7 @@ impl Server for DevUi {
             listener.set_nonblocking(true)?;
             let acceptor = StopAwareAcceptor {
                 inner: TcpAcceptor::try_from(tokio::net::TcpListener::from_std(listener)?)?,
+                limit: ConnectionLimit::new(self.limits.connections),
                 ctx: ctx.clone(),
             };
             // A client that has not sent its request head within the head timeout (or a
@@ -144,16 +145,19 @@ impl Server for DevUi {
 }
 
 /// salvo's TCP acceptor, made to stop accepting the moment the manager says so instead of
-/// when salvo's accept loop takes its stop command: no accept can then race the socket
-/// ceasing to listen.
+/// when salvo's accept loop takes its stop command (no accept can then race the socket
+/// ceasing to listen), and to keep the connection limit.
 struct StopAwareAcceptor {
     inner: TcpAcceptor,
+    limit: ConnectionLimit,
     ctx: ServeContext,
 }
 
+type Stream = Admitted<<TcpAcceptor as Acceptor>::Stream>;
+
 impl Acceptor for StopAwareAcceptor {
-    type Coupler = <TcpAcceptor as Acceptor>::Coupler;
-    type Stream = <TcpAcceptor as Acceptor>::Stream;
+    type Coupler = TcpCoupler<Stream>;
+    type Stream = Stream;
 
     fn holdings(&self) -> &[Holding] {
         self.inner.holdings()
@@ -165,12 +169,33 @@ impl Acceptor for StopAwareAcceptor {
     ) -> std::io::Result<Accepted<Self::Coupler, Self::Stream>> {
         loop {
             let accept = self.inner.accept(fuse_policy.clone());
-            match edge::accept_unless_stopped(&self.ctx, accept).await {
-                Ok(accepted) => return Ok(accepted),
-                Err(err) => edge::accept_failed(&self.ctx, err).await,
-            }
+            let accepted = match edge::accept_unless_stopped(&self.ctx, accept).await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    edge::accept_failed(&self.ctx, err).await;
+                    continue;
+                }
+            };
+            let Some(stream) = self.limit.admit(self.ctx.name(), accepted.stream) else {
+                continue;
+            };
+            return Ok(Accepted {
+                coupler: TcpCoupler::new(),
+                stream,
+                fuse_config: accepted.fuse_config,
+                conn_ctrl: accepted.conn_ctrl,
+                local_addr: accepted.local_addr,
+                remote_addr: accepted.remote_addr,
+                http_scheme: accepted.http_scheme,
+            });
         }
     }
+}
+
+/// The request facts the edge looks at.
+pub(crate) fn head(req: &Request) -> RequestHead<'_> {
+    let peer = req.remote_addr().clone().into_std().map(|a| a.ip());
+    RequestHead::of(req.method(), req.uri(), req.headers(), peer)
 }
 
 /// Writes an answer the edge built (status, headers, whole body) into `res`.
@@ -200,9 +225,7 @@ impl Handler for Track {
         ctrl: &mut FlowCtrl,
     ) {
         let edge = &self.state.edge;
-        let peer = req.remote_addr().clone().into_std().map(|a| a.ip());
-        let head = RequestHead::of(req.method(), req.uri(), req.headers(), peer);
-        let scope = match edge.begin(&head) {
+        let scope = match edge.begin(&head(req)) {
             Begun::Answered(scope, answer) => {
                 ctrl.skip_rest();
                 let status = answer.status();

@@ -1,16 +1,26 @@
 //! The admin endpoints every server answers, from the manager's data: `GET /__healthz`,
-//! `GET /__readyz`, `GET /__serverz`, `POST /__quitquitquitz` (a loopback peer, never
-//! cross-site).
+//! `GET /__readyz`, `GET /__serverz`, and the changes — `POST /__quitquitquitz`,
+//! `POST /__readyz/fail`, `POST /__readyz/ok` — which [`refuse_change`] guards.
 
 use http::StatusCode;
 use manager::{ServeContext, ShutdownReason};
 use serde_json::json;
 
 use crate::errors::{self, Reply};
-use crate::policy::{RequestHead, refuse_change};
+use crate::policy::RequestHead;
 
 /// The admin endpoints' paths (the edge answers them before any route).
-pub const PATHS: [&str; 4] = ["/__healthz", "/__readyz", "/__serverz", "/__quitquitquitz"];
+pub const PATHS: [&str; 6] = [
+    "/__healthz",
+    "/__readyz",
+    "/__serverz",
+    "/__quitquitquitz",
+    "/__readyz/fail",
+    "/__readyz/ok",
+];
+
+/// The admin endpoints that change the process (POST only, guarded by [`refuse_change`]).
+pub const CHANGES: [&str; 3] = ["/__quitquitquitz", "/__readyz/fail", "/__readyz/ok"];
 
 /// The answer to an admin endpoint, or `None` when `head` is not one.
 pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
@@ -34,23 +44,93 @@ pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
             errors::json(status, &readiness)
         }),
         "/__serverz" => get(&|| errors::json(StatusCode::OK, &manager.server_info())),
-        "/__quitquitquitz" if head.method != "POST" => errors::method_not_allowed("POST"),
+        path if CHANGES.contains(&path) && head.method != "POST" => {
+            errors::method_not_allowed("POST")
+        }
         "/__quitquitquitz" => quit(ctx, head),
+        "/__readyz/fail" => force_readiness_fail(ctx, head, true),
+        "/__readyz/ok" => force_readiness_fail(ctx, head, false),
         _ => return None,
     };
     Some(reply)
 }
 
+/// Why an admin change is refused, as the answer to send, if it is: 403 when
+/// [`policy::refuse_change`](crate::policy::refuse_change) refuses it (not a loopback peer,
+/// through a proxy, cross-site), 401 when the process has an admin token and the request does
+/// not present it as `Authorization: Bearer <token>`. Logged (never the token).
+pub fn refuse_change(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
+    let (status, refusal) = if let Some(refusal) = crate::policy::refuse_change(head) {
+        (StatusCode::FORBIDDEN, refusal)
+    } else {
+        let token = ctx.manager().admin_token()?;
+        let presented = head.authorization.and_then(bearer);
+        if presented.is_some_and(|presented| token.matches(presented.as_bytes())) {
+            return None;
+        }
+        let refusal = if presented.is_some() {
+            "the admin token is wrong"
+        } else {
+            "this process requires an admin token: send Authorization: Bearer <token>"
+        };
+        (StatusCode::UNAUTHORIZED, refusal.to_owned())
+    };
+    tracing::warn!(server = ctx.name(), path = head.path, peer = ?head.peer, refusal, "admin change refused");
+    let mut reply = errors::error(status, &refusal);
+    if status == StatusCode::UNAUTHORIZED {
+        reply.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"multi-server admin\""),
+        );
+    }
+    Some(reply)
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header.
+fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// A quit endpoint's answer (`POST /__quitquitquitz`, or a framework's own, such as Genkit's
-/// `/api/__quitquitquit`): a graceful shutdown of the whole process, if the request may ask for
-/// one (a loopback peer, never cross-site), else 403. The method is the caller's to check.
+/// `/api/__quitquitquit`): a graceful shutdown of the whole process, unless
+/// [`refuse_change`] refuses it. The method is the caller's to check.
 pub fn quit(ctx: &ServeContext, head: &RequestHead<'_>) -> Reply {
-    if let Some(refusal) = refuse_change(head) {
-        tracing::warn!(server = ctx.name(), peer = ?head.peer, refusal, "quit refused");
-        return errors::error(StatusCode::FORBIDDEN, &refusal);
+    if let Some(refusal) = refuse_change(ctx, head) {
+        return refusal;
     }
     ctx.manager().request_shutdown(ShutdownReason::Quit {
         server: ctx.name().to_owned(),
     });
     errors::json(StatusCode::OK, &json!({ "status": "OK" }))
+}
+
+/// A readiness change's answer (`POST /__readyz/fail` and `/__readyz/ok`, or the Developer
+/// UI's buttons): readiness forced to fail, as Envoy's `/healthcheck/fail`, or left to follow
+/// the servers again, unless [`refuse_change`] refuses it; the answer is the readiness.
+pub fn force_readiness_fail(ctx: &ServeContext, head: &RequestHead<'_>, fail: bool) -> Reply {
+    if let Some(refusal) = refuse_change(ctx, head) {
+        return refusal;
+    }
+    let manager = ctx.manager();
+    manager.force_readiness_fail(fail);
+    tracing::warn!(
+        server = ctx.name(),
+        "readiness {}",
+        if fail { "forced to fail" } else { "restored" }
+    );
+    errors::json(StatusCode::OK, &manager.readiness())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_credentials() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
 }

@@ -28,7 +28,8 @@ use crate::{Begun, Edge, Limits, RequestHead, RequestScope, errors};
 /// connection from `make_service(peer)`.
 ///
 /// A request head (and a keep-alive connection's next one) must arrive within
-/// [`Limits::head_timeout`] (hyper's own timer; a head larger than hyper's buffer is a 431).
+/// [`Limits::head_timeout`] (hyper's own timer; a head larger than hyper's buffer is a 431);
+/// at most [`Limits::connections`] connections are open at once (one more is answered 503).
 ///
 /// # Errors
 /// When the listener cannot be registered with tokio.
@@ -58,6 +59,7 @@ where
     // left is dropped (its requests logged as cut) before `serve` returns.
     let connections = TaskTracker::new();
     let cut = CancellationToken::new();
+    let limit = crate::ConnectionLimit::new(limits.connections);
     loop {
         let (stream, peer) = tokio::select! {
             // First: once told to stop, no accept may run (the manager stops the socket
@@ -72,6 +74,9 @@ where
                     continue;
                 }
             },
+        };
+        let Some(stream) = limit.admit(ctx.name(), stream) else {
+            continue;
         };
         let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer));
         let conn = graceful.watch(conn);

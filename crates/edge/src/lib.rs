@@ -1,9 +1,9 @@
 //! The HTTP edge every multi-server server shares, on the `http` 1.x types and with no web
 //! framework: each behaviour a managed server owes its users, written once.
 //!
-//! - [`admin`]: `GET /__healthz`, `GET /__readyz`, `GET /__serverz` and
-//!   `POST /__quitquitquitz`, answered from the manager's data, with their method and peer
-//!   rules;
+//! - [`admin`]: `GET /__healthz`, `GET /__readyz`, `GET /__serverz` and the changes
+//!   (`POST /__quitquitquitz`, `/__readyz/fail`, `/__readyz/ok`), answered from the manager's
+//!   data, with their method, peer and token rules;
 //! - [`scope`]: the request scope — begun on the request head, finished on the response head
 //!   (`x-request-id`, `Connection: close` once the server drains, the status, the one log
 //!   line), aborted when dropped — and [`Streamed`], which keeps it open until the last byte
@@ -12,6 +12,7 @@
 //!   and handler panics;
 //! - [`limits`]: body size, request-head and body-read deadlines as one [`Limits`], with a
 //!   bounded, timed [`read_body`] and a [`HeadDeadline`] for servers with no head timer;
+//! - [`connections`]: the per-server connection limit (over it, `503` and close);
 //! - [`accept_unless_stopped`]: the stop-aware accept of a framework's own acceptor;
 //! - `hyper` (feature `hyper`): the serve loop of a server built on hyper (plain hyper,
 //!   axum) that keeps the manager's stop contract, and `Edged`, the whole edge in front of a
@@ -57,6 +58,7 @@
 //! ```
 
 pub mod admin;
+pub mod connections;
 pub mod errors;
 #[cfg(feature = "hyper")]
 pub mod hyper;
@@ -71,6 +73,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use manager::ServeContext;
 
+pub use connections::{Admitted, ConnectionLimit};
 pub use errors::Reply;
 pub use limits::{BodyError, HeadDeadline, Limits, content_length, read_body};
 pub use policy::{ChangePolicy, HostPolicy, RequestHead};
@@ -109,9 +112,10 @@ pub struct EdgeConfig {
     pub hosts: HostPolicy,
     /// Who may make changes.
     pub changes: ChangePolicy,
-    /// Whether this server serves the quit endpoint (off: 403 naming the listener that does;
-    /// for public servers whose operators quit through the loopback admin listener).
-    pub quit: bool,
+    /// Whether this server serves the admin changes ([`admin::CHANGES`]; off: 403 naming the
+    /// listener that does), for public servers whose operators change the process through the
+    /// loopback admin listener.
+    pub admin_changes: bool,
 }
 
 impl Default for EdgeConfig {
@@ -120,7 +124,7 @@ impl Default for EdgeConfig {
             limits: Limits::default(),
             hosts: HostPolicy::default(),
             changes: ChangePolicy::default(),
-            quit: true,
+            admin_changes: true,
         }
     }
 }
@@ -131,10 +135,11 @@ impl EdgeConfig {
         Self::default()
     }
 
-    /// Without the quit endpoint (403): quit through another listener (the admin one).
+    /// Without the admin changes (403): quit and readiness changes through another listener
+    /// (the admin one).
     #[must_use]
-    pub fn without_quit(mut self) -> Self {
-        self.quit = false;
+    pub fn without_admin_changes(mut self) -> Self {
+        self.admin_changes = false;
         self
     }
 
@@ -247,8 +252,8 @@ impl Edge {
         if let Some(refusal) = refusal {
             return Begun::Answered(scope, errors::error(StatusCode::FORBIDDEN, &refusal));
         }
-        if !config.quit && head.path == "/__quitquitquitz" {
-            let refusal = "quit is not served on this listener; use the admin listener's";
+        if !config.admin_changes && admin::CHANGES.contains(&head.path) {
+            let refusal = "admin changes are not served on this listener; use the admin listener";
             return Begun::Answered(scope, errors::error(StatusCode::FORBIDDEN, refusal));
         }
         match admin::answer(ctx, head) {

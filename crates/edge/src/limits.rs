@@ -24,20 +24,25 @@ pub struct Limits {
     pub body_bytes: usize,
     /// How long a client may take to send a request head, from connecting or from the end of
     /// the previous answer; a keep-alive connection waiting that long for its next request is
-    /// closed too (on poem, which has no timer, only the first half holds: an idle keep-alive
-    /// connection stays until the client or the drain closes it).
+    /// closed too (on poem, through [`HeadDeadline::idle_unless`]: while the server has a
+    /// request in flight, one timeout later).
     pub head_timeout: Duration,
     /// How long reading a request body may take once it started (408 after it).
     pub body_timeout: Duration,
+    /// How many connections a server keeps open at once; one more is answered `503` and
+    /// closed ([`ConnectionLimit`](crate::ConnectionLimit); actix, which accepts on threads
+    /// of its own, instead leaves it in the listen backlog until a connection closes).
+    pub connections: usize,
 }
 
 impl Default for Limits {
-    /// 1 MiB bodies, 10 s for a head, 10 s for a body.
+    /// 1 MiB bodies, 10 s for a head, 10 s for a body, 1024 connections.
     fn default() -> Self {
         Limits {
             body_bytes: 1 << 20,
             head_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            connections: 1024,
         }
     }
 }
@@ -165,13 +170,30 @@ enum Phase {
 /// the timeout; otherwise reading fails and the connection is dropped, whether the client
 /// trickles bytes or sends nothing. Request bodies and answers are not limited here. HTTP/2
 /// (prior knowledge) is left alone.
-#[derive(Debug)]
+///
+/// With [`HeadDeadline::idle_unless`], a keep-alive connection is also closed once it has been
+/// idle (nothing read or written since an answer began) for the timeout.
 pub struct HeadDeadline<T> {
     inner: T,
     timeout: Duration,
     phase: Phase,
     first_read: bool,
     timer: Pin<Box<Sleep>>,
+    busy: Option<Busy>,
+}
+
+/// Whether the server has a request in flight.
+pub type Busy = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+impl<T: std::fmt::Debug> std::fmt::Debug for HeadDeadline<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadDeadline")
+            .field("inner", &self.inner)
+            .field("timeout", &self.timeout)
+            .field("phase", &self.phase)
+            .field("idle_timeout", &self.busy.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> HeadDeadline<T> {
@@ -183,7 +205,38 @@ impl<T> HeadDeadline<T> {
             phase: Phase::Head { newlines: 0 },
             first_read: true,
             timer: Box::pin(tokio::time::sleep(timeout)),
+            busy: None,
         }
+    }
+
+    /// Also closes the connection once it has been idle for the timeout after an answer began
+    /// (the keep-alive idle timeout poem lacks), unless `busy` says the server has a request
+    /// in flight then: bytes alone cannot tell a kept-alive connection from a handler that
+    /// works for a while before it answers or streams its next chunk, so such a connection
+    /// is looked at again one timeout later.
+    #[must_use]
+    pub fn idle_unless(mut self, busy: Busy) -> Self {
+        self.busy = Some(busy);
+        self
+    }
+
+    /// Whether reading must fail now because the connection is idle, polling the timer (and
+    /// re-arming it while the server is busy) so that the task wakes when it may be.
+    fn idle(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(busy) = &self.busy else {
+            return false;
+        };
+        if self.phase != (Phase::Request { answered: true }) {
+            return false;
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if !busy() {
+                return true;
+            }
+            let deadline = Instant::now() + self.timeout;
+            self.timer.as_mut().reset(deadline);
+        }
+        false
     }
 
     fn timed_out(&self) -> bool {
@@ -226,6 +279,10 @@ impl<T> HeadDeadline<T> {
     fn wrote(&mut self) {
         if let Phase::Request { answered } = &mut self.phase {
             *answered = true;
+            if self.busy.is_some() {
+                let deadline = Instant::now() + self.timeout;
+                self.timer.as_mut().reset(deadline);
+            }
         }
     }
 }
@@ -261,6 +318,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
                     && this.timer.as_mut().poll(cx).is_ready()
                 {
                     return Poll::Ready(Err(too_slow()));
+                }
+                if this.idle(cx) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the keep-alive connection was idle too long",
+                    )));
                 }
                 Poll::Pending
             }
@@ -391,6 +454,34 @@ mod tests {
             "a bare PRI keeps the deadline"
         );
         assert_eq!(h2.phase, Phase::Transparent);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_keep_alive_connection_closes_unless_the_server_is_busy() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let busy = std::sync::Arc::new(AtomicBool::new(true));
+        let (server, mut client) = tokio::io::duplex(1024);
+        let flag = std::sync::Arc::clone(&busy);
+        let mut conn = HeadDeadline::new(server, Duration::from_secs(10))
+            .idle_unless(std::sync::Arc::new(move || flag.load(Ordering::SeqCst)));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert_eq!(n, 18);
+        conn.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        let started = Instant::now();
+        let read = tokio::spawn(async move { conn.read(&mut buf).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(!read.is_finished(), "busy: kept");
+        busy.store(false, Ordering::SeqCst);
+        let err = read.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() <= Duration::from_secs(31),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

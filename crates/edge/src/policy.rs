@@ -22,6 +22,8 @@ pub struct RequestHead<'a> {
     pub proxied: bool,
     /// The peer's address.
     pub peer: Option<IpAddr>,
+    /// The `Authorization` header (an admin change's token).
+    pub authorization: Option<&'a str>,
 }
 
 impl<'a> RequestHead<'a> {
@@ -42,6 +44,7 @@ impl<'a> RequestHead<'a> {
             fetch_site: headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()),
             proxied: PROXY_HEADERS.iter().any(|name| headers.contains_key(*name)),
             peer,
+            authorization: header(http::header::AUTHORIZATION),
         }
     }
 }

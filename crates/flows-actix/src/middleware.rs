@@ -72,6 +72,7 @@ fn head(req: &ServiceRequest) -> RequestHead<'_> {
             .iter()
             .any(|name| headers.contains_key(*name)),
         peer: req.peer_addr().map(|addr| addr.ip()),
+        authorization: text(headers.get(header::AUTHORIZATION)),
     }
 }
 

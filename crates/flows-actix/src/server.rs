@@ -30,7 +30,7 @@ pub struct FlowsApi {
     registry: Arc<Registry>,
     workers: usize,
     limits: Limits,
-    serves_quit: bool,
+    admin_changes: bool,
     extra_routes: Vec<Configure>,
 }
 
@@ -51,7 +51,7 @@ impl FlowsApi {
             registry,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             limits: Limits::default(),
-            serves_quit: true,
+            admin_changes: true,
             extra_routes: Vec::new(),
         }
     }
@@ -70,10 +70,10 @@ impl FlowsApi {
         self
     }
 
-    /// Without the quit endpoint (403): for a public API whose operators quit through the
-    /// loopback admin listener.
-    pub fn without_quit(mut self) -> Self {
-        self.serves_quit = false;
+    /// Without the admin changes (quit, readiness fail and restore: 403): for a public API
+    /// whose operators change the process through the loopback admin listener.
+    pub fn without_admin_changes(mut self) -> Self {
+        self.admin_changes = false;
         self
     }
 
@@ -115,6 +115,9 @@ impl FlowsApi {
         .shutdown_timeout(deadline_secs)
         .client_request_timeout(self.limits.head_timeout)
         .keep_alive(self.limits.head_timeout)
+        // actix counts per worker, and at the limit leaves new connections in the backlog
+        // (its accept thread pauses) rather than answering them.
+        .max_connections(self.limits.connections.div_ceil(self.workers))
         .listen(listener)?
         .run();
         Ok(server)
@@ -140,10 +143,10 @@ impl Server for FlowsApi {
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
             let config = EdgeConfig::new().limits(self.limits);
-            let config = if self.serves_quit {
+            let config = if self.admin_changes {
                 config
             } else {
-                config.without_quit()
+                config.without_admin_changes()
             };
             let edge = Edge::new(ctx.clone(), config);
             let server = self.build(listener, edge)?;

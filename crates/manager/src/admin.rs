@@ -117,3 +117,70 @@ pub struct RequestCounts {
     /// Approximate 99th-percentile latency in milliseconds.
     pub latency_p99_ms: Option<f64>,
 }
+
+/// The secret every admin change (quit, readiness fail and restore) must present when one is
+/// configured ([`ServerManager::admin_token`](crate::ServerManager::admin_token)). Its `Debug`
+/// never shows it, and [`AdminToken::matches`] takes the same time whatever the guess.
+#[derive(Clone)]
+pub struct AdminToken(std::sync::Arc<str>);
+
+impl AdminToken {
+    /// The shortest token accepted: shorter ones are guessable.
+    pub const MIN_LEN: usize = 16;
+
+    /// A token, if `secret` (surrounding whitespace trimmed, as a file's final newline) is at
+    /// least [`AdminToken::MIN_LEN`] bytes of visible ASCII; else why not.
+    pub fn new(secret: &str) -> Result<Self, String> {
+        let secret = secret.trim();
+        if secret.len() < Self::MIN_LEN {
+            return Err(format!(
+                "the admin token must be at least {} characters, not {}",
+                Self::MIN_LEN,
+                secret.len()
+            ));
+        }
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the admin token must be visible ASCII (it travels in a header)".into());
+        }
+        Ok(AdminToken(secret.into()))
+    }
+
+    /// Whether `presented` is the token, compared in constant time (a timing side channel
+    /// would let a client find it byte by byte).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_bytes().ct_eq(presented))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AdminToken;
+
+    #[test]
+    fn a_token_matches_only_itself_and_never_shows() {
+        let token = AdminToken::new("  correct-horse-battery\n").unwrap();
+        assert!(token.matches(b"correct-horse-battery"));
+        for wrong in [
+            &b""[..],
+            b"correct-horse-batter",
+            b"correct-horse-batteryX",
+            b"x",
+        ] {
+            assert!(!token.matches(wrong));
+        }
+        assert_eq!(format!("{token:?}"), "AdminToken(<redacted>)");
+        assert!(
+            AdminToken::new("short")
+                .unwrap_err()
+                .contains("at least 16")
+        );
+        assert!(AdminToken::new("sixteen chars ok!").is_err(), "no spaces");
+    }
+}

@@ -108,6 +108,11 @@ impl ManagerHandle {
             .unwrap_or(ProcessState::Stopped)
     }
 
+    /// The admin token changes must present, if one is configured.
+    pub fn admin_token(&self) -> Option<crate::admin::AdminToken> {
+        lock(&self.shared.settings).admin_token.clone()
+    }
+
     /// Forces readiness to fail (true) or lets it follow the servers again (false), as
     /// Envoy's `/healthcheck/fail` and `/healthcheck/ok`.
     pub fn force_readiness_fail(&self, fail: bool) {

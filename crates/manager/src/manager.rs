@@ -112,6 +112,14 @@ impl ServerManager {
         self
     }
 
+    /// The token every admin change (quit, readiness fail and restore) must present
+    /// (`Authorization: Bearer <token>`); without one, changes need only pass the edge's
+    /// origin and peer rules.
+    pub fn admin_token(self, token: crate::admin::AdminToken) -> Self {
+        self.settings().admin_token = Some(token);
+        self
+    }
+
     /// Whether `run` handles SIGTERM, SIGINT and SIGHUP (default: yes). Tests and embedders
     /// that own signal handling turn it off and call [`ManagerHandle::request_shutdown`].
     pub fn handle_signals(mut self, on: bool) -> Self {

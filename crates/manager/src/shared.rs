@@ -21,6 +21,7 @@ pub(crate) struct Settings {
     pub(crate) drain_deadline: Duration,
     pub(crate) hook_timeout: Duration,
     pub(crate) log_lines_dropped: Option<fn() -> u64>,
+    pub(crate) admin_token: Option<crate::admin::AdminToken>,
 }
 
 impl Default for Settings {
@@ -31,6 +32,7 @@ impl Default for Settings {
             drain_deadline: Duration::from_secs(10),
             hook_timeout: Duration::from_secs(5),
             log_lines_dropped: None,
+            admin_token: None,
         }
     }
 }

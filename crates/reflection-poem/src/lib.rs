@@ -38,8 +38,9 @@
 //!   `application/json` is a 415; malformed JSON, wrong types and an empty body are 400s
 //!   (`{"error": "..."}`, the shape the genkit CLI prints).
 //! - A client must send each request head within the head deadline of starting it (on a new
-//!   connection: of connecting), or its connection is dropped: poem gives hyper no timer, so
-//!   each accepted connection is wrapped in an [`edge::HeadDeadline`].
+//!   connection: of connecting), or its connection is dropped, and a keep-alive connection
+//!   idle that long is closed: poem gives hyper no timer, so each accepted connection is
+//!   wrapped in an [`edge::HeadDeadline`]. At most [`edge::Limits::connections`] are open.
 //!
 //! [`Limits::default`]: edge::Limits::default
 //!

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edge::{Begun, Edge, EdgeConfig, HeadDeadline, Limits, RequestHead};
+use edge::{Admitted, Begun, ConnectionLimit, Edge, EdgeConfig, HeadDeadline, Limits, RequestHead};
 use flows::Registry;
 use futures_util::FutureExt;
 use manager::{BoxFuture, ServeContext, Server};
@@ -189,18 +189,21 @@ async fn around<E: Endpoint>(edge: &Edge, inner: &E, req: Request) -> Response {
     res
 }
 
-/// Accepts like poem's [`TcpAcceptor`], with an [`HeadDeadline`] on every connection (poem
-/// gives hyper no timer, so hyper's own header-read timeout never fires), and stops accepting
+/// Accepts like poem's [`TcpAcceptor`], within the connection limit, with an [`HeadDeadline`]
+/// on every connection (poem gives hyper no timer, so neither hyper's header-read timeout nor
+/// a keep-alive idle timeout ever fires), and stops accepting
 /// the moment `stop` fires (the manager then stops the socket listening, and fires
 /// `close_idle`, which poem is given as its shutdown signal).
 struct StopAwareAcceptor {
     inner: TcpAcceptor,
     head_timeout: Duration,
+    limit: ConnectionLimit,
+    busy: edge::limits::Busy,
     ctx: ServeContext,
 }
 
 impl Acceptor for StopAwareAcceptor {
-    type Io = HeadDeadline<<TcpAcceptor as Acceptor>::Io>;
+    type Io = HeadDeadline<Admitted<<TcpAcceptor as Acceptor>::Io>>;
 
     fn local_addr(&self) -> Vec<LocalAddr> {
         self.inner.local_addr()
@@ -209,12 +212,16 @@ impl Acceptor for StopAwareAcceptor {
     async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
         let (io, local, remote, scheme) = loop {
             match edge::accept_unless_stopped(&self.ctx, self.inner.accept()).await {
-                Ok(accepted) => break accepted,
+                Ok((io, local, remote, scheme)) => {
+                    if let Some(io) = self.limit.admit(self.ctx.name(), io) {
+                        break (io, local, remote, scheme);
+                    }
+                }
                 Err(err) => edge::accept_failed(&self.ctx, err).await,
             }
         };
         Ok((
-            HeadDeadline::new(io, self.head_timeout),
+            HeadDeadline::new(io, self.head_timeout).idle_unless(Arc::clone(&self.busy)),
             local,
             remote,
             scheme,
@@ -246,6 +253,11 @@ impl Server for ReflectionApi {
             let acceptor = StopAwareAcceptor {
                 inner: TcpAcceptor::from_std(listener)?,
                 head_timeout: self.limits.head_timeout,
+                limit: ConnectionLimit::new(self.limits.connections),
+                busy: {
+                    let ctx = ctx.clone();
+                    Arc::new(move || ctx.requests().in_flight() > 0)
+                },
                 ctx: ctx.clone(),
             };
             let close_idle = ctx.close_idle().clone();
