@@ -61,19 +61,16 @@ where
     let cut = CancellationToken::new();
     let limit = crate::ConnectionLimit::new(limits.connections);
     loop {
-        let (stream, peer) = tokio::select! {
-            // First: once told to stop, no accept may run (the manager stops the socket
-            // listening right after, and an accept racing that would fail).
-            biased;
-            () = ctx.stop_accepting().cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // Out of file descriptors and the like: wait, don't spin.
-                Err(err) => {
-                    crate::accept_failed(ctx, err).await;
-                    continue;
-                }
-            },
+        // Once told to stop, only what the kernel already queued (the manager then stops
+        // the socket listening, and an accept racing that would fail).
+        let (stream, peer) = match crate::accept_or_done(ctx, listener.accept()).await {
+            None => break,
+            Some(Ok(accepted)) => accepted,
+            // Out of file descriptors and the like: wait, don't spin.
+            Some(Err(err)) => {
+                crate::accept_failed(ctx, err).await;
+                continue;
+            }
         };
         let Some(stream) = limit.admit(ctx.name(), stream) else {
             continue;

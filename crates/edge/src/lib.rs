@@ -79,18 +79,53 @@ pub use limits::{BodyError, HeadDeadline, Limits, content_length, read_body};
 pub use policy::{ChangePolicy, HostPolicy, RequestHead};
 pub use scope::{RequestScope, Streamed};
 
-/// Runs `accept` (a framework acceptor's next accept) unless the server was told to stop
-/// accepting; from then on never resolves, so no accept can race the socket ceasing to listen
-/// (the manager stops it listening right after the stop). The stop-aware acceptor of a
-/// framework whose accept loop takes a stop command later than the token fires.
+/// How long an acceptor of the edge may take, once told to stop, to accept what the kernel
+/// had queued ([`accept_or_done`]): the [`Server::accept_stop_lag`](manager::Server) of a
+/// server on the edge's acceptors. It calls `done_accepting` long before, as a rule.
+pub const ACCEPT_STOP_LAG: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Runs `accept` (an acceptor's next accept) until the server is told to stop accepting; then
+/// takes only a connection the kernel already queued, so that it is served instead of reset
+/// when the socket stops listening. `None` once nothing is left: the manager is told
+/// ([`ServeContext::done_accepting`]) and no accept may run again.
+pub async fn accept_or_done<T>(
+    ctx: &ServeContext,
+    accept: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut accept = std::pin::pin!(accept);
+    tokio::select! {
+        biased;
+        () = ctx.stop_accepting().cancelled() => {}
+        accepted = &mut accept => return Some(accepted),
+    }
+    // One look, and one more after yielding, which lets the runtime's I/O driver record a
+    // connection that arrived a moment ago.
+    for _ in 0..2 {
+        let queued = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match accept.as_mut().poll(cx) {
+                std::task::Poll::Ready(accepted) => Some(accepted),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await;
+        if queued.is_some() {
+            return queued;
+        }
+        tokio::task::yield_now().await;
+    }
+    ctx.done_accepting();
+    None
+}
+
+/// [`accept_or_done`] for a framework's acceptor, which has no way to say "no more": once
+/// nothing is left it never resolves (the framework stops on its shutdown signal).
 pub async fn accept_unless_stopped<T>(
     ctx: &ServeContext,
     accept: impl std::future::Future<Output = T>,
 ) -> T {
-    tokio::select! {
-        biased;
-        () = ctx.stop_accepting().cancelled() => std::future::pending().await,
-        accepted = accept => accepted,
+    match accept_or_done(ctx, accept).await {
+        Some(accepted) => accepted,
+        None => std::future::pending().await,
     }
 }
 

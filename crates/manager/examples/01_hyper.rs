@@ -41,6 +41,11 @@ impl Server for Hello {
         "hyper"
     }
 
+    /// What the kernel queued before the stop is accepted and served, not reset.
+    fn accept_stop_lag(&self) -> std::time::Duration {
+        edge::ACCEPT_STOP_LAG
+    }
+
     fn serve(
         self: Arc<Self>,
         listener: TcpListener,

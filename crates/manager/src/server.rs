@@ -50,10 +50,13 @@ pub trait Server: Send + Sync + 'static {
     ) -> BoxFuture<'static, anyhow::Result<()>>;
 
     /// How long after [`ServeContext::stop_accepting`] fires the framework may still call
-    /// `accept` on the socket; the manager stops the socket listening only then (an accept on
-    /// a socket that no longer listens fails, and frameworks log that as an error). Zero, the
-    /// default, for a server whose accept loop watches the token itself; more for one whose
-    /// accept loop runs on another thread and takes a stop command later (actix).
+    /// `accept` on the socket; the manager stops the socket listening only then, or as soon as
+    /// the server calls [`ServeContext::done_accepting`] (an accept on a socket that no longer
+    /// listens fails, and frameworks log that as an error; connections the kernel queued and
+    /// nobody accepted are reset when it stops listening). Zero, the default, for a server
+    /// whose accept loop watches the token itself and leaves the queue; more for one whose
+    /// accept loop runs on another thread and takes a stop command later (actix), or one that
+    /// accepts what was queued before it says it is done (the edge's acceptors).
     fn accept_stop_lag(&self) -> Duration {
         Duration::ZERO
     }
@@ -153,6 +156,7 @@ pub struct ServeContext {
     pub(crate) local_addr: SocketAddr,
     pub(crate) stop_accepting: CancellationToken,
     pub(crate) close_idle: CancellationToken,
+    pub(crate) done_accepting: CancellationToken,
     pub(crate) drain_deadline: Duration,
     pub(crate) requests: Arc<RequestTracker>,
     pub(crate) manager: ManagerHandle,
@@ -203,6 +207,13 @@ impl ServeContext {
     /// request, which is then served instead of the connection being closed unanswered.
     pub fn close_idle(&self) -> &CancellationToken {
         &self.close_idle
+    }
+
+    /// Tells the manager that the server, told to stop accepting, has accepted every connection
+    /// the kernel had queued and will accept no more: the socket stops listening now rather
+    /// than [`Server::accept_stop_lag`] after the stop.
+    pub fn done_accepting(&self) {
+        self.done_accepting.cancel();
     }
 
     /// How long in-flight requests may take once the server stopped accepting.

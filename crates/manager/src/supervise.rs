@@ -70,6 +70,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, Registration { slot, server }
         local_addr,
         stop_accepting: shared.stop_accepting.clone(),
         close_idle: CancellationToken::new(),
+        done_accepting: CancellationToken::new(),
         drain_deadline: settings.drain_deadline,
         requests: Arc::clone(&slot.tracker),
         manager: ManagerHandle {
@@ -116,6 +117,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, Registration { slot, server }
     // Whichever way serve ends, our handle on the socket goes too, so the port is released.
     let listening = ReleaseOnDrop(listening);
     let close_idle = ctx.close_idle.clone();
+    let done_accepting = ctx.done_accepting.clone();
     let accept_stop_lag = server.accept_stop_lag();
     let mut serve = tokio::spawn(Arc::clone(&server).serve(listener, ctx));
     let exited = tokio::select! {
@@ -140,12 +142,16 @@ pub(crate) async fn supervise(shared: Arc<Shared>, Registration { slot, server }
     tokio::spawn({
         let tracker = Arc::clone(&slot.tracker);
         async move {
-            tokio::time::sleep(accept_stop_lag).await;
+            let stopped = Instant::now();
+            tokio::select! {
+                () = tokio::time::sleep(accept_stop_lag) => {}
+                () = done_accepting.cancelled() => {}
+            }
             listening.0.stop();
             tracker.close_connections();
             // Counted from the stop, not from the socket ceasing to listen: a connection
             // accepted until then has had the same moment to deliver its request either way.
-            tokio::time::sleep(ACCEPTED_SETTLE.saturating_sub(accept_stop_lag)).await;
+            tokio::time::sleep(ACCEPTED_SETTLE.saturating_sub(stopped.elapsed())).await;
             close_idle.cancel();
         }
     });

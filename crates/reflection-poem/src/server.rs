@@ -234,6 +234,11 @@ impl Server for ReflectionApi {
         "poem"
     }
 
+    /// What the kernel queued before the stop is accepted and served, not reset.
+    fn accept_stop_lag(&self) -> std::time::Duration {
+        edge::ACCEPT_STOP_LAG
+    }
+
     fn serve(
         self: Arc<Self>,
         listener: TcpListener,
