@@ -6,6 +6,7 @@ mod devui;
 mod endpoints;
 mod faults;
 mod flows_api;
+mod hostile;
 mod kubelet;
 mod ports;
 mod reflection;

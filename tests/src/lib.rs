@@ -60,6 +60,19 @@ impl Process {
         Self::launch(binary, args, env, None)
     }
 
+    /// As [`start`](Self::start), with the log (stderr) a pipe nobody reads until the caller
+    /// reads the returned end: a stalled log shipper, `multi-server 2>&1 | less`.
+    pub fn start_with_stalled_log(
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Process, std::process::ChildStderr) {
+        let mut process = Self::launch_with(binary, args, env, None, true);
+        let log = process.child.stderr.take().expect("piped stderr");
+        process.wait_banner();
+        (process, log)
+    }
+
     /// Starts the binary with its output captured in a fresh temp dir, working in `cwd` (by
     /// default that temp dir), without waiting for anything.
     fn launch(
@@ -67,6 +80,16 @@ impl Process {
         args: &[&str],
         env: &[(&str, &str)],
         cwd: Option<&std::path::Path>,
+    ) -> Process {
+        Self::launch_with(binary, args, env, cwd, false)
+    }
+
+    fn launch_with(
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        cwd: Option<&std::path::Path>,
+        log_pipe: bool,
     ) -> Process {
         let dir = temp_dir("run");
         let stdout = fs::File::create(dir.join("stdout")).expect("stdout file");
@@ -84,7 +107,11 @@ impl Process {
             .env("MULTI_SERVER_ADMIN_PORTS", "0")
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr);
+            .stderr(if log_pipe {
+                Stdio::piped()
+            } else {
+                stderr.into()
+            });
         for (key, value) in env {
             command.env(key, value);
         }

@@ -276,12 +276,17 @@ impl<T> HeadDeadline<T> {
         self.phase = Phase::Head { newlines };
     }
 
-    fn wrote(&mut self) {
+    fn wrote(&mut self, cx: Option<&mut Context<'_>>) {
         if let Phase::Request { answered } = &mut self.phase {
             *answered = true;
             if self.busy.is_some() {
                 let deadline = Instant::now() + self.timeout;
                 self.timer.as_mut().reset(deadline);
+                // hyper polls the read side before it answers and not again until woken: the
+                // timer must wake the connection's task itself.
+                if let Some(cx) = cx {
+                    let _ = self.timer.as_mut().poll(cx);
+                }
             }
         }
     }
@@ -339,7 +344,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.wrote();
+        this.wrote(Some(cx));
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
@@ -349,7 +354,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.wrote();
+        this.wrote(Some(cx));
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -436,7 +441,7 @@ mod tests {
         assert_eq!(conn.phase, Phase::Request { answered: false });
         conn.saw(b"more body");
         assert_eq!(conn.phase, Phase::Request { answered: false });
-        conn.wrote();
+        conn.wrote(None);
         conn.saw(b"GET /next HTTP/1.1\n");
         assert_eq!(conn.phase, Phase::Head { newlines: 1 });
         conn.saw(b"\n");
