@@ -314,7 +314,8 @@ fn changes_can_be_left_to_the_admin_listener_and_a_bad_token_is_a_clear_error() 
 
     let short = temp_dir("token").join("short");
     std::fs::write(&short, "hunter2\n").unwrap();
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 3] = [
         (
             &["--admin-token-file", short.to_str().unwrap()],
             &[],

@@ -68,7 +68,9 @@ async fn index(Extension(edge): Extension<Edge>) -> Json<Value> {
             "GET /__healthz": "liveness of the process",
             "GET /__readyz": "readiness: 200 when every required server serves, 503 with the reason otherwise",
             "GET /__serverz": "the process and every server, live",
-            "POST /__quitquitquitz": "graceful shutdown (loopback peers only, never cross-site)",
+            "POST /__quitquitquitz": "graceful shutdown (loopback peers only, never cross-site, with the admin token if one is set)",
+            "POST /__readyz/fail": "force readiness to fail (same rules)",
+            "POST /__readyz/ok": "let readiness follow the servers again (same rules)",
         },
     }))
 }
