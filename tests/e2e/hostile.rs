@@ -350,8 +350,16 @@ fn changes_can_be_left_to_the_admin_listener_and_a_bad_token_is_a_clear_error() 
 
 #[test]
 fn a_hundred_one_megabyte_flow_inputs_keep_memory_bounded() {
-    let p = start(&[]);
+    // Dev mode, with a Developer UI page whose live feed is never read (a stalled tab): the
+    // feed must not keep the traces either.
+    let p = start_dev(&[]);
     let flows = p.url("flows").to_owned();
+    let mut events = TcpStream::connect(addr(p.url("devui"))).unwrap();
+    write!(
+        events,
+        "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
     let before = rss_mib(p.pid());
     let destination = "x".repeat(1_000_000);
     let body = json!({"destination": destination, "days": 1, "travelers": ["Ann"]}).to_string();
@@ -370,6 +378,7 @@ fn a_hundred_one_megabyte_flow_inputs_keep_memory_bounded() {
     }
     let after = rss_mib(p.pid());
     let latency = healthz_latency(addr(&flows));
+    drop(events);
     eprintln!(
         "100 x 1 MB plan_trip: RSS {before:.1} MiB -> {after:.1} MiB; /__healthz {latency:?}"
     );

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flows::TraceData;
 use manager::ProcessState;
 use manager::requests::RequestEvent;
 use salvo::http::StatusCode;
@@ -36,7 +35,7 @@ const RETRY_MS: u32 = 2000;
 struct Feed {
     state: Arc<State>,
     requests: broadcast::Receiver<RequestEvent>,
-    traces: broadcast::Receiver<TraceData>,
+    traces: broadcast::Receiver<std::sync::Arc<str>>,
     process: watch::Receiver<ProcessState>,
     next_snapshot: Instant,
     phase: Phase,
@@ -117,7 +116,11 @@ impl Feed {
                 }
             },
             received = self.traces.recv() => match received {
-                Ok(trace) => event("trace", &trace),
+                // The state now; an update of a trace already evicted is an SSE comment.
+                Ok(trace_id) => match self.state.registry.trace(&trace_id) {
+                    Some(trace) => event("trace", &trace),
+                    None => ":\n\n".to_owned(),
+                },
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     event("lagged", &json!({ "feed": "trace", "missed": missed }))
                 }

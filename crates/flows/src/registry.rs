@@ -26,7 +26,9 @@ use crate::trace::{
 pub const TRACE_HISTORY: usize = 100;
 /// Chunks a streaming flow may run ahead of its reader before `send_chunk` waits.
 const CHUNK_BUFFER: usize = 16;
-/// Trace updates a slow subscriber may lag behind before it misses some.
+/// Trace updates a slow subscriber may lag behind before it misses some. The feed carries
+/// trace ids, not traces: a broadcast ring keeps every slot's value until it is overwritten,
+/// and 1024 whole traces would be a store beside the store, with no byte budget.
 const TRACE_FEED: usize = 1024;
 
 /// One registered action as Genkit's `GET /api/actions` lists it.
@@ -79,7 +81,7 @@ pub struct Registry {
     /// Cancellation handles of runs still going, by trace id.
     running: Mutex<HashMap<String, CancellationToken>>,
     traces: TraceStore,
-    feed: broadcast::Sender<TraceData>,
+    feed: broadcast::Sender<Arc<str>>,
     telemetry: Telemetry,
     /// The runtime flows run on: the one `new` was called in, when there was one. A server
     /// with runtimes of its own (actix runs one per worker thread) then still runs flows on
@@ -331,11 +333,11 @@ impl Registry {
         self.traces.get(trace_id)
     }
 
-    /// A feed of trace updates: the whole trace at each run's start, each step's start and
-    /// end, and the run's end. A subscriber that lags far behind misses updates
-    /// ([`broadcast::error::RecvError::Lagged`]); the latest state is always in
-    /// [`trace`](Self::trace).
-    pub fn subscribe_traces(&self) -> broadcast::Receiver<TraceData> {
+    /// A feed of trace updates: the id of a trace at each run's start, each step's start and
+    /// end, and the run's end; its state then is [`trace`](Self::trace) (`None` once evicted).
+    /// A subscriber that lags far behind misses updates
+    /// ([`broadcast::error::RecvError::Lagged`]).
+    pub fn subscribe_traces(&self) -> broadcast::Receiver<Arc<str>> {
         self.feed.subscribe()
     }
 
@@ -382,7 +384,9 @@ impl Registry {
             self.traces.update(trace);
         }
         // No subscribers is fine: the feed is for whoever listens now.
-        let _ = self.feed.send(trace.clone());
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send(Arc::from(trace.trace_id.as_str()));
+        }
         self.telemetry.export(trace);
     }
 
