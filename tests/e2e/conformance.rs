@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use multi_server_e2e::{Answer, Conn, Failure, Process, WAIT, addr, try_get};
 use serde_json::json;
 
-use super::BIN;
+use super::bin;
 
 // ---------------------------------------------------------------------------------------------
 // The servers under test.
@@ -143,7 +143,7 @@ fn start_binary(opts: Opts) -> Process {
     if let Some(deadline) = opts.drain_deadline {
         args.extend(["--drain-deadline", deadline]);
     }
-    let p = Process::start_with_env(BIN, &args, &[("GENKIT_TELEMETRY_SERVER", "")]);
+    let p = Process::start_with_env(bin(), &args, &[("GENKIT_TELEMETRY_SERVER", "")]);
     for server in SERVERS.iter().filter(|s| s.kind == Kind::Binary) {
         let _ = p.url(server.name);
     }
@@ -184,12 +184,14 @@ fn start_one(kind: Kind, opts: Opts) -> Process {
 fn example_bin() -> &'static str {
     static PATH: OnceLock<Result<String, String>> = OnceLock::new();
     let path = PATH.get_or_init(|| {
-        let profile_dir = Path::new(BIN)
+        // Next to the binary cargo built (not an override of the binary under test).
+        let built = env!("CARGO_BIN_EXE_multi-server");
+        let profile_dir = Path::new(built)
             .parent()
-            .ok_or_else(|| format!("{BIN} has no directory"))?;
+            .ok_or_else(|| format!("{built} has no directory"))?;
         let path = profile_dir.join("examples").join("01_hyper");
         let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
-        let fresh = match (modified(&path), modified(Path::new(BIN))) {
+        let fresh = match (modified(&path), modified(Path::new(built))) {
             (Some(example), Some(bin)) => example >= bin,
             (Some(_), None) => true,
             (None, _) => false,

@@ -17,7 +17,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use multi_server_e2e::{Process, WAIT, get, temp_dir};
 use serde_json::{Value, json};
 
-use super::BIN;
+use super::bin;
 
 /// How often a wait polls the page.
 const POLL: Duration = Duration::from_millis(50);
@@ -30,7 +30,7 @@ fn the_developer_ui_works_in_a_real_browser() {
     );
     let chromedriver = tool("CHROMEDRIVER", &["/usr/bin/chromedriver"]);
     let mut p = Process::start_with_env(
-        BIN,
+        bin(),
         &[
             "--dev",
             "--flows-ports",

@@ -2,7 +2,7 @@
 
 use multi_server_e2e::{Process, get, post, request};
 
-use super::{BIN, start};
+use super::{bin, start};
 
 #[test]
 fn public_routes_answer_like_the_original() {
@@ -28,7 +28,7 @@ fn public_routes_answer_like_the_original() {
 fn admin_endpoints_report_live_data_and_no_environment() {
     let secret = "s3cr3t-value-that-must-not-leak";
     let p = Process::start_with_env(
-        BIN,
+        bin(),
         &["--flows-ports", "0"],
         &[("MULTI_SERVER_E2E_SECRET", secret)],
     );

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use multi_server_e2e::{Conn, Process, addr, eventually, find, get, once, temp_dir};
 
-use super::{BIN, DEV_ENV, dev_args, server_entry, start, start_dev, wait_in_flight};
+use super::{DEV_ENV, bin, dev_args, server_entry, start, start_dev, wait_in_flight};
 
 const EXIT_WAIT: Duration = Duration::from_secs(20);
 
@@ -1039,7 +1039,7 @@ fn fifty_start_stop_cycles_leave_nothing_behind() {
             "{cycle} cycles took {:?}",
             started.elapsed()
         );
-        let mut p = Process::start_in(BIN, &args, DEV_ENV, &cwd);
+        let mut p = Process::start_in(bin(), &args, DEV_ENV, &cwd);
         let ports: Vec<(String, u16)> = p
             .urls
             .iter()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use multi_server_e2e::{Conn, Process, addr, eventually, get, once, post, send, temp_dir};
 use serde_json::json;
 
-use super::{BIN, DEV_ENV, dev_args, start, start_dev, start_dev_env};
+use super::{DEV_ENV, bin, dev_args, start, start_dev, start_dev_env};
 
 const EXIT_WAIT: Duration = Duration::from_secs(20);
 
@@ -335,7 +335,7 @@ fn changes_can_be_left_to_the_admin_listener_and_a_bad_token_is_a_clear_error() 
     for (args, env, needle) in cases {
         let mut all = vec!["--flows-ports", "0"];
         all.extend_from_slice(args);
-        let mut p = Process::spawn(BIN, &all, env);
+        let mut p = Process::spawn(bin(), &all, env);
         let status = p.wait_exit(EXIT_WAIT);
         assert_eq!(status.code(), Some(2), "{args:?}");
         let log = p.stderr();
@@ -393,7 +393,7 @@ fn a_hundred_one_megabyte_flow_inputs_keep_memory_bounded() {
 #[test]
 fn a_stalled_log_pipe_never_stalls_a_server_nor_the_shutdown() {
     let (mut p, mut log) = multi_server_e2e::Process::start_with_stalled_log(
-        BIN,
+        bin(),
         &[
             "--flows-ports",
             "0",
@@ -659,7 +659,7 @@ fn serverz_never_shows_a_secret_and_survives_non_utf8_argv() {
         .collect();
     command_args.push(path.clone().into_os_string());
     let dir_text = dir.to_str().unwrap().to_owned();
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(bin())
         .args(&command_args)
         .env("MULTI_SERVER_ADMIN_PORTS", "0")
         .env_remove("GENKIT_ENV")
@@ -707,7 +707,7 @@ fn a_discovery_file_that_cannot_be_written_is_one_warning_and_the_runtime_serves
     std::fs::write(cwd.join(".genkit").join("runtimes"), "not a folder").unwrap();
     let mut env = DEV_ENV.to_vec();
     env.push(("GENKIT_ENV", "dev"));
-    let mut p = Process::start_in(BIN, &dev_args(), &env, &cwd);
+    let mut p = Process::start_in(bin(), &dev_args(), &env, &cwd);
     p.wait_for_log("cannot write the runtime file");
     let health = get(&format!("{}/api/__health", p.url("reflection")));
     assert_eq!(health.status, 200, "{}", health.text);
@@ -732,7 +732,7 @@ fn the_discovery_folder_is_never_one_above_home() {
     let mut env = DEV_ENV.to_vec();
     let home_text = home.to_str().unwrap().to_owned();
     env.push(("HOME", &home_text));
-    let mut p = Process::start_in(BIN, &dev_args(), &env, &project);
+    let mut p = Process::start_in(bin(), &dev_args(), &env, &project);
     let pid = p.pid();
     let written = eventually("the discovery file is written", || {
         std::fs::read_dir(project.join(".genkit").join("runtimes"))
@@ -767,7 +767,7 @@ fn absurd_durations_and_limits_are_one_clear_error() {
         ("--max-connections", "0"),
         ("--max-connections", "10000000"),
     ] {
-        let mut p = Process::spawn(BIN, &["--flows-ports", "0", flag, value], &[]);
+        let mut p = Process::spawn(bin(), &["--flows-ports", "0", flag, value], &[]);
         let status = p.wait_exit(EXIT_WAIT);
         assert_eq!(status.code(), Some(2), "{flag} {value}");
         let log = p.stderr();

@@ -13,14 +13,21 @@ mod reflection;
 mod shutdown;
 mod socket_activation;
 
-/// The binary under test.
-const BIN: &str = env!("CARGO_BIN_EXE_multi-server");
+/// The binary under test: the one cargo built, or `MULTI_SERVER_E2E_BIN` (to run the suite
+/// against another build, e.g. an older commit's, and see which tests it fails).
+fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("MULTI_SERVER_E2E_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_multi-server").to_owned())
+    })
+}
 
 /// Starts the binary with the flows API on an ephemeral port, plus `args`.
 fn start(args: &[&str]) -> multi_server_e2e::Process {
     let mut all = vec!["--flows-ports", "0", "--flows-workers", "2"];
     all.extend_from_slice(args);
-    multi_server_e2e::Process::start(BIN, &all)
+    multi_server_e2e::Process::start(bin(), &all)
 }
 
 /// Starts the binary in dev mode: the reflection server on an ephemeral port at once, the flows
@@ -35,7 +42,7 @@ fn start_dev_env(args: &[&str], env: &[(&str, &str)]) -> multi_server_e2e::Proce
     all.extend_from_slice(args);
     let mut all_env = DEV_ENV.to_vec();
     all_env.extend_from_slice(env);
-    multi_server_e2e::Process::start_with_env(BIN, &all, &all_env)
+    multi_server_e2e::Process::start_with_env(bin(), &all, &all_env)
 }
 
 /// The environment of [`start_dev`]: an empty `GENKIT_TELEMETRY_SERVER` is "no telemetry

@@ -13,7 +13,7 @@ use multi_server_e2e::{
 };
 use serde_json::{Value, json};
 
-use super::{BIN, DEV_ENV, dev_args, start, start_dev, start_dev_env};
+use super::{DEV_ENV, bin, dev_args, start, start_dev, start_dev_env};
 
 const EXIT_WAIT: Duration = Duration::from_secs(20);
 
@@ -761,7 +761,7 @@ fn genkit_env_dev_turns_the_reflection_server_on_too() {
     all.extend_from_slice(&args);
     let mut env = DEV_ENV.to_vec();
     env.push(("GENKIT_ENV", "dev"));
-    let p = Process::start_with_env(BIN, &all, &env);
+    let p = Process::start_with_env(bin(), &all, &env);
     let health = get(&format!("{}/api/__health", p.url("reflection")));
     assert_eq!(health.status, 200, "{}", health.text);
     let cwd = p.dir().to_path_buf();
@@ -777,7 +777,7 @@ fn the_discovery_file_goes_to_the_nearest_folder_the_cli_treats_as_root() {
     fs::write(project.join("package.json"), "{}").unwrap();
     fs::write(cwd.join("Cargo.toml"), "[package]\n").unwrap();
 
-    let mut p = Process::start_in(BIN, &dev_args(), DEV_ENV, &cwd);
+    let mut p = Process::start_in(bin(), &dev_args(), DEV_ENV, &cwd);
     let dir = project.join(".genkit").join("runtimes");
     let path = eventually(
         "the runtime file is written under the package.json folder",
@@ -797,8 +797,8 @@ fn the_discovery_file_goes_to_the_nearest_folder_the_cli_treats_as_root() {
 #[test]
 fn two_runtimes_in_one_folder_have_two_files_two_ports_and_their_own_ids() {
     let cwd = temp_dir("shared");
-    let mut a = Process::start_in(BIN, &dev_args(), DEV_ENV, &cwd);
-    let mut b = Process::start_in(BIN, &dev_args(), DEV_ENV, &cwd);
+    let mut a = Process::start_in(bin(), &dev_args(), DEV_ENV, &cwd);
+    let mut b = Process::start_in(bin(), &dev_args(), DEV_ENV, &cwd);
     let (path_a, file_a) = runtime_file(&a, &cwd);
     let (path_b, file_b) = runtime_file(&b, &cwd);
     assert_ne!(path_a, path_b);

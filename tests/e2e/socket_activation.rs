@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use multi_server_e2e::{Process, get, try_get};
 
-use super::BIN;
+use super::bin;
 
 const TOOL: &str = "systemd-socket-activate";
 
@@ -61,7 +61,7 @@ fn activated(n: usize, extra: &[&str], args: &[&str]) -> (Process, Vec<u16>) {
         // The tool hands its child a minimal environment: what the binary needs goes with -E.
         all.extend(["-E", "RUST_LOG=info", "-E", "GENKIT_TELEMETRY_SERVER="]);
         all.extend_from_slice(extra);
-        all.push(BIN);
+        all.push(bin());
         all.extend_from_slice(args);
         let p = Process::spawn(TOOL, &all, &[]);
         let listening = multi_server_e2e::eventually("systemd-socket-activate listening", || {
