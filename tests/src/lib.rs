@@ -101,6 +101,10 @@ impl Process {
             .env_remove("GENKIT_ENV")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
+            // Never notify a service manager the test runner itself runs under.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .env("RUST_LOG", "info")
             // The operations listener on an ephemeral port, so parallel processes do not
             // compete for its default range (a test that wants otherwise passes the env).

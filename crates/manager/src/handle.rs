@@ -51,6 +51,7 @@ impl ManagerHandle {
             serving_since: OnceLock::new(),
             error: Mutex::new(None),
             immediate,
+            changed: Arc::clone(&self.shared.servers_changed),
         });
         servers.push(Arc::clone(&slot));
         Registration { slot, server }

@@ -13,6 +13,9 @@
 //! [`ManagerHandle::readiness`], [`ManagerHandle::server_info`]) comes from here; the
 //! `multi-server-edge` crate serves it, with every other HTTP behaviour the servers share.
 //!
+//! Under systemd (`NOTIFY_SOCKET` set, a `Type=notify` unit) it reports readiness, each
+//! server's state, the stop and a watchdog heartbeat (`sd_notify`); otherwise it sends nothing.
+//!
 //! It is not a process supervisor: it does not restart a server that died. A required
 //! server's failure stops the process, so the supervisor above (systemd, Kubernetes) can.
 //!
@@ -58,6 +61,7 @@ mod shared;
 mod signals;
 mod state;
 mod supervise;
+mod systemd;
 
 pub use error::Error;
 pub use handle::ManagerHandle;

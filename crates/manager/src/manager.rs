@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::inherited::InheritedSockets;
 use crate::shared::{Registration, Shared, Started, lock, read, record_failure, set_state};
 use crate::supervise::supervise;
+use crate::systemd::Notice;
 use crate::{ManagerHandle, ProcessState, Report, ServerConfig, ServerState, ShutdownReason};
 
 /// Runs several servers in one process under one lifecycle.
@@ -64,6 +65,7 @@ impl ServerManager {
             failures: Mutex::default(),
             optional_failures: Mutex::default(),
             requests_feed: Arc::default(),
+            servers_changed: Arc::new(watch::Sender::new(0)),
         };
         ServerManager {
             handle: ManagerHandle {
@@ -192,6 +194,7 @@ impl ServerManager {
             tasks.spawn(supervise(Arc::clone(&shared), registration));
         }
         self.handle.update_liveness();
+        let notifier = crate::systemd::spawn(self.handle.clone());
 
         loop {
             tokio::select! {
@@ -203,6 +206,11 @@ impl ServerManager {
             }
         }
         let reason = shared.reason.get().cloned().expect("set before cancel");
+        crate::systemd::send(vec![
+            Notice::Stopping,
+            Notice::Status(crate::systemd::status_line(&self.handle)),
+        ])
+        .await;
         tracing::info!(%reason, drain_delay = ?settings.drain_delay, drain_deadline = ?settings.drain_deadline, "shutting down");
 
         if !settings.drain_delay.is_zero() {
@@ -260,6 +268,11 @@ impl ServerManager {
         }
 
         shared.state.send_replace(ProcessState::Stopped);
+        if let Some(notifier) = notifier {
+            notifier.abort();
+            let status = crate::systemd::status_line(&self.handle);
+            crate::systemd::send(vec![Notice::Status(status)]).await;
+        }
         let servers = self.handle.server_info().servers;
         let requests_cut = read(&shared.servers)
             .iter()

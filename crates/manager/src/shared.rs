@@ -48,6 +48,8 @@ pub(crate) struct Slot {
     pub(crate) tracker: Arc<RequestTracker>,
     /// Registered before `run`: the process is live only once these have started.
     pub(crate) immediate: bool,
+    /// Bumped on every state change of any server (the systemd notifier's `STATUS=`).
+    pub(crate) changed: Arc<watch::Sender<u64>>,
 }
 
 impl Slot {
@@ -89,6 +91,8 @@ pub(crate) struct Shared {
     pub(crate) failures: Mutex<Vec<Error>>,
     pub(crate) optional_failures: Mutex<Vec<Error>>,
     pub(crate) requests_feed: Arc<RequestFeed>,
+    /// See [`Slot::changed`].
+    pub(crate) servers_changed: Arc<watch::Sender<u64>>,
 }
 
 pub(crate) fn fail(shared: &Arc<Shared>, slot: &Arc<Slot>, err: Error) {
@@ -124,6 +128,7 @@ pub(crate) fn record_failure(shared: &Arc<Shared>, slot: &Slot, err: Error) {
 
 pub(crate) fn set_state(slot: &Slot, state: ServerState) {
     *slot.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    slot.changed.send_modify(|n| *n = n.wrapping_add(1));
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,0 +1,117 @@
+//! systemd's service notifications on the real binary: the test owns the notify socket (a Unix
+//! datagram socket, as systemd does for a `Type=notify` unit), sets `NOTIFY_SOCKET` and
+//! `WATCHDOG_USEC`, and reads what the process says, in order, across start, watchdog ticks
+//! and SIGTERM.
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use multi_server_e2e::{Process, temp_dir};
+
+use super::bin;
+
+/// Every datagram received until `until` says stop (or 20 s pass), each with its arrival.
+fn collect(socket: UnixDatagram, stop: mpsc::Receiver<()>) -> Vec<(Instant, String)> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match socket.recv(&mut buf) {
+            Ok(n) => got.push((
+                Instant::now(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            )),
+            Err(_) => {
+                if stop.try_recv().is_ok() {
+                    break;
+                }
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn ready_status_watchdog_and_stopping_reach_systemd_in_order() {
+    let dir = temp_dir("notify");
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let (stop_tx, stop_rx) = mpsc::channel();
+    let reader = thread::spawn(move || collect(socket, stop_rx));
+    let path_text = path.to_str().unwrap().to_owned();
+    // A 400 ms watchdog: a heartbeat every 200 ms.
+    let mut p = Process::start_with_env(
+        bin(),
+        &["--flows-ports", "0", "--drain-delay", "300ms"],
+        &[("NOTIFY_SOCKET", &path_text), ("WATCHDOG_USEC", "400000")],
+    );
+    let started = Instant::now();
+    thread::sleep(Duration::from_millis(1100));
+    p.signal("TERM");
+    assert!(p.wait_exit(Duration::from_secs(20)).success());
+    thread::sleep(Duration::from_millis(100));
+    stop_tx.send(()).unwrap();
+    let got = reader.join().unwrap();
+    let lines: Vec<String> = got
+        .iter()
+        .flat_map(|(_, d)| d.lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let position = |needle: &str| lines.iter().position(|l| l == needle);
+    let ready = position("READY=1").unwrap_or_else(|| panic!("no READY=1 in {lines:#?}"));
+    let stopping = position("STOPPING=1").unwrap_or_else(|| panic!("no STOPPING=1 in {lines:#?}"));
+    assert_eq!(
+        lines.iter().filter(|l| *l == "READY=1").count(),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| *l == "STOPPING=1").count(),
+        1,
+        "{lines:#?}"
+    );
+    assert!(ready < stopping, "{lines:#?}");
+    // READY comes with the status that every server serves.
+    let status_before_ready = lines[..ready]
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("STATUS="))
+        .unwrap_or_else(|| panic!("no STATUS before READY: {lines:#?}"));
+    assert!(
+        status_before_ready.starts_with("STATUS=live: ")
+            && status_before_ready.contains("flows serving 127.0.0.1:")
+            && status_before_ready.contains("admin serving 127.0.0.1:"),
+        "{status_before_ready}"
+    );
+    // Heartbeats at about 200 ms while serving: 1.1 s gives four or more.
+    let beats = lines[ready..stopping]
+        .iter()
+        .filter(|l| *l == "WATCHDOG=1")
+        .count();
+    assert!(
+        beats >= 3,
+        "{beats} heartbeats in {:?}: {lines:#?}",
+        started.elapsed()
+    );
+    // Heartbeats go on through the drain, and the last word is the stop.
+    let after: Vec<&String> = lines[stopping..].iter().collect();
+    assert!(
+        after.iter().any(|l| l.starts_with("STATUS=draining: ")),
+        "{after:#?}"
+    );
+    assert!(
+        after.iter().any(|l| *l == "WATCHDOG=1"),
+        "beats in the 300 ms drain delay: {after:#?}"
+    );
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("STATUS="))
+        .unwrap();
+    assert!(last.starts_with("STATUS=stopped: "), "{last}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
