@@ -8,6 +8,7 @@ mod faults;
 mod flows_api;
 mod hostile;
 mod kubelet;
+mod metrics;
 mod ports;
 mod reflection;
 mod shutdown;

@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 
 type Mount = Arc<dyn Fn(Router) -> Router + Send + Sync>;
 
+/// Its routes' templates (the metrics' `http_route`), besides the edge's admin endpoints.
+const ROUTES: &[&str] = &["/", "/__test/slow", "/__test/panic", "/__test/echo"];
+
 /// The operations server. See the crate docs.
 #[derive(Clone, Default)]
 #[must_use = "a server does nothing until it is added to a ServerManager"]
@@ -94,7 +97,7 @@ impl Server for AdminApi {
             // Bound on loopback (the default), it is for this machine only: loopback Host
             // names, so a DNS-rebinding page can neither read /__serverz nor quit. Bound
             // elsewhere (--admin-host 0.0.0.0), probes reach it by pod IP or service name.
-            let config = EdgeConfig::new().limits(self.limits);
+            let config = EdgeConfig::new().limits(self.limits).routes(ROUTES);
             let config = if ctx.local_addr().ip().is_loopback() {
                 config.loopback_hosts()
             } else {

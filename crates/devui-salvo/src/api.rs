@@ -26,6 +26,26 @@ const APP_CSS: &str = include_str!("../assets/app.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// The routes' templates (the metrics' `http_route`), as [`router`] mounts them.
+pub(crate) const ROUTES: &[&str] = &[
+    "/",
+    "/assets/app.js",
+    "/assets/app.css",
+    "/api/servers",
+    "/api/flows",
+    "/api/flows/{name}/run",
+    "/api/runs/{trace_id}/cancel",
+    "/api/traces",
+    "/api/traces/{trace_id}",
+    "/api/events",
+    "/api/readiness/fail",
+    "/api/readiness/ok",
+    "/api/quit",
+    "/__test/slow",
+    "/__test/panic",
+    "/__test/echo",
+];
+
 pub(crate) fn router() -> Router {
     // The admin endpoints are the edge's (the middleware answers them before any handler);
     // routed first all the same, because a path salvo's router does not find costs it a

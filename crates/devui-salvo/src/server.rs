@@ -108,7 +108,10 @@ impl Server for DevUi {
         ctx: ServeContext,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
-            let config = EdgeConfig::new().limits(self.limits).loopback_only();
+            let config = EdgeConfig::new()
+                .limits(self.limits)
+                .routes(crate::api::ROUTES)
+                .loopback_only();
             let state = Arc::new(State {
                 registry: Arc::clone(&self.registry),
                 edge: Edge::new(ctx.clone(), config),

@@ -1,5 +1,5 @@
 //! The admin endpoints every server answers, from the manager's data: `GET /__healthz`,
-//! `GET /__readyz`, `GET /__serverz`, and the changes — `POST /__quitquitquitz`,
+//! `GET /__readyz`, `GET /__serverz`, `GET /__metrics` ([`crate::metrics`]), and the changes — `POST /__quitquitquitz`,
 //! `POST /__readyz/fail`, `POST /__readyz/ok` — which [`refuse_change`] guards.
 
 use http::StatusCode;
@@ -10,14 +10,18 @@ use crate::errors::{self, Reply};
 use crate::policy::RequestHead;
 
 /// The admin endpoints' paths (the edge answers them before any route).
-pub const PATHS: [&str; 6] = [
+pub const PATHS: [&str; 7] = [
     "/__healthz",
     "/__readyz",
     "/__serverz",
+    METRICS,
     "/__quitquitquitz",
     "/__readyz/fail",
     "/__readyz/ok",
 ];
+
+/// The metrics endpoint (Prometheus, OpenMetrics).
+pub const METRICS: &str = "/__metrics";
 
 /// The admin endpoints that change the process (POST only, guarded by [`refuse_change`]).
 pub const CHANGES: [&str; 3] = ["/__quitquitquitz", "/__readyz/fail", "/__readyz/ok"];
@@ -44,6 +48,7 @@ pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
             errors::json(status, &readiness)
         }),
         "/__serverz" => get(&|| errors::json(StatusCode::OK, &manager.server_info())),
+        METRICS => get(&|| crate::metrics::answer(manager, head.accept)),
         path if CHANGES.contains(&path) && head.method != "POST" => {
             errors::method_not_allowed("POST")
         }

@@ -63,7 +63,9 @@ pub mod errors;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
+pub mod route;
 pub mod scope;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -151,6 +153,9 @@ pub struct EdgeConfig {
     /// listener that does), for public servers whose operators change the process through the
     /// loopback admin listener.
     pub admin_changes: bool,
+    /// The server's route templates (`/flow/{name}`), the `http_route` label of its metrics
+    /// ([`route::matched`]); the admin endpoints are added by the edge.
+    pub routes: &'static [&'static str],
 }
 
 impl Default for EdgeConfig {
@@ -160,6 +165,7 @@ impl Default for EdgeConfig {
             hosts: HostPolicy::default(),
             changes: ChangePolicy::default(),
             admin_changes: true,
+            routes: &[],
         }
     }
 }
@@ -175,6 +181,13 @@ impl EdgeConfig {
     #[must_use]
     pub fn without_admin_changes(mut self) -> Self {
         self.admin_changes = false;
+        self
+    }
+
+    /// With these route templates (see [`EdgeConfig::routes`]).
+    #[must_use]
+    pub fn routes(mut self, routes: &'static [&'static str]) -> Self {
+        self.routes = routes;
         self
     }
 
@@ -270,8 +283,10 @@ impl Edge {
     /// endpoint.
     pub fn begin(&self, head: &RequestHead<'_>) -> Begun {
         let ctx = &self.inner.ctx;
-        let scope = RequestScope::new(ctx.begin_request(head.method, head.path));
         let config = &self.inner.config;
+        let mut guard = ctx.begin_request(head.method, head.path);
+        guard.set_route(route::matched(config.routes, head.path));
+        let scope = RequestScope::new(guard);
         let refusal = policy::refuse_host(config.hosts, head)
             .or_else(|| {
                 (config.hosts == HostPolicy::Loopback && head.origin.is_some())

@@ -24,6 +24,8 @@ pub struct RequestHead<'a> {
     pub peer: Option<IpAddr>,
     /// The `Authorization` header (an admin change's token).
     pub authorization: Option<&'a str>,
+    /// The `Accept` header, read only for `/__metrics` (which format the scraper wants).
+    pub accept: Option<&'a str>,
 }
 
 impl<'a> RequestHead<'a> {
@@ -45,6 +47,9 @@ impl<'a> RequestHead<'a> {
             proxied: PROXY_HEADERS.iter().any(|name| headers.contains_key(*name)),
             peer,
             authorization: header(http::header::AUTHORIZATION),
+            accept: (uri.path() == crate::admin::METRICS)
+                .then(|| header(http::header::ACCEPT))
+                .flatten(),
         }
     }
 }

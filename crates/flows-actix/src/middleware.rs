@@ -73,6 +73,9 @@ fn head(req: &ServiceRequest) -> RequestHead<'_> {
             .any(|name| headers.contains_key(*name)),
         peer: req.peer_addr().map(|addr| addr.ip()),
         authorization: text(headers.get(header::AUTHORIZATION)),
+        accept: (req.path() == edge::admin::METRICS)
+            .then(|| text(headers.get(header::ACCEPT)))
+            .flatten(),
     }
 }
 

@@ -6,6 +6,18 @@ use serde_json::json;
 
 use crate::middleware::reply;
 
+/// The routes' templates (the metrics' `http_route`), as [`mount`] mounts them (and the test
+/// routes).
+pub(crate) const ROUTES: &[&str] = &[
+    "/greet",
+    "/flow/run",
+    "/flow/{name}",
+    "/__test/slow",
+    "/__test/panic",
+    "/__test/echo",
+    "/__test/crash",
+];
+
 /// Every route of the server, mounted in one place so `configure` can also be used by tests.
 pub(crate) fn mount(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/greet", greet))

@@ -142,7 +142,9 @@ impl Server for FlowsApi {
         ctx: ServeContext,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
-            let config = EdgeConfig::new().limits(self.limits);
+            let config = EdgeConfig::new()
+                .limits(self.limits)
+                .routes(crate::routes::ROUTES);
             let config = if self.admin_changes {
                 config
             } else {

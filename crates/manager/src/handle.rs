@@ -109,6 +109,26 @@ impl ManagerHandle {
             .unwrap_or(ProcessState::Stopped)
     }
 
+    /// Every server's name, state and request counters, in the order they were added (what
+    /// `/__metrics` reads).
+    pub fn request_trackers(&self) -> Vec<(Arc<str>, ServerState, Arc<RequestTracker>)> {
+        read(&self.shared.servers)
+            .iter()
+            .map(|slot| {
+                (
+                    Arc::clone(&slot.config.name),
+                    slot.state(),
+                    Arc::clone(&slot.tracker),
+                )
+            })
+            .collect()
+    }
+
+    /// When the process started, in seconds since the Unix epoch.
+    pub fn started_at(&self) -> f64 {
+        epoch_seconds(self.shared.started_wall)
+    }
+
     /// The admin token changes must present, if one is configured.
     pub fn admin_token(&self) -> Option<crate::admin::AdminToken> {
         lock(&self.shared.settings).admin_token.clone()

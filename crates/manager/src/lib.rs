@@ -53,6 +53,7 @@ mod error;
 mod handle;
 mod inherited;
 mod manager;
+pub mod metrics;
 pub mod port;
 mod report;
 pub mod requests;

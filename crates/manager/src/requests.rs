@@ -33,6 +33,7 @@ pub struct RequestTracker {
     deadline: std::sync::OnceLock<tokio::time::Instant>,
     idle: Notify,
     latency: LatencyHistogram,
+    http: crate::metrics::HttpMetrics,
     feed: Arc<RequestFeed>,
 }
 
@@ -52,6 +53,7 @@ impl RequestTracker {
             deadline: std::sync::OnceLock::new(),
             idle: Notify::new(),
             latency: LatencyHistogram::default(),
+            http: crate::metrics::HttpMetrics::default(),
         }
     }
 
@@ -65,6 +67,7 @@ impl RequestTracker {
             method: static_method(method)
                 .map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed),
             path: path.to_owned(),
+            route: "",
             started: Instant::now(),
             finished: false,
         }
@@ -123,6 +126,11 @@ impl RequestTracker {
         &self.latency
     }
 
+    /// The duration histograms per method, status and route (`/__metrics`).
+    pub fn http_metrics(&self) -> &crate::metrics::HttpMetrics {
+        &self.http
+    }
+
     pub(crate) fn close_connections(&self) {
         self.closing.store(true, Ordering::Relaxed);
     }
@@ -178,6 +186,7 @@ pub struct RequestGuard {
     id: u64,
     method: Cow<'static, str>,
     path: String,
+    route: &'static str,
     started: Instant,
     finished: bool,
 }
@@ -194,6 +203,13 @@ impl RequestGuard {
         self.tracker.closes_connections()
     }
 
+    /// The route template the request matched (e.g. `/flow/{name}`), its `http_route` label
+    /// in the metrics: one of a list the server declared, never the raw path, so a scan of
+    /// random paths adds no series. Unset: no route matched.
+    pub fn set_route(&mut self, route: &'static str) {
+        self.route = route;
+    }
+
     /// Records the response status and logs the request.
     pub fn finish(mut self, status: u16) {
         self.finished = true;
@@ -204,6 +220,16 @@ impl RequestGuard {
             tracker.server_errors.fetch_add(1, Ordering::Relaxed);
         }
         tracker.latency.record(latency);
+        let method = match &self.method {
+            Cow::Borrowed(method) => method,
+            Cow::Owned(_) => "_OTHER",
+        };
+        let key = crate::metrics::SeriesKey {
+            method,
+            status,
+            route: self.route,
+        };
+        tracker.http.record(key, latency);
         tracing::info!(
             target: "request",
             server = &*tracker.server,

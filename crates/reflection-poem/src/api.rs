@@ -16,6 +16,21 @@ use serde_json::{Value, json};
 
 use crate::server::State;
 
+/// The routes' templates (the metrics' `http_route`), as [`routes`] mounts them.
+pub(crate) const ROUTES: &[&str] = &[
+    "/api/__health",
+    "/api/actions",
+    "/api/runAction",
+    "/api/cancelAction",
+    "/api/notify",
+    "/api/values",
+    "/api/envs",
+    "/api/__quitquitquit",
+    "/__test/slow",
+    "/__test/panic",
+    "/__test/echo",
+];
+
 pub(crate) fn routes(route: Route) -> Route {
     route
         .at("/api/__health", get(health))

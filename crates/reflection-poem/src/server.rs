@@ -248,7 +248,10 @@ impl Server for ReflectionApi {
             // Genkit's tools reach this server as localhost or 127.0.0.1: no other Host name.
             let edge = Edge::new(
                 ctx.clone(),
-                EdgeConfig::new().limits(self.limits).loopback_hosts(),
+                EdgeConfig::new()
+                    .limits(self.limits)
+                    .routes(crate::api::ROUTES)
+                    .loopback_hosts(),
             );
             let state = Arc::new(State {
                 registry: Arc::clone(&self.registry),
