@@ -312,6 +312,16 @@ fn changes_can_be_left_to_the_admin_listener_and_a_bad_token_is_a_clear_error() 
     assert_eq!(quit.status, 200, "{}", quit.text);
     assert!(p.wait_exit(EXIT_WAIT).success());
 
+    // The variable of the flag's old name still keeps changes off the public port.
+    let old = multi_server_e2e::Process::start_with_env(
+        bin(),
+        &["--flows-ports", "0"],
+        &[("MULTI_SERVER_QUIT_ON_ADMIN_ONLY", "1")],
+    );
+    let answer = change(old.url("flows"), "/__quitquitquitz", &[]);
+    assert_eq!(answer.status, 403, "{}", answer.text);
+    drop(old);
+
     let short = temp_dir("token").join("short");
     std::fs::write(&short, "hunter2\n").unwrap();
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
@@ -589,6 +599,9 @@ fn over_max_connections_a_client_is_told_503_and_the_server_carries_on() {
 
 #[test]
 fn a_thousand_stalled_bodies_cost_little_memory_and_healthz_stays_fast() {
+    // This test's own thousand sockets, next to the parallel tests' (the soft limit is often
+    // 1024).
+    let _ = rlimit::increase_nofile_limit(8192);
     let p = start(&["--body-timeout", "20s"]);
     let flows = addr(p.url("flows"));
     let before = rss_mib(p.pid());
@@ -663,6 +676,9 @@ fn serverz_never_shows_a_secret_and_survives_non_utf8_argv() {
         .args(&command_args)
         .env("MULTI_SERVER_ADMIN_PORTS", "0")
         .env_remove("GENKIT_ENV")
+        .env_remove("LISTEN_FDS")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -765,6 +781,8 @@ fn absurd_durations_and_limits_are_one_clear_error() {
         ("--drain-delay", "25h"),
         ("--body-timeout", "1000000000000000000s"),
         ("--max-connections", "0"),
+        ("--head-timeout", "0s"),
+        ("--body-timeout", "0ms"),
         ("--max-connections", "10000000"),
     ] {
         let mut p = Process::spawn(bin(), &["--flows-ports", "0", flag, value], &[]);

@@ -70,18 +70,19 @@ pub(crate) struct Cli {
     pub(crate) admin_token_file: Option<std::path::PathBuf>,
 
     /// How many connections each server keeps open at once; one more is answered 503 (actix
-    /// holds it in the listen backlog instead).
+    /// holds it in the listen backlog instead, and counts per worker: its limit is the flag
+    /// rounded up to a multiple of --flows-workers).
     #[arg(long, env = "MULTI_SERVER_MAX_CONNECTIONS", default_value_t = edge::Limits::default().connections,
           value_parser = parse_max_connections)]
     pub(crate) max_connections: usize,
 
     /// How long a client may take to send a request head; also how long an idle keep-alive
     /// connection waits for its next request (every server).
-    #[arg(long, env = "MULTI_SERVER_HEAD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "MULTI_SERVER_HEAD_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub(crate) head_timeout: Duration,
 
     /// How long reading a request body may take (every server; 408 after it).
-    #[arg(long, env = "MULTI_SERVER_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "MULTI_SERVER_BODY_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub(crate) body_timeout: Duration,
 
     /// How long after start the reflection server starts (the original waited 2s).
@@ -160,6 +161,19 @@ impl Cli {
             .map_err(|err| format!("{source}: {err}"))
     }
 
+    /// `--changes-on-admin-only`, or the variable of its old name
+    /// (`MULTI_SERVER_QUIT_ON_ADMIN_ONLY`), so that a deployment that set it keeps its public
+    /// port free of changes.
+    pub(crate) fn changes_on_admin_only(&self) -> bool {
+        self.changes_on_admin_only
+            || std::env::var("MULTI_SERVER_QUIT_ON_ADMIN_ONLY").is_ok_and(|v| {
+                !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "" | "0" | "false" | "no" | "off"
+                )
+            })
+    }
+
     /// Dev mode from the flag or from Genkit's own variable, as the original sample did.
     pub(crate) fn is_dev(&self) -> bool {
         self.dev || std::env::var("GENKIT_ENV").is_ok_and(|v| v == "dev")
@@ -177,6 +191,15 @@ pub(crate) enum LogFormat {
 /// The longest any duration flag may be: a day. Anything longer is a typo, and far longer
 /// values (`3e11y`) would overflow the clock at shutdown.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A duration flag that must not be zero (a zero head or body timeout refuses every request).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("must be more than 0 (examples: 10s, 500ms)".to_owned());
+    }
+    Ok(duration)
+}
 
 fn parse_max_connections(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {

@@ -109,7 +109,7 @@ fn add_servers(manager: &mut ManagerBuilder<'_>, cli: &Cli, dev: bool) {
         if let Some(workers) = cli.flows_workers {
             api = api.workers(workers);
         }
-        if cli.changes_on_admin_only {
+        if cli.changes_on_admin_only() {
             api = api.without_admin_changes();
         }
         manager.add(config("flows").ports(cli.flows_ports.clone()), api);

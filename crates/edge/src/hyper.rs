@@ -30,6 +30,8 @@ use crate::{Begun, Edge, Limits, RequestHead, RequestScope, errors};
 /// A request head (and a keep-alive connection's next one) must arrive within
 /// [`Limits::head_timeout`] (hyper's own timer; a head larger than hyper's buffer is a 431);
 /// at most [`Limits::connections`] connections are open at once (one more is answered 503).
+/// Once told to stop, it serves what the kernel had queued: the `Server` must return
+/// [`ACCEPT_STOP_LAG`](crate::ACCEPT_STOP_LAG) from `accept_stop_lag` for that to happen.
 ///
 /// # Errors
 /// When the listener cannot be registered with tokio.

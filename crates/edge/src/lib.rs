@@ -82,8 +82,10 @@ pub use policy::{ChangePolicy, HostPolicy, RequestHead};
 pub use scope::{RequestScope, Streamed};
 
 /// How long an acceptor of the edge may take, once told to stop, to accept what the kernel
-/// had queued ([`accept_or_done`]): the [`Server::accept_stop_lag`](manager::Server) of a
-/// server on the edge's acceptors. It calls `done_accepting` long before, as a rule.
+/// had queued ([`accept_or_done`]; it gives up at half of it): what a server whose acceptor
+/// uses the edge's must return from [`Server::accept_stop_lag`](manager::Server), or the
+/// manager stops the socket at once and the queue is reset instead of served. It calls
+/// `done_accepting` long before, as a rule.
 pub const ACCEPT_STOP_LAG: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Runs `accept` (an acceptor's next accept) until the server is told to stop accepting; then
@@ -92,17 +94,25 @@ pub const ACCEPT_STOP_LAG: std::time::Duration = std::time::Duration::from_milli
 /// ([`ServeContext::done_accepting`]) and no accept may run again.
 pub async fn accept_or_done<T>(
     ctx: &ServeContext,
-    accept: impl std::future::Future<Output = T>,
-) -> Option<T> {
+    accept: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Option<std::io::Result<T>> {
     let mut accept = std::pin::pin!(accept);
     tokio::select! {
         biased;
         () = ctx.stop_accepting().cancelled() => {}
         accepted = &mut accept => return Some(accepted),
     }
-    // One look, and one more after yielding, which lets the runtime's I/O driver record a
-    // connection that arrived a moment ago.
+    // What was queued, within half the lag the manager allows (a flood must not keep the
+    // drain going; an inherited socket is never stopped under it): one look, and one more
+    // after yielding, which lets the runtime's I/O driver record a connection that arrived a
+    // moment ago.
+    let in_time = ctx
+        .since_stop_accepting()
+        .is_none_or(|since| since < ACCEPT_STOP_LAG / 2);
     for _ in 0..2 {
+        if !in_time {
+            break;
+        }
         let queued = std::future::poll_fn(|cx| {
             std::task::Poll::Ready(match accept.as_mut().poll(cx) {
                 std::task::Poll::Ready(accepted) => Some(accepted),
@@ -110,10 +120,13 @@ pub async fn accept_or_done<T>(
             })
         })
         .await;
-        if queued.is_some() {
-            return queued;
+        match queued {
+            // An accept error now (the socket has stopped listening, out of descriptors) ends
+            // the drain: retrying it would only delay the stop.
+            Some(Ok(accepted)) => return Some(Ok(accepted)),
+            Some(Err(_)) => break,
+            None => tokio::task::yield_now().await,
         }
-        tokio::task::yield_now().await;
     }
     ctx.done_accepting();
     None
@@ -123,8 +136,8 @@ pub async fn accept_or_done<T>(
 /// nothing is left it never resolves (the framework stops on its shutdown signal).
 pub async fn accept_unless_stopped<T>(
     ctx: &ServeContext,
-    accept: impl std::future::Future<Output = T>,
-) -> T {
+    accept: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
     match accept_or_done(ctx, accept).await {
         Some(accepted) => accepted,
         None => std::future::pending().await,
@@ -310,5 +323,84 @@ impl Edge {
             Some(reply) => Begun::Answered(scope, reply),
             None => Begun::Route(scope),
         }
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use manager::{BoxFuture, Outcome, ServeContext, Server, ShutdownReason};
+    use tokio::io::AsyncWriteExt;
+
+    /// Accepts nothing until told to stop, then what the kernel queued: each is answered.
+    struct QueueThenDrain(Arc<AtomicUsize>);
+
+    impl Server for QueueThenDrain {
+        fn framework(&self) -> &'static str {
+            "test"
+        }
+        fn accept_stop_lag(&self) -> std::time::Duration {
+            crate::ACCEPT_STOP_LAG
+        }
+        fn serve(
+            self: Arc<Self>,
+            listener: std::net::TcpListener,
+            ctx: ServeContext,
+        ) -> BoxFuture<'static, anyhow::Result<()>> {
+            Box::pin(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                ctx.stop_accepting().cancelled().await;
+                while let Some(accepted) = crate::accept_or_done(&ctx, listener.accept()).await {
+                    let (mut stream, _) = accepted?;
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                    stream.write_all(b"served").await?;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_queued_at_the_stop_are_served_not_reset() {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let started = crate::testing::start("queue", QueueThenDrain(Arc::clone(&accepted))).await;
+        let addr = started.addr;
+        // Completed by the kernel, waiting in the backlog: nobody has accepted them.
+        let queued: Vec<std::net::TcpStream> = (0..5)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        started
+            .handle
+            .request_shutdown(ShutdownReason::Requested { why: "test".into() });
+        let answers = tokio::task::spawn_blocking(move || {
+            queued
+                .into_iter()
+                .map(|mut stream| {
+                    stream
+                        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                        .unwrap();
+                    let mut text = String::new();
+                    stream.read_to_string(&mut text).map(|_| text)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        for answer in &answers {
+            assert_eq!(answer.as_deref().ok(), Some("served"), "{answers:?}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+        // Once they were taken the socket stops listening: a newcomer is refused at once.
+        let late = std::net::TcpStream::connect(addr).map(|mut s| {
+            let _ = s.write_all(b"x");
+            let mut byte = [0u8; 1];
+            s.read(&mut byte)
+        });
+        assert!(!matches!(late, Ok(Ok(n)) if n > 0), "{late:?}");
+        let report = crate::testing::report_soon(started.run).await;
+        assert_eq!(report.outcome(), Outcome::Clean);
     }
 }

@@ -24,8 +24,9 @@ pub struct Limits {
     pub body_bytes: usize,
     /// How long a client may take to send a request head, from connecting or from the end of
     /// the previous answer; a keep-alive connection waiting that long for its next request is
-    /// closed too (on poem, through [`HeadDeadline::idle_unless`]: while the server has a
-    /// request in flight, one timeout later).
+    /// closed too (on poem, through [`HeadDeadline::idle_unless`], only at a moment the
+    /// server has no request in flight: a server kept busy keeps its idle connections, up to
+    /// [`Limits::connections`]).
     pub head_timeout: Duration,
     /// How long reading a request body may take once it started (408 after it).
     pub body_timeout: Duration,
@@ -213,7 +214,9 @@ impl<T> HeadDeadline<T> {
     /// (the keep-alive idle timeout poem lacks), unless `busy` says the server has a request
     /// in flight then: bytes alone cannot tell a kept-alive connection from a handler that
     /// works for a while before it answers or streams its next chunk, so such a connection
-    /// is looked at again one timeout later.
+    /// is looked at again one timeout later, for as long as the server stays busy (`busy` is
+    /// the server's, not the connection's: poem gives a handler no handle on its
+    /// connection).
     #[must_use]
     pub fn idle_unless(mut self, busy: Busy) -> Self {
         self.busy = Some(busy);

@@ -145,11 +145,18 @@ impl AdminToken {
         Ok(AdminToken(secret.into()))
     }
 
-    /// Whether `presented` is the token, compared in constant time (a timing side channel
-    /// would let a client find it byte by byte).
+    /// Whether `presented` is the token, compared in a time that depends on neither its
+    /// bytes nor its length (a timing side channel would let a client find the token byte by
+    /// byte, or its length): `presented` is fitted to the token's length, and the lengths are
+    /// compared apart, in constant time too.
     pub fn matches(&self, presented: &[u8]) -> bool {
         use subtle::ConstantTimeEq;
-        bool::from(self.0.as_bytes().ct_eq(presented))
+        let token = self.0.as_bytes();
+        let fitted: Vec<u8> = (0..token.len())
+            .map(|i| presented.get(i).copied().unwrap_or(0))
+            .collect();
+        let same_length = (presented.len() as u64).ct_eq(&(token.len() as u64));
+        bool::from(token.ct_eq(&fitted) & same_length)
     }
 }
 
@@ -171,6 +178,7 @@ mod tests {
             &b""[..],
             b"correct-horse-batter",
             b"correct-horse-batteryX",
+            b"correct-horse-battery\0",
             b"x",
         ] {
             assert!(!token.matches(wrong));

@@ -59,6 +59,7 @@ impl ServerManager {
             stop_accepting: CancellationToken::new(),
             reason: OnceLock::new(),
             deadline: OnceLock::new(),
+            stopped_accepting_at: OnceLock::new(),
             add_tx,
             inherited: Mutex::new(InheritedSockets::none()),
             started_servers: Mutex::default(),
@@ -229,6 +230,7 @@ impl ServerManager {
             slot.tracker.start_draining_until(deadline);
         }
         // Each server's supervisor takes it from here: see `supervise`.
+        let _ = shared.stopped_accepting_at.set(Instant::now());
         shared.stop_accepting.cancel();
 
         while let Some(joined) = tasks.join_next().await {
@@ -269,7 +271,7 @@ impl ServerManager {
 
         shared.state.send_replace(ProcessState::Stopped);
         if let Some(notifier) = notifier {
-            notifier.abort();
+            drop(notifier);
             let status = crate::systemd::status_line(&self.handle);
             crate::systemd::send(vec![Notice::Status(status)]).await;
         }

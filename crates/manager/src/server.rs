@@ -209,6 +209,15 @@ impl ServeContext {
         &self.close_idle
     }
 
+    /// How long ago the server was told to stop accepting (`None` before).
+    pub fn since_stop_accepting(&self) -> Option<Duration> {
+        self.manager
+            .shared
+            .stopped_accepting_at
+            .get()
+            .map(std::time::Instant::elapsed)
+    }
+
     /// Tells the manager that the server, told to stop accepting, has accepted every connection
     /// the kernel had queued and will accept no more: the socket stops listening now rather
     /// than [`Server::accept_stop_lag`] after the stop.

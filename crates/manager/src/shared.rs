@@ -85,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) stop_accepting: CancellationToken,
     pub(crate) reason: OnceLock<ShutdownReason>,
     pub(crate) deadline: OnceLock<tokio::time::Instant>,
+    /// When servers were told to stop accepting.
+    pub(crate) stopped_accepting_at: OnceLock<Instant>,
     pub(crate) add_tx: mpsc::UnboundedSender<Registration>,
     pub(crate) inherited: Mutex<InheritedSockets>,
     pub(crate) started_servers: Mutex<Vec<Started>>,

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::{ManagerHandle, ProcessState, ServerState};
 
@@ -26,22 +26,23 @@ fn enabled() -> bool {
 }
 
 /// Sends `notices` as one datagram, on a blocking thread: a service manager that does not
-/// read its socket must not stall a runtime worker. Failures are logged once each, never fatal.
+/// read its socket must not stall a runtime worker, and the caller waits at most 1 s. A
+/// failure is logged (each time), never fatal.
 pub(crate) async fn send(mut notices: Vec<Notice>) {
     if !enabled() {
         return;
     }
     // The same status twice (the manager's at the stop and the notifier's) says nothing new.
     static LAST_STATUS: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
-    notices.retain(|notice| match notice {
-        Notice::Status(text) => {
-            let mut last = LAST_STATUS.lock().unwrap_or_else(|e| e.into_inner());
-            let new = *last != *text;
-            text.clone_into(&mut last);
-            new
-        }
-        _ => true,
+    let status = notices.iter().find_map(|notice| match notice {
+        Notice::Status(text) => Some(text.clone()),
+        _ => None,
     });
+    if let Some(status) = &status
+        && *LAST_STATUS.lock().unwrap_or_else(|e| e.into_inner()) == *status
+    {
+        notices.retain(|notice| !matches!(notice, Notice::Status(_)));
+    }
     if notices.is_empty() {
         return;
     }
@@ -56,17 +57,30 @@ pub(crate) async fn send(mut notices: Vec<Notice>) {
             })
             .collect();
         sd_notify::notify(&states)
-    })
-    .await;
-    if let Ok(Err(err)) = sent {
-        tracing::warn!(error = %err, "cannot notify systemd (NOTIFY_SOCKET)");
+    });
+    // The stop waits for STOPPING=1, but not on a service manager that does not read.
+    match tokio::time::timeout(SEND_TIMEOUT, sent).await {
+        Ok(Ok(Ok(()))) => {
+            if let Some(status) = status {
+                *LAST_STATUS.lock().unwrap_or_else(|e| e.into_inner()) = status;
+            }
+        }
+        Ok(Ok(Err(err))) => {
+            tracing::warn!(error = %err, "cannot notify systemd (NOTIFY_SOCKET)");
+        }
+        _ => tracing::warn!("systemd's notify socket did not take a message within 1 s"),
     }
 }
 
+/// How long the stop waits for one notification to be taken.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Starts the notifier of `handle`'s process (`READY=1`, `STATUS=`, `WATCHDOG=1`), if a
 /// service manager listens. `STOPPING=1` is the manager's to send, at the moment it stops.
-pub(crate) fn spawn(handle: ManagerHandle) -> Option<JoinHandle<()>> {
-    enabled().then(|| tokio::spawn(notify(handle, sd_notify::watchdog_enabled())))
+pub(crate) fn spawn(handle: ManagerHandle) -> Option<AbortOnDropHandle<()>> {
+    // WATCHDOG_USEC=0 is no watchdog.
+    let watchdog = sd_notify::watchdog_enabled().filter(|timeout| !timeout.is_zero());
+    enabled().then(|| AbortOnDropHandle::new(tokio::spawn(notify(handle, watchdog))))
 }
 
 async fn notify(handle: ManagerHandle, watchdog: Option<Duration>) {
@@ -82,12 +96,15 @@ async fn notify(handle: ManagerHandle, watchdog: Option<Duration>) {
     let mut last_status = String::new();
     loop {
         let mut notices = Vec::new();
-        let status = status_line(&handle);
+        process.borrow_and_update();
+        // One snapshot for both: READY=1 goes with the status that says why.
+        let info = handle.server_info();
+        let status = status_of(&info);
         if status != last_status {
             notices.push(Notice::Status(status.clone()));
             last_status = status;
         }
-        if !ready && *process.borrow_and_update() == ProcessState::Live {
+        if !ready && info.state == ProcessState::Live {
             notices.push(Notice::Ready);
             ready = true;
         }
@@ -105,7 +122,10 @@ async fn notify(handle: ManagerHandle, watchdog: Option<Duration>) {
 /// `STATUS=`: the process state, then each server's, e.g. `live: flows serving
 /// 127.0.0.1:3400, reflection starting`.
 pub(crate) fn status_line(handle: &ManagerHandle) -> String {
-    let info = handle.server_info();
+    status_of(&handle.server_info())
+}
+
+fn status_of(info: &crate::admin::ServerInfo) -> String {
     let process = crate::state::state_name(info.state);
     let servers: Vec<String> = info
         .servers
