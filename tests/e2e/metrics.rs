@@ -61,7 +61,31 @@ fn the_exposition_is_valid_and_a_scan_of_random_paths_adds_no_series() {
     for _ in 0..5 {
         assert_eq!(conn.request("GET", "/greet", &[], b"").unwrap().status, 200);
     }
+    // One flow run that works and one whose input is refused: both counted, one an error.
+    let mut run = |body: &[u8]| {
+        conn.request(
+            "POST",
+            "/flow/multi_server_flow",
+            &[("Content-Type", "application/json")],
+            body,
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(run(br#""Ann""#), 200);
+    assert_eq!(run(b"42"), 400);
     let before = exposition(p.url("admin"));
+    for line in [
+        r#"multi_server_flow_runs_total{flow="multi_server_flow"} 2"#,
+        r#"multi_server_flow_errors_total{flow="multi_server_flow"} 1"#,
+        r#"multi_server_flow_duration_seconds_count{flow="multi_server_flow"} 2"#,
+    ] {
+        assert!(before.lines().any(|l| l == line), "{line} in:\n{before}");
+    }
+    assert!(
+        before.contains("multi_server_trace_store_bytes "),
+        "{before}"
+    );
     let series = |text: &str| {
         text.lines()
             .filter(|l| {

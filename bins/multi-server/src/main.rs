@@ -5,6 +5,7 @@
 mod cli;
 mod flows;
 mod logging;
+mod metrics;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -75,7 +76,12 @@ async fn run(
     if let Some(token) = admin_token {
         manager = manager.admin_token(token);
     }
-    add_servers(&mut ManagerBuilder(&mut manager), &cli, dev);
+    let registry = flows::registry();
+    let extra = edge::metrics::ExtraMetrics::new(vec![std::sync::Arc::new(metrics::FlowMetrics(
+        std::sync::Arc::clone(&registry),
+    ))]);
+    manager = manager.extension(std::sync::Arc::new(extra));
+    add_servers(&mut ManagerBuilder(&mut manager), &cli, &registry, dev);
     let handle = manager.handle();
     tokio::spawn(print_banner(handle, dev));
 
@@ -97,8 +103,12 @@ async fn run(
     }
 }
 
-fn add_servers(manager: &mut ManagerBuilder<'_>, cli: &Cli, dev: bool) {
-    let registry = flows::registry();
+fn add_servers(
+    manager: &mut ManagerBuilder<'_>,
+    cli: &Cli,
+    registry: &std::sync::Arc<::flows::Registry>,
+    dev: bool,
+) {
     let limits = cli.limits();
     let config = |name: &str| ServerConfig::new(name).host(cli.host).version(VERSION);
     // Genkit's tools and the Dev UI's page are for this machine: loopback, whatever --host.

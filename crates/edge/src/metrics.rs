@@ -28,11 +28,40 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 /// The classic text format's content type.
 pub const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// More metric families for `/__metrics` than the manager knows of (a program's flows, say):
+/// attach one with [`ServerManager::extension`](manager::ServerManager::extension) and every
+/// server's `/__metrics` encodes its collectors after the process's own.
+#[derive(Debug, Default)]
+pub struct ExtraMetrics(Vec<std::sync::Arc<dyn Collector>>);
+
+impl ExtraMetrics {
+    /// These collectors.
+    pub fn new(collectors: Vec<std::sync::Arc<dyn Collector>>) -> Self {
+        ExtraMetrics(collectors)
+    }
+}
+
+/// One of [`ExtraMetrics`]' collectors, registered for one scrape.
+#[derive(Debug)]
+struct SharedCollector(std::sync::Arc<dyn Collector>);
+
+impl Collector for SharedCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        self.0.encode(encoder)
+    }
+}
+
 /// The `/__metrics` answer, in OpenMetrics when `accept` asks for it.
 pub fn answer(manager: &ManagerHandle, accept: Option<&str>) -> Reply {
     let openmetrics = accept.is_some_and(|a| a.contains("application/openmetrics-text"));
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Process(manager.clone())));
+    if let Some(extra) = manager.extension::<ExtraMetrics>() {
+        for collector in &extra.0 {
+            registry
+                .register_collector(Box::new(SharedCollector(std::sync::Arc::clone(collector))));
+        }
+    }
     let mut text = String::with_capacity(16 * 1024);
     if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
         return crate::errors::error(
@@ -114,8 +143,13 @@ where
     }
 }
 
-/// One metric family: a descriptor, then `samples` writes each labelled sample.
-fn family(
+/// One metric family: a descriptor, then `samples` writes each labelled sample (with
+/// `encode_family(&labels)?.encode_counter(..)` and the like). For collectors of
+/// [`ExtraMetrics`] too.
+///
+/// # Errors
+/// When the encoder fails (writing to a `String` does not).
+pub fn family(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,

@@ -59,12 +59,14 @@
 mod error;
 mod registry;
 mod run;
+mod stats;
 mod telemetry;
 mod trace;
 
 pub use error::{FlowError, StatusCode};
 pub use registry::{ActionDesc, Registry, RunOptions, TRACE_HISTORY};
 pub use run::{FlowContext, FlowRun};
+pub use stats::{FLOW_DURATION_BUCKETS, FlowStats};
 pub use telemetry::TELEMETRY_QUEUE_BYTES;
 pub use trace::{
     InstrumentationLibrary, SpanData, SpanStatus, TRACE_STORE_BYTES, TRACE_VALUE_BYTES, TraceData,

@@ -81,6 +81,7 @@ pub struct Registry {
     /// Cancellation handles of runs still going, by trace id.
     running: Mutex<HashMap<String, CancellationToken>>,
     traces: TraceStore,
+    stats: crate::stats::Stats,
     feed: broadcast::Sender<Arc<str>>,
     telemetry: Telemetry,
     /// The runtime flows run on: the one `new` was called in, when there was one. A server
@@ -120,6 +121,7 @@ impl Registry {
             flows: RwLock::default(),
             running: Mutex::default(),
             traces: TraceStore::new(TRACE_HISTORY, TRACE_STORE_BYTES),
+            stats: crate::stats::Stats::default(),
             feed: broadcast::channel(TRACE_FEED).0,
             telemetry: Telemetry::new(env_url, runtime.clone()),
             runtime,
@@ -370,6 +372,12 @@ impl Registry {
         self.telemetry.queued_bytes()
     }
 
+    /// Every flow's runs, errors and durations since start, by flow name (flows that have
+    /// not ended a run yet are absent).
+    pub fn flow_stats(&self) -> BTreeMap<String, crate::FlowStats> {
+        self.stats.snapshot()
+    }
+
     /// Bytes (serialized JSON) of the traces kept in memory now.
     pub fn trace_store_bytes(&self) -> usize {
         self.traces.bytes()
@@ -378,6 +386,7 @@ impl Registry {
     /// Stores, broadcasts and exports one state of a trace. `new` puts it at the front of the
     /// history; otherwise it replaces the stored copy.
     pub(crate) fn publish(&self, trace: &TraceData, new: bool) {
+        self.stats.record(trace);
         if new {
             self.traces.insert(trace.clone());
         } else {

@@ -447,6 +447,14 @@ async fn the_feed_sees_start_and_end_and_history_keeps_the_newest_100() {
     ids.truncate(crate::TRACE_HISTORY);
     assert_eq!(recent, ids);
     assert!(registry.trace(&trace_id).is_none(), "oldest evicted");
+    let stats = &registry.flow_stats()["plain"];
+    assert_eq!(
+        stats.runs,
+        crate::TRACE_HISTORY as u64 + 6,
+        "every run counted once"
+    );
+    assert_eq!(stats.errors, 0);
+    assert_eq!(stats.buckets.iter().sum::<u64>(), stats.runs);
 }
 
 #[test]

@@ -124,6 +124,14 @@ impl ManagerHandle {
             .collect()
     }
 
+    /// The value of type `T` the program attached with
+    /// [`ServerManager::extension`](crate::ServerManager::extension), if any.
+    pub fn extension<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        read(&self.shared.extensions)
+            .iter()
+            .find_map(|e| Arc::clone(e).downcast::<T>().ok())
+    }
+
     /// When the process started, in seconds since the Unix epoch.
     pub fn started_at(&self) -> f64 {
         epoch_seconds(self.shared.started_wall)

@@ -67,6 +67,7 @@ impl ServerManager {
             optional_failures: Mutex::default(),
             requests_feed: Arc::default(),
             servers_changed: Arc::new(watch::Sender::new(0)),
+            extensions: RwLock::default(),
         };
         ServerManager {
             handle: ManagerHandle {
@@ -120,6 +121,23 @@ impl ServerManager {
     /// origin and peer rules.
     pub fn admin_token(self, token: crate::admin::AdminToken) -> Self {
         self.settings().admin_token = Some(token);
+        self
+    }
+
+    /// Attaches `value` for every server to find with [`ManagerHandle::extension`]: how a
+    /// program hands its servers something the manager knows nothing about (the edge's extra
+    /// metrics, say). One value per type; a second replaces the first.
+    pub fn extension<T: std::any::Any + Send + Sync>(self, value: Arc<T>) -> Self {
+        {
+            let mut extensions = self
+                .handle
+                .shared
+                .extensions
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            extensions.retain(|e| !e.is::<T>());
+            extensions.push(value);
+        }
         self
     }
 

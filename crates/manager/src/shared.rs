@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     pub(crate) requests_feed: Arc<RequestFeed>,
     /// See [`Slot::changed`].
     pub(crate) servers_changed: Arc<watch::Sender<u64>>,
+    /// Values the program attached for its servers to find (see `ServerManager::extension`).
+    pub(crate) extensions: RwLock<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 pub(crate) fn fail(shared: &Arc<Shared>, slot: &Arc<Slot>, err: Error) {
