@@ -115,7 +115,7 @@ fn add_servers(
     let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
     #[cfg(feature = "actix")]
     {
-        let mut api = flows_actix::FlowsApi::new(std::sync::Arc::clone(&registry)).limits(limits);
+        let mut api = flows_actix::FlowsApi::new(std::sync::Arc::clone(registry)).limits(limits);
         if let Some(workers) = cli.flows_workers {
             api = api.workers(workers);
         }
@@ -124,7 +124,7 @@ fn add_servers(
         }
         manager.add(config("flows").ports(cli.flows_ports.clone()), api);
         #[cfg(feature = "test-faults")]
-        faults::add_faulty_servers(manager, cli, &registry, config);
+        faults::add_faulty_servers(manager, cli, registry, config);
     }
     #[cfg(feature = "poem")]
     if dev {
@@ -132,7 +132,7 @@ fn add_servers(
             .host(loopback)
             .ports(cli.reflection_ports.clone())
             .start_delay(cli.reflection_delay);
-        let api = reflection_poem::ReflectionApi::new(std::sync::Arc::clone(&registry))
+        let api = reflection_poem::ReflectionApi::new(std::sync::Arc::clone(registry))
             .name("multi-server")
             .limits(limits);
         manager.add(reflection, api);
@@ -147,7 +147,7 @@ fn add_servers(
             .optional();
         manager.add(
             devui,
-            devui_salvo::DevUi::new(std::sync::Arc::clone(&registry)).limits(limits),
+            devui_salvo::DevUi::new(std::sync::Arc::clone(registry)).limits(limits),
         );
     }
     #[cfg(feature = "axum")]
