@@ -235,6 +235,62 @@ async fn drive(c: &Client, p: &mut Process, driver: &Driver) {
     wait_text(c, "#readiness", "readiness restored", |t| t == "ready").await;
     assert_eq!(get(&format!("{flows}/__readyz")).status, 200);
 
+    // The charts move after a burst: 300 requests on the flows API show in its requests/s
+    // chart (its highest second), and the flows that ran have cards of their own.
+    let burst = {
+        let flows = flows.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = multi_server_e2e::Conn::connect(multi_server_e2e::addr(&flows)).unwrap();
+            for _ in 0..300 {
+                assert_eq!(conn.request("GET", "/greet", &[], b"").unwrap().status, 200);
+            }
+        })
+    };
+    burst.await.expect("the burst");
+    let rps = r#"[data-server-chart="flows"] [data-chart="requests/s"]"#;
+    wait_text(c, rps, "the burst in the flows chart", |t| {
+        t.rsplit_once("max ")
+            .and_then(|(_, max)| max.trim_end_matches("/s").parse::<f64>().ok())
+            .is_some_and(|max| max >= 10.0)
+    })
+    .await;
+    wait_text(
+        c,
+        r#"[data-flow-chart="plan_trip"] h4"#,
+        "plan_trip's run count",
+        |t| t.contains("runs"),
+    )
+    .await;
+    let charts: Value = c
+        .execute(
+            "return [...document.querySelectorAll('svg.chart')].map(s => [s.getAttribute('tabindex'), s.getAttribute('aria-label')]);",
+            vec![],
+        )
+        .await
+        .expect("charts");
+    let charts = charts.as_array().cloned().unwrap_or_default();
+    assert!(charts.len() >= 4, "{charts:?}");
+    for chart in &charts {
+        assert_eq!(chart[0], "0", "keyboard reachable: {chart}");
+        assert!(
+            chart[1]
+                .as_str()
+                .is_some_and(|l| l.contains("last five minutes: now")),
+            "{chart}"
+        );
+    }
+    c.execute(
+        "window.scrollTo(0, document.getElementById('charts-h').getBoundingClientRect().top + window.scrollY - 70); document.activeElement.blur();",
+        vec![],
+    )
+    .await
+    .expect("scroll");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let charts_shot = screenshot_path("devui-charts.png");
+    std::fs::write(&charts_shot, c.screenshot().await.expect("screenshot"))
+        .expect("save screenshot");
+    println!("Developer UI charts (1280x800): {}", charts_shot.display());
+
     // Nothing went wrong in the page. The one expected entry: Chrome reports the deliberate
     // bad input's HTTP 400 as a failed resource load.
     let problems: Vec<Value> = driver

@@ -569,6 +569,122 @@ function setupLog() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Charts: the last five minutes from /api/history, one point a second, drawn as SVG here.
+
+const SVG = 'http://www.w3.org/2000/svg';
+const charted = { samples: [], capacity: 300, last: 0 };
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [a, v] of Object.entries(attrs || {})) node.setAttribute(a, v);
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+function fmtNum(value, unit) {
+  if (value === null || value === undefined) return '–';
+  const digits = Number.isInteger(value) || value >= 100 ? 0 : value >= 10 ? 1 : 2;
+  return `${value.toFixed(digits)}${unit}`;
+}
+
+function clock(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour12: false });
+}
+
+/**
+ * One chart: a line per series over the samples (null points leave a gap), a transparent
+ * column per second whose <title> gives its numbers on hover, and an aria-label and a text
+ * line with the latest and highest values for a screen reader and for the eye.
+ */
+function chart(title, unit, series, times) {
+  const width = charted.capacity;
+  const height = 50;
+  const values = series.flatMap((s) => s.values).filter((v) => v !== null && v !== undefined);
+  const highest = Math.max(...values, 0);
+  const top = highest || 1;
+  const offset = width - times.length;
+  const y = (v) => (height - 2 - (v / top) * (height - 4)).toFixed(1);
+  const lines = series.map((s, k) => {
+    let d = '';
+    let pen = false;
+    s.values.forEach((v, i) => {
+      if (v === null || v === undefined) { pen = false; return; }
+      d += `${pen ? 'L' : 'M'}${offset + i} ${y(v)} `;
+      pen = true;
+    });
+    return svg('path', { d: d.trim() || 'M0 0', class: k ? 'area second' : 'area' });
+  });
+  const named = (s, v) => (series.length > 1 ? `${s.name} ${fmtNum(v, unit)}` : fmtNum(v, unit));
+  const hits = times.map((t, i) => svg('rect', { x: offset + i - 0.5, y: 0, width: 1, height, class: 'hit' },
+    svg('title', {}, document.createTextNode(
+      `${clock(t)}: ${series.map((s) => named(s, s.values[i])).join(', ')}`))));
+  const latest = series.map((s) => named(s, s.values[s.values.length - 1])).join(', ');
+  const label = `${title}, last five minutes: now ${latest}; highest ${fmtNum(highest, unit)}`;
+  const node = svg('svg', {
+    viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: 'none', class: 'chart',
+    role: 'img', 'aria-label': label, tabindex: '0',
+  }, svg('line', { x1: 0, y1: height - 1, x2: width, y2: height - 1, class: 'axis' }), ...lines, ...hits);
+  node.append(svg('title', {}, document.createTextNode(label)));
+  const keys = series.length > 1
+    ? series.map((s, k) => h('span', { className: `key-${k + 1}` }, `${k ? '┄' : '—'} ${s.name}`)) : [];
+  return h('div', { className: 'chart-row' },
+    h('div', { className: 'chart-label' },
+      h('span', {}, title, ' ', ...keys),
+      h('span', { className: 'now', attrs: { 'data-chart': title } }, `now ${latest} · max ${fmtNum(highest, unit)}`)),
+    node);
+}
+
+function renderCharts() {
+  const samples = charted.samples;
+  const times = samples.map((s) => s.at_ms);
+  const names = [...new Set(samples.flatMap((s) => s.servers.map((p) => p.name)))];
+  const point = (s, name) => s.servers.find((p) => p.name === name) || {};
+  const serverCards = names.map((name) => h('div', { className: 'chart-card', attrs: { 'data-server-chart': name } },
+    h('h4', {}, name),
+    chart('requests/s', '/s', [{ name: 'req', values: samples.map((s) => point(s, name).rps ?? null) }], times),
+    chart('latency', ' ms', [
+      { name: 'p50', values: samples.map((s) => point(s, name).p50_ms ?? null) },
+      { name: 'p99', values: samples.map((s) => point(s, name).p99_ms ?? null) },
+    ], times),
+    chart('in flight', '', [{ name: 'now', values: samples.map((s) => point(s, name).in_flight ?? null) }], times)));
+  $('server-charts').replaceChildren(...(serverCards.length ? serverCards
+    : [h('p', { className: 'empty' }, 'Waiting for the first second…')]));
+  const flows = [...new Set(samples.flatMap((s) => s.flows.map((f) => f.name)))];
+  const flowPoint = (s, name) => s.flows.find((f) => f.name === name) || {};
+  const lastOf = (name) => flowPoint(samples[samples.length - 1] || { flows: [] }, name);
+  const flowCards = flows.map((name) => {
+    const total = lastOf(name);
+    const rate = total.runs ? (100 * total.errors) / total.runs : 0;
+    return h('div', { className: 'chart-card', attrs: { 'data-flow-chart': name } },
+      h('h4', {}, name, h('span', { className: 'sub' },
+        `${total.runs ?? 0} runs · ${total.errors ?? 0} errors (${rate.toFixed(1)}%) since start`)),
+      chart('runs/s', '/s', [
+        { name: 'runs', values: samples.map((s) => flowPoint(s, name).runs_per_s ?? null) },
+        { name: 'errors', values: samples.map((s) => flowPoint(s, name).errors_per_s ?? null) },
+      ], times));
+  });
+  $('flow-charts').replaceChildren(...(flowCards.length ? flowCards
+    : [h('p', { className: 'empty' }, 'No flow has run yet.')]));
+}
+
+async function refreshHistory() {
+  const res = await fetch(`/api/history?since=${charted.last}`);
+  if (!res.ok) return;
+  const body = await res.json();
+  charted.capacity = body.capacity || charted.capacity;
+  if (body.samples.length) {
+    charted.samples = charted.samples.concat(body.samples).slice(-charted.capacity);
+    charted.last = charted.samples[charted.samples.length - 1].at_ms;
+    renderCharts();
+  }
+}
+
+function setupCharts() {
+  refreshHistory().catch(() => {});
+  setInterval(() => refreshHistory().catch(() => {}), 1000);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Live feed
 
 function connect() {
@@ -590,6 +706,7 @@ function start() {
   setupControls();
   setupFlows();
   setupLog();
+  setupCharts();
   connect();
   loadFlows().catch(showProblem);
   loadTraces().catch(showProblem);

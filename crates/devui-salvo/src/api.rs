@@ -38,6 +38,7 @@ pub(crate) const ROUTES: &[&str] = &[
     "/api/traces",
     "/api/traces/{trace_id}",
     "/api/events",
+    "/api/history",
     "/api/readiness/fail",
     "/api/readiness/ok",
     "/api/quit",
@@ -67,6 +68,7 @@ pub(crate) fn router() -> Router {
         .push(Router::with_path("api/traces").get(trace_list))
         .push(Router::with_path("api/traces/{trace_id}").get(trace_one))
         .push(Router::with_path("api/events").get(events::events))
+        .push(Router::with_path("api/history").get(history))
         .push(Router::with_path("api/readiness/fail").post(readiness_fail))
         .push(Router::with_path("api/readiness/ok").post(readiness_ok))
         .push(Router::with_path("api/quit").post(quit))
@@ -154,6 +156,21 @@ pub(crate) fn snapshot(state: &State) -> Value {
 #[handler]
 async fn servers(depot: &mut Depot, res: &mut Response) {
     ok(res, &snapshot(&state(depot)));
+}
+
+/// `GET /api/history[?since=<ms>]`: the charts' samples after `since` (all of the last five
+/// minutes without it), oldest first.
+#[handler]
+async fn history(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let since = req.query::<f64>("since").unwrap_or(0.0);
+    ok(
+        res,
+        &json!({
+            "interval_ms": crate::history::INTERVAL.as_millis() as u64,
+            "capacity": crate::history::SAMPLES,
+            "samples": state(depot).history.since(since),
+        }),
+    );
 }
 
 #[handler]

@@ -40,7 +40,8 @@
 //! | `POST /api/runs/<traceId>/cancel` | `{"cancelled": true, "traceId"}`; 404 when no run with that id is going on. |
 //! | `GET /api/traces` | `{"traces": [TraceData...]}`, newest first (Genkit's trace shape). |
 //! | `GET /api/traces/<traceId>` | One `TraceData`; 404 when not among the recent ones. |
-//! | `GET /api/events` | Server-Sent Events: `servers` (as `GET /api/servers`, at once and every second), `request` (each finished request of every server: server, id, method, path, status or aborted, latency_ms, at_ms), `trace` (each update of a run's `TraceData`), `lagged`. Ends when this server drains. |
+//! | `GET /api/history[?since=<ms>]` | `{"interval_ms": 1000, "capacity": 300, "samples": [{"at_ms", "servers": [{"name", "rps", "in_flight", "p50_ms", "p99_ms"}], "flows": [{"name", "runs_per_s", "errors_per_s", "runs", "errors"}]}]}`: the charts' last five minutes, one sample a second (p50/p99 over that second, from the manager's duration histograms), after `since`. |
+//! | `GET /api/events` | Server-Sent Events: `servers` (as `GET /api/servers`, at once and every second), `request` (each finished request of every server: server, id, method, path, status or aborted, latency_ms, at_ms), `trace` (each update of a run: its `TraceData` now), `lagged`. Ends when this server drains. |
 //! | `POST /api/readiness/fail` | Forces the process's readiness to fail (`/__readyz` answers 503 on every server); answers the readiness. |
 //! | `POST /api/readiness/ok` | Lets readiness follow the servers again; answers the readiness. |
 //! | `POST /api/quit` | Graceful shutdown of the whole process; `{"status": "OK"}`. |
@@ -84,6 +85,7 @@
 mod api;
 mod events;
 mod example;
+mod history;
 mod server;
 #[cfg(feature = "test-routes")]
 pub mod test_routes;

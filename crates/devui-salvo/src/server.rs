@@ -72,6 +72,7 @@ impl DevUi {
 pub(crate) struct State {
     pub(crate) registry: Arc<Registry>,
     pub(crate) edge: Edge,
+    pub(crate) history: crate::history::History,
 }
 
 impl State {
@@ -115,6 +116,12 @@ impl Server for DevUi {
             let state = Arc::new(State {
                 registry: Arc::clone(&self.registry),
                 edge: Edge::new(ctx.clone(), config),
+                history: crate::history::History::default(),
+            });
+            // The charts' five minutes, sampled until the server stops accepting.
+            tokio::spawn({
+                let state = Arc::clone(&state);
+                async move { crate::history::sample(&state.history, state.ctx(), &state.registry).await }
             });
             listener.set_nonblocking(true)?;
             let acceptor = StopAwareAcceptor {
