@@ -5,7 +5,9 @@
 /// The template of `routes` (or of the admin endpoints) that `path` matches: segment by
 /// segment, `{name}` standing for any one non-empty segment. Empty when none matches.
 pub fn matched(routes: &'static [&'static str], path: &str) -> &'static str {
-    if let Some(admin) = crate::admin::PATHS.iter().find(|p| **p == path) {
+    if path.starts_with("/__")
+        && let Some(admin) = crate::admin::PATHS.iter().find(|p| **p == path)
+    {
         return admin;
     }
     routes
@@ -16,6 +18,10 @@ pub fn matched(routes: &'static [&'static str], path: &str) -> &'static str {
 }
 
 fn matches(template: &str, path: &str) -> bool {
+    // Most templates have no parameter: one comparison (a length first).
+    if !template.contains('{') {
+        return template == path;
+    }
     let mut want = template.split('/');
     let mut got = path.split('/');
     loop {
