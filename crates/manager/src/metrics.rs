@@ -4,7 +4,9 @@
 //!
 //! Recording is a lock that only one thread takes (its shard's) and a few adds: every thread
 //! is given its own shard, as Envoy keeps thread-local stats, so that no cache line bounces
-//! between cores on the request path. A scrape locks each shard in turn and merges them.
+//! between cores on the request path. A scrape locks each shard in turn and merges them. The
+//! per-server totals of `/__serverz` (served, 5xx, latency quantiles) live in the same shards;
+//! only the in-flight count, which the drain waits on, is one shared atomic.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -130,10 +132,28 @@ impl std::hash::Hasher for WordHasher {
 
 type ShardMap = HashMap<ShardKey, Series, BuildHasherDefault<WordHasher>>;
 
+/// What one shard holds: the series, and the per-server totals `/__serverz` shows.
+#[derive(Default)]
+struct ShardData {
+    series: ShardMap,
+    totals: Totals,
+}
+
+/// A server's answered requests, merged from its shards.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// Requests answered (any status).
+    pub served: u64,
+    /// Requests answered with a 5xx status.
+    pub server_errors: u64,
+    /// Their latencies, in power-of-two buckets (fine-grained quantiles for `/__serverz`).
+    pub latency: crate::requests::LatencyHistogram,
+}
+
 /// A shard on a cache line of its own.
 #[repr(align(128))]
 #[derive(Default)]
-struct Shard(Mutex<ShardMap>);
+struct Shard(Mutex<ShardData>);
 
 /// The request duration histograms of one server.
 pub struct HttpMetrics {
@@ -178,9 +198,26 @@ impl HttpMetrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         shard
+            .series
             .entry(ShardKey(key))
             .or_default()
             .record(duration.as_secs_f64());
+        let totals = &mut shard.totals;
+        totals.served += 1;
+        totals.server_errors += u64::from(key.status >= 500);
+        totals.latency.record(duration);
+    }
+
+    /// The server's totals, merged across shards.
+    pub fn totals(&self) -> Totals {
+        let mut all = Totals::default();
+        for shard in &self.shards {
+            let shard = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+            all.served += shard.totals.served;
+            all.server_errors += shard.totals.server_errors;
+            all.latency.merge(&shard.totals.latency);
+        }
+        all
     }
 
     /// Every series, merged across shards, in label order.
@@ -188,7 +225,7 @@ impl HttpMetrics {
         let mut merged: std::collections::BTreeMap<SeriesKey, Series> = Default::default();
         for shard in &self.shards {
             let shard = shard.0.lock().unwrap_or_else(|e| e.into_inner());
-            for (key, series) in shard.iter() {
+            for (key, series) in shard.series.iter() {
                 merged.entry(key.0).or_default().merge(series);
             }
         }

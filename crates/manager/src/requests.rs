@@ -20,8 +20,6 @@ static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 pub struct RequestTracker {
     server: Arc<str>,
     in_flight: AtomicUsize,
-    served: AtomicU64,
-    server_errors: AtomicU64,
     aborted: AtomicU64,
     cut_by_deadline: AtomicU64,
     drain_started: AtomicBool,
@@ -32,7 +30,7 @@ pub struct RequestTracker {
     /// request dropped unanswered at or after this instant was cut by the deadline.
     deadline: std::sync::OnceLock<tokio::time::Instant>,
     idle: Notify,
-    latency: LatencyHistogram,
+    /// Answered requests: counts, 5xx, latencies, series, in per-thread shards.
     http: crate::metrics::HttpMetrics,
     feed: Arc<RequestFeed>,
 }
@@ -43,8 +41,6 @@ impl RequestTracker {
             feed,
             server,
             in_flight: AtomicUsize::new(0),
-            served: AtomicU64::new(0),
-            server_errors: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
             cut_by_deadline: AtomicU64::new(0),
             drain_started: AtomicBool::new(false),
@@ -52,7 +48,6 @@ impl RequestTracker {
             deadline_passed: AtomicBool::new(false),
             deadline: std::sync::OnceLock::new(),
             idle: Notify::new(),
-            latency: LatencyHistogram::default(),
             http: crate::metrics::HttpMetrics::default(),
         }
     }
@@ -80,12 +75,12 @@ impl RequestTracker {
 
     /// Requests answered (any status).
     pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
+        self.http.totals().served
     }
 
     /// Requests answered with a 5xx status.
     pub fn server_errors(&self) -> u64 {
-        self.server_errors.load(Ordering::Relaxed)
+        self.http.totals().server_errors
     }
 
     /// Requests that ended without a response (client gone, or cut by the drain deadline).
@@ -121,9 +116,9 @@ impl RequestTracker {
         self.closing.load(Ordering::Relaxed)
     }
 
-    /// The latency histogram of answered requests.
-    pub fn latency(&self) -> &LatencyHistogram {
-        &self.latency
+    /// The latency histogram of answered requests, now.
+    pub fn latency(&self) -> LatencyHistogram {
+        self.http.totals().latency
     }
 
     /// The duration histograms per method, status and route (`/__metrics`).
@@ -215,11 +210,6 @@ impl RequestGuard {
         self.finished = true;
         let tracker = &self.tracker;
         let latency = self.started.elapsed();
-        tracker.served.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
-            tracker.server_errors.fetch_add(1, Ordering::Relaxed);
-        }
-        tracker.latency.record(latency);
         let method = match &self.method {
             Cow::Borrowed(method) => method,
             Cow::Owned(_) => "_OTHER",
@@ -374,46 +364,48 @@ fn epoch_ms() -> f64 {
         * 1e3
 }
 
-const BUCKETS: usize = 40;
+pub(crate) const BUCKETS: usize = 40;
 
-/// A lock-free latency histogram with power-of-two microsecond buckets: bucket `i` holds
-/// latencies in `[2^i, 2^(i+1))` µs. Quantiles are reported as the bucket's geometric middle,
-/// which is within ±41% of the true value: enough to tell 1 ms from 10 ms on a dashboard.
-#[derive(Debug)]
+/// A latency histogram with power-of-two microsecond buckets: bucket `i` holds latencies in
+/// `[2^i, 2^(i+1))` µs. Quantiles are reported as the bucket's geometric middle, which is
+/// within ±41% of the true value: enough to tell 1 ms from 10 ms on a dashboard. Recorded in
+/// the per-thread shards of [`HttpMetrics`](crate::metrics::HttpMetrics), merged when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LatencyHistogram {
-    buckets: [AtomicU64; BUCKETS],
+    pub(crate) buckets: [u64; BUCKETS],
 }
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
         LatencyHistogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            buckets: [0; BUCKETS],
         }
     }
 }
 
 impl LatencyHistogram {
     /// Adds one observation.
-    pub fn record(&self, latency: Duration) {
+    pub(crate) fn record(&mut self, latency: Duration) {
         let micros = latency.as_micros().max(1) as u64;
         let bucket = (63 - micros.leading_zeros() as usize).min(BUCKETS - 1);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.buckets[bucket] += 1;
+    }
+
+    pub(crate) fn merge(&mut self, other: &LatencyHistogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
     }
 
     /// The approximate `q`-quantile (0.0..=1.0), or `None` before the first observation.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
+        let total: u64 = self.buckets.iter().sum();
         if total == 0 {
             return None;
         }
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        for (i, count) in counts.iter().enumerate() {
+        for (i, count) in self.buckets.iter().enumerate() {
             seen += count;
             if seen >= rank {
                 let middle = (1u64 << i) as f64 * std::f64::consts::SQRT_2;
@@ -546,7 +538,7 @@ mod tests {
 
     #[test]
     fn histogram_quantiles_land_in_the_right_bucket() {
-        let h = LatencyHistogram::default();
+        let mut h = LatencyHistogram::default();
         assert_eq!(h.quantile(0.5), None);
         for _ in 0..98 {
             h.record(Duration::from_micros(100));
