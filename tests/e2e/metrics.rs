@@ -135,6 +135,11 @@ fn the_exposition_is_valid_and_a_scan_of_random_paths_adds_no_series() {
     assert!(open.text.ends_with("# EOF\n"), "{}", open.text);
 }
 
+/// Whether `GET url` answers 200 (false while nothing listens).
+fn get_ok(url: &str) -> bool {
+    multi_server_e2e::try_get(url).is_ok_and(|reply| reply.status == 200)
+}
+
 /// A Prometheus server of the test's own, killed (by pid) on drop.
 struct Prometheus(Child);
 
@@ -217,6 +222,16 @@ fn a_real_prometheus_scrapes_the_request_counts_and_a_quantile() {
             .spawn()
             .unwrap(),
     );
+    // Prometheus starts in a second or two here; a loaded machine gets a minute.
+    let ready_by = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !get_ok(&format!("http://127.0.0.1:{port}/-/ready")) {
+        assert!(
+            std::time::Instant::now() < ready_by,
+            "Prometheus not ready within 60 s:\n{}",
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let flows = addr(p.url("flows"));
     let mut conn = Conn::connect(flows).unwrap();
     for _ in 0..200 {

@@ -592,90 +592,136 @@ function clock(ms) {
 }
 
 /**
- * One chart: a line per series over the samples (null points leave a gap), a transparent
- * column per second whose <title> gives its numbers on hover, and an aria-label and a text
- * line with the latest and highest values for a screen reader and for the eye.
+ * One chart, built once and updated in place each second (so focus and a hover tooltip
+ * survive the updates): a line per series over the samples (null points leave a gap), a
+ * transparent column per second whose <title> gives its numbers on hover, and an aria-label
+ * and a text line with the latest and highest values for a screen reader and for the eye.
  */
-function chart(title, unit, series, times) {
+function makeChart(title, unit, names) {
   const width = charted.capacity;
   const height = 50;
-  const values = series.flatMap((s) => s.values).filter((v) => v !== null && v !== undefined);
-  const highest = Math.max(...values, 0);
-  const top = highest || 1;
-  const offset = width - times.length;
-  const y = (v) => (height - 2 - (v / top) * (height - 4)).toFixed(1);
-  const lines = series.map((s, k) => {
-    let d = '';
-    let pen = false;
-    s.values.forEach((v, i) => {
-      if (v === null || v === undefined) { pen = false; return; }
-      d += `${pen ? 'L' : 'M'}${offset + i} ${y(v)} `;
-      pen = true;
-    });
-    return svg('path', { d: d.trim() || 'M0 0', class: k ? 'area second' : 'area' });
+  const paths = names.map((_, k) => svg('path', { d: 'M0 0', class: k ? 'area second' : 'area' }));
+  const hits = Array.from({ length: width }, (_, i) => {
+    const tip = svg('title');
+    return { rect: svg('rect', { x: i - 0.5, y: 0, width: 1, height, class: 'hit' }, tip), tip };
   });
-  const named = (s, v) => (series.length > 1 ? `${s.name} ${fmtNum(v, unit)}` : fmtNum(v, unit));
-  const hits = times.map((t, i) => svg('rect', { x: offset + i - 0.5, y: 0, width: 1, height, class: 'hit' },
-    svg('title', {}, document.createTextNode(
-      `${clock(t)}: ${series.map((s) => named(s, s.values[i])).join(', ')}`))));
-  const latest = series.map((s) => named(s, s.values[s.values.length - 1])).join(', ');
-  const label = `${title}, last five minutes: now ${latest}; highest ${fmtNum(highest, unit)}`;
+  const summary = svg('title');
   const node = svg('svg', {
     viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: 'none', class: 'chart',
-    role: 'img', 'aria-label': label, tabindex: '0',
-  }, svg('line', { x1: 0, y1: height - 1, x2: width, y2: height - 1, class: 'axis' }), ...lines, ...hits);
-  node.append(svg('title', {}, document.createTextNode(label)));
-  const keys = series.length > 1
-    ? series.map((s, k) => h('span', { className: `key-${k + 1}` }, `${k ? '┄' : '—'} ${s.name}`)) : [];
-  return h('div', { className: 'chart-row' },
-    h('div', { className: 'chart-label' },
-      h('span', {}, title, ' ', ...keys),
-      h('span', { className: 'now', attrs: { 'data-chart': title } }, `now ${latest} · max ${fmtNum(highest, unit)}`)),
-    node);
+    role: 'img', tabindex: '0',
+  }, svg('line', { x1: 0, y1: height - 1, x2: width, y2: height - 1, class: 'axis' }),
+  ...paths, ...hits.map((hit) => hit.rect), summary);
+  const now = h('span', { className: 'now', attrs: { 'data-chart': title } });
+  const keys = names.length > 1
+    ? names.map((name, k) => h('span', { className: `key-${k + 1}` }, `${k ? '┄' : '—'} ${name}`)) : [];
+  const row = h('div', { className: 'chart-row' },
+    h('div', { className: 'chart-label' }, h('span', {}, title, ' ', ...keys), now), node);
+
+  function update(series, times) {
+    const named = (s, v) => (series.length > 1 ? `${s.name} ${fmtNum(v, unit)}` : fmtNum(v, unit));
+    const values = series.flatMap((s) => s.values).filter((v) => v !== null && v !== undefined);
+    const highest = Math.max(...values, 0);
+    const top = highest || 1;
+    const offset = width - times.length;
+    const y = (v) => (height - 2 - (v / top) * (height - 4)).toFixed(1);
+    series.forEach((s, k) => {
+      let d = '';
+      let pen = false;
+      s.values.forEach((v, i) => {
+        if (v === null || v === undefined) { pen = false; return; }
+        d += `${pen ? 'L' : 'M'}${offset + i} ${y(v)} `;
+        pen = true;
+      });
+      paths[k].setAttribute('d', d.trim() || 'M0 0');
+    });
+    hits.forEach((hit, i) => {
+      const j = i - offset;
+      const text = j < 0 ? '' : `${clock(times[j])}: ${series.map((s) => named(s, s.values[j])).join(', ')}`;
+      if (hit.tip.textContent !== text) hit.tip.textContent = text;
+    });
+    const latest = series.map((s) => named(s, s.values[s.values.length - 1])).join(', ');
+    const label = `${title}, last five minutes: now ${latest}; highest ${fmtNum(highest, unit)}`;
+    node.setAttribute('aria-label', label);
+    summary.textContent = label;
+    now.textContent = `now ${latest} · max ${fmtNum(highest, unit)}`;
+  }
+  return { row, update };
 }
+
+/** The card of `key` in `container`, made by `make` the first time (in arrival order). */
+function card(cards, container, key, make) {
+  let found = cards.get(key);
+  if (!found) {
+    found = make();
+    cards.set(key, found);
+    container.querySelector('.empty')?.remove();
+    container.append(found.node);
+  }
+  return found;
+}
+
+const serverCards = new Map();
+const flowCards = new Map();
 
 function renderCharts() {
   const samples = charted.samples;
   const times = samples.map((s) => s.at_ms);
   const names = [...new Set(samples.flatMap((s) => s.servers.map((p) => p.name)))];
   const point = (s, name) => s.servers.find((p) => p.name === name) || {};
-  const serverCards = names.map((name) => h('div', { className: 'chart-card', attrs: { 'data-server-chart': name } },
-    h('h4', {}, name),
-    chart('requests/s', '/s', [{ name: 'req', values: samples.map((s) => point(s, name).rps ?? null) }], times),
-    chart('latency', ' ms', [
-      { name: 'p50', values: samples.map((s) => point(s, name).p50_ms ?? null) },
-      { name: 'p99', values: samples.map((s) => point(s, name).p99_ms ?? null) },
-    ], times),
-    chart('in flight', '', [{ name: 'now', values: samples.map((s) => point(s, name).in_flight ?? null) }], times)));
-  $('server-charts').replaceChildren(...(serverCards.length ? serverCards
-    : [h('p', { className: 'empty' }, 'Waiting for the first second…')]));
+  for (const name of names) {
+    const c = card(serverCards, $('server-charts'), name, () => {
+      const charts = {
+        rps: makeChart('requests/s', '/s', ['req']),
+        latency: makeChart('latency', ' ms', ['p50', 'p99']),
+        inFlight: makeChart('in flight', '', ['now']),
+      };
+      const node = h('div', { className: 'chart-card', attrs: { 'data-server-chart': name } },
+        h('h4', {}, name), charts.rps.row, charts.latency.row, charts.inFlight.row);
+      return { node, charts };
+    });
+    const of = (field) => samples.map((s) => point(s, name)[field] ?? null);
+    c.charts.rps.update([{ name: 'req', values: of('rps') }], times);
+    c.charts.latency.update([{ name: 'p50', values: of('p50_ms') }, { name: 'p99', values: of('p99_ms') }], times);
+    c.charts.inFlight.update([{ name: 'now', values: of('in_flight') }], times);
+  }
   const flows = [...new Set(samples.flatMap((s) => s.flows.map((f) => f.name)))];
   const flowPoint = (s, name) => s.flows.find((f) => f.name === name) || {};
-  const lastOf = (name) => flowPoint(samples[samples.length - 1] || { flows: [] }, name);
-  const flowCards = flows.map((name) => {
-    const total = lastOf(name);
+  for (const name of flows) {
+    const c = card(flowCards, $('flow-charts'), name, () => {
+      const totals = h('span', { className: 'sub' });
+      const chart = makeChart('runs/s', '/s', ['runs', 'errors']);
+      const node = h('div', { className: 'chart-card', attrs: { 'data-flow-chart': name } },
+        h('h4', {}, name, totals), chart.row);
+      return { node, chart, totals };
+    });
+    const total = flowPoint(samples[samples.length - 1], name);
     const rate = total.runs ? (100 * total.errors) / total.runs : 0;
-    return h('div', { className: 'chart-card', attrs: { 'data-flow-chart': name } },
-      h('h4', {}, name, h('span', { className: 'sub' },
-        `${total.runs ?? 0} runs · ${total.errors ?? 0} errors (${rate.toFixed(1)}%) since start`)),
-      chart('runs/s', '/s', [
-        { name: 'runs', values: samples.map((s) => flowPoint(s, name).runs_per_s ?? null) },
-        { name: 'errors', values: samples.map((s) => flowPoint(s, name).errors_per_s ?? null) },
-      ], times));
-  });
-  $('flow-charts').replaceChildren(...(flowCards.length ? flowCards
-    : [h('p', { className: 'empty' }, 'No flow has run yet.')]));
+    c.totals.textContent = `${total.runs ?? 0} runs · ${total.errors ?? 0} errors (${rate.toFixed(1)}%) since start`;
+    c.chart.update([
+      { name: 'runs', values: samples.map((s) => flowPoint(s, name).runs_per_s ?? null) },
+      { name: 'errors', values: samples.map((s) => flowPoint(s, name).errors_per_s ?? null) },
+    ], times);
+  }
 }
 
+// One fetch at a time: two with the same `since` would append the same samples twice.
+let historyPending = false;
+
 async function refreshHistory() {
-  const res = await fetch(`/api/history?since=${charted.last}`);
-  if (!res.ok) return;
-  const body = await res.json();
-  charted.capacity = body.capacity || charted.capacity;
-  if (body.samples.length) {
-    charted.samples = charted.samples.concat(body.samples).slice(-charted.capacity);
-    charted.last = charted.samples[charted.samples.length - 1].at_ms;
-    renderCharts();
+  if (historyPending) return;
+  historyPending = true;
+  try {
+    const res = await fetch(`/api/history?since=${charted.last}`);
+    if (!res.ok) return;
+    const body = await res.json();
+    const fresh = body.samples.filter((s) => s.at_ms > charted.last);
+    if (fresh.length) {
+      charted.samples = charted.samples.concat(fresh).slice(-charted.capacity);
+      charted.last = charted.samples[charted.samples.length - 1].at_ms;
+      renderCharts();
+    }
+  } finally {
+    historyPending = false;
   }
 }
 

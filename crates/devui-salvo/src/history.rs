@@ -1,15 +1,16 @@
 //! The last five minutes, one sample a second, for the page's charts: per server, requests per
-//! second, p50 and p99 latency over that second, and requests in flight; per flow, runs and
-//! errors per second. Sampled by a task of the server from the manager's counters and
-//! histograms (the same ones `/__metrics` exposes), kept in a ring of [`SAMPLES`]: at most a
-//! few hundred KiB, whatever the traffic.
+//! second, p50 and p99 latency over that second (from the fine power-of-two microsecond
+//! histogram of `/__serverz`, not the metrics' coarse buckets, most of which a dev box never
+//! reaches), and requests in flight; per flow, runs and errors per second. Sampled by a task of
+//! the server from the manager's counters, kept in a ring of [`SAMPLES`]: at most a few
+//! hundred KiB, whatever the traffic.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use manager::ManagerHandle;
-use manager::metrics::DURATION_BUCKETS;
+use manager::requests::LatencyHistogram;
 use serde::Serialize;
 
 /// Samples kept: five minutes at one a second.
@@ -75,7 +76,7 @@ impl History {
 /// Totals at one moment, to take differences of.
 #[derive(Default)]
 struct Totals {
-    servers: BTreeMap<String, (u64, [u64; DURATION_BUCKETS.len() + 1])>,
+    servers: BTreeMap<String, (u64, LatencyHistogram)>,
     flows: BTreeMap<String, (u64, u64)>,
 }
 
@@ -84,13 +85,8 @@ fn totals(manager: &ManagerHandle, registry: &flows::Registry) -> Totals {
         .request_trackers()
         .into_iter()
         .map(|(name, _, tracker)| {
-            let mut buckets = [0u64; DURATION_BUCKETS.len() + 1];
-            for (_, series) in tracker.http_metrics().snapshot() {
-                for (total, n) in buckets.iter_mut().zip(series.buckets) {
-                    *total += n;
-                }
-            }
-            (name.to_string(), (tracker.served(), buckets))
+            let totals = tracker.http_metrics().totals();
+            (name.to_string(), (totals.served, totals.latency))
         })
         .collect();
     let flows = registry
@@ -129,20 +125,17 @@ pub(crate) async fn sample(
         let servers = now
             .servers
             .iter()
-            .map(|(name, (served, buckets))| {
-                let (served_before, buckets_before) =
-                    previous.servers.get(name).copied().unwrap_or_default();
-                let delta: Vec<u64> = buckets
-                    .iter()
-                    .zip(buckets_before)
-                    .map(|(now, before)| now.saturating_sub(before))
-                    .collect();
+            .map(|(name, (served, latency))| {
+                let (served_before, latency_before) =
+                    previous.servers.get(name).cloned().unwrap_or_default();
+                let second = latency.since(&latency_before);
+                let ms = |q: f64| second.quantile(q).map(|d| d.as_secs_f64() * 1e3);
                 ServerPoint {
                     name: name.clone(),
                     rps: served.saturating_sub(served_before) as f64 / seconds,
                     in_flight: in_flight.get(name).copied().unwrap_or(0),
-                    p50_ms: quantile(&delta, 0.5).map(|s| s * 1e3),
-                    p99_ms: quantile(&delta, 0.99).map(|s| s * 1e3),
+                    p50_ms: ms(0.5),
+                    p99_ms: ms(0.99),
                 }
             })
             .collect();
@@ -169,45 +162,5 @@ pub(crate) async fn sample(
             flows,
         });
         previous = now;
-    }
-}
-
-/// The `q` quantile, in seconds, of counts per bucket of [`DURATION_BUCKETS`] (`+Inf` last),
-/// interpolated within its bucket as Prometheus's `histogram_quantile` does; `None` without
-/// counts. In the `+Inf` bucket, the last finite bound.
-pub(crate) fn quantile(counts: &[u64], q: f64) -> Option<f64> {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = q * total as f64;
-    let mut below = 0u64;
-    for (i, &n) in counts.iter().enumerate() {
-        if n > 0 && (below + n) as f64 >= rank {
-            let Some(&upper) = DURATION_BUCKETS.get(i) else {
-                return DURATION_BUCKETS.last().copied();
-            };
-            let lower = if i == 0 { 0.0 } else { DURATION_BUCKETS[i - 1] };
-            return Some(lower + (upper - lower) * (rank - below as f64) / n as f64);
-        }
-        below += n;
-    }
-    DURATION_BUCKETS.last().copied()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::quantile;
-
-    #[test]
-    fn quantiles_interpolate_within_their_bucket() {
-        let mut counts = [0u64; 15];
-        assert_eq!(quantile(&counts, 0.5), None);
-        counts[0] = 100; // all under 5 ms
-        assert!((quantile(&counts, 0.5).unwrap() - 0.0025).abs() < 1e-12);
-        counts[1] = 100; // 5..10 ms
-        assert!((quantile(&counts, 0.99).unwrap() - 0.0099).abs() < 1e-12);
-        counts[14] = 1000; // above 10 s
-        assert_eq!(quantile(&counts, 0.99), Some(10.0));
     }
 }

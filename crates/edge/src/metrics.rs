@@ -376,14 +376,16 @@ struct ProcFigures {
 
 impl ProcFigures {
     fn read() -> Self {
-        // statm counts pages; 4 KiB pages on every platform this runs on in production.
-        const PAGE: u64 = 4096;
         // /proc/<pid>/stat counts clock ticks of USER_HZ, 100 on Linux whatever the kernel HZ.
         const USER_HZ: f64 = 100.0;
-        let resident_bytes = std::fs::read_to_string("/proc/self/statm")
+        // VmRSS in kB, whatever the page size (4 KiB, 16 KiB, 64 KiB kernels).
+        let resident_bytes = std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .map(|pages| pages * PAGE);
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map(|kib| kib * 1024);
         let open_fds = std::fs::read_dir("/proc/self/fd")
             .ok()
             .map(|dir| dir.count().saturating_sub(1) as u64);

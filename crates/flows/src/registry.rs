@@ -251,6 +251,7 @@ impl Registry {
                     trace.end_time = root.end_time;
                 }
                 self.publish(&trace, true);
+                self.count_run(&trace);
                 return Ok(FlowRun::failed(trace_id, span_id, error));
             }
         };
@@ -386,7 +387,6 @@ impl Registry {
     /// Stores, broadcasts and exports one state of a trace. `new` puts it at the front of the
     /// history; otherwise it replaces the stored copy.
     pub(crate) fn publish(&self, trace: &TraceData, new: bool) {
-        self.stats.record(trace);
         if new {
             self.traces.insert(trace.clone());
         } else {
@@ -397,6 +397,11 @@ impl Registry {
             let _ = self.feed.send(Arc::from(trace.trace_id.as_str()));
         }
         self.telemetry.export(trace);
+    }
+
+    /// Counts a run that just ended in the flow statistics (once per run).
+    pub(crate) fn count_run(&self, trace: &TraceData) {
+        self.stats.record(trace);
     }
 
     pub(crate) fn forget_running(&self, trace_id: &str) {

@@ -185,6 +185,9 @@ impl RunShared {
                 trace.end_time = root.end_time;
             }
         });
+        // Counted here, once: a step a clone of the context runs after the end publishes the
+        // finished trace again.
+        self.registry.count_run(&lock(&self.trace));
         self.registry.forget_running(&self.trace_id);
     }
 }

@@ -245,13 +245,17 @@ impl ManagerHandle {
                     required: slot.config.required,
                     uptime_seconds: slot.serving_since.get().map(|t| t.elapsed().as_secs_f64()),
                     error: lock(&slot.error).clone(),
-                    requests: RequestCounts {
-                        served: tracker.served(),
-                        in_flight: tracker.in_flight(),
-                        server_errors: tracker.server_errors(),
-                        aborted: tracker.aborted(),
-                        latency_p50_ms: tracker.latency().quantile(0.5).map(ms),
-                        latency_p99_ms: tracker.latency().quantile(0.99).map(ms),
+                    requests: {
+                        // One merge of the shards: the figures are of one moment.
+                        let totals = tracker.http_metrics().totals();
+                        RequestCounts {
+                            served: totals.served,
+                            in_flight: tracker.in_flight(),
+                            server_errors: totals.server_errors,
+                            aborted: tracker.aborted(),
+                            latency_p50_ms: totals.latency.quantile(0.5).map(ms),
+                            latency_p99_ms: totals.latency.quantile(0.99).map(ms),
+                        }
                     },
                 }
             })

@@ -225,11 +225,13 @@ impl ServerManager {
             }
         }
         let reason = shared.reason.get().cloned().expect("set before cancel");
-        crate::systemd::send(vec![
-            Notice::Stopping,
-            Notice::Status(crate::systemd::status_line(&self.handle)),
-        ])
-        .await;
+        crate::systemd::send(
+            vec![
+                Notice::Stopping,
+                Notice::Status(crate::systemd::status_line(&self.handle)),
+            ],
+            false,
+        );
         tracing::info!(%reason, drain_delay = ?settings.drain_delay, drain_deadline = ?settings.drain_deadline, "shutting down");
 
         if !settings.drain_delay.is_zero() {
@@ -291,7 +293,7 @@ impl ServerManager {
         if let Some(notifier) = notifier {
             drop(notifier);
             let status = crate::systemd::status_line(&self.handle);
-            crate::systemd::send(vec![Notice::Status(status)]).await;
+            crate::systemd::send(vec![Notice::Status(status)], true);
         }
         let servers = self.handle.server_info().servers;
         let requests_cut = read(&shared.servers)

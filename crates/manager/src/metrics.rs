@@ -2,9 +2,10 @@
 //! per (method, status, route), recorded where each request ends, on memory the recording
 //! thread owns.
 //!
-//! Recording is a lock that only one thread takes (its shard's) and a few adds: every thread
-//! is given its own shard, as Envoy keeps thread-local stats, so that no cache line bounces
-//! between cores on the request path. A scrape locks each shard in turn and merges them. The
+//! Recording is a lock and a few adds on one of 16 shards, handed to threads in turn on their
+//! first request (as Envoy keeps thread-local stats): up to 16 recording threads each have a
+//! shard of their own, so no cache line bounces between cores on the request path (more
+//! threads share, correctly, behind the shard's lock). A scrape locks each shard in turn and merges them. The
 //! per-server totals of `/__serverz` (served, 5xx, latency quantiles) live in the same shards;
 //! only the in-flight count, which the drain waits on, is one shared atomic.
 

@@ -391,6 +391,15 @@ impl LatencyHistogram {
         self.buckets[bucket] += 1;
     }
 
+    /// The observations since `earlier` (a snapshot of the same histogram taken before).
+    pub fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
+        let mut delta = self.clone();
+        for (now, before) in delta.buckets.iter_mut().zip(earlier.buckets) {
+            *now = now.saturating_sub(before);
+        }
+        delta
+    }
+
     pub(crate) fn merge(&mut self, other: &LatencyHistogram) {
         for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
             *mine += theirs;
@@ -422,6 +431,24 @@ mod tests {
 
     fn tracker() -> Arc<RequestTracker> {
         Arc::new(RequestTracker::new("t".into(), Arc::default()))
+    }
+
+    #[test]
+    fn a_histogram_since_an_earlier_snapshot_holds_only_the_new_observations() {
+        let mut h = LatencyHistogram::default();
+        h.record(Duration::from_micros(100));
+        let earlier = h.clone();
+        for _ in 0..3 {
+            h.record(Duration::from_millis(50));
+        }
+        let second = h.since(&earlier);
+        assert_eq!(second.buckets.iter().sum::<u64>(), 3);
+        let p50 = second.quantile(0.5).unwrap();
+        assert!(
+            p50 > Duration::from_millis(30) && p50 < Duration::from_millis(70),
+            "{p50:?}"
+        );
+        assert_eq!(h.since(&h).quantile(0.5), None);
     }
 
     #[test]

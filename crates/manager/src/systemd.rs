@@ -25,59 +25,99 @@ fn enabled() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
 }
 
-/// Sends `notices` as one datagram, on a blocking thread: a service manager that does not
-/// read its socket must not stall a runtime worker, and the caller waits at most 1 s. A
-/// failure is logged (each time), never fatal.
-pub(crate) async fn send(mut notices: Vec<Notice>) {
-    if !enabled() {
+/// What has been said, so that notices arrive in order and once: the status last sent, and
+/// whether the stop (`STOPPING=1`) and the last word have been.
+struct Said {
+    status: String,
+    stopping: bool,
+    closed: bool,
+}
+
+static SAID: std::sync::Mutex<Said> = std::sync::Mutex::new(Said {
+    status: String::new(),
+    stopping: false,
+    closed: false,
+});
+
+/// Sends `notices` as one datagram, at once or not at all: the socket is non-blocking, so a
+/// service manager that does not read never holds a thread (sd-notify's own `notify` blocks,
+/// hence this sender). The same status twice, `READY=1` after `STOPPING=1`, and anything
+/// after the `last` word are left out; a failure is logged, never fatal.
+pub(crate) fn send(mut notices: Vec<Notice>, last: bool) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if said.closed {
         return;
     }
-    // The same status twice (the manager's at the stop and the notifier's) says nothing new.
-    static LAST_STATUS: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
-    let status = notices.iter().find_map(|notice| match notice {
-        Notice::Status(text) => Some(text.clone()),
-        _ => None,
+    let stopping = said.stopping;
+    notices.retain(|notice| match notice {
+        Notice::Status(text) => *text != said.status,
+        Notice::Ready => !stopping,
+        _ => true,
     });
-    if let Some(status) = &status
-        && *LAST_STATUS.lock().unwrap_or_else(|e| e.into_inner()) == *status
-    {
-        notices.retain(|notice| !matches!(notice, Notice::Status(_)));
-    }
+    said.closed = last;
     if notices.is_empty() {
         return;
     }
-    let sent = tokio::task::spawn_blocking(move || {
-        let states: Vec<sd_notify::NotifyState<'_>> = notices
-            .iter()
-            .map(|notice| match notice {
-                Notice::Ready => sd_notify::NotifyState::Ready,
-                Notice::Stopping => sd_notify::NotifyState::Stopping,
-                Notice::Watchdog => sd_notify::NotifyState::Watchdog,
-                Notice::Status(text) => sd_notify::NotifyState::Status(text),
-            })
-            .collect();
-        sd_notify::notify(&states)
-    });
-    // The stop waits for STOPPING=1, but not on a service manager that does not read.
-    match tokio::time::timeout(SEND_TIMEOUT, sent).await {
-        Ok(Ok(Ok(()))) => {
-            if let Some(status) = status {
-                *LAST_STATUS.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    let mut message = String::new();
+    for notice in &notices {
+        message.push_str(&match notice {
+            Notice::Ready => "READY=1".to_owned(),
+            Notice::Stopping => "STOPPING=1".to_owned(),
+            Notice::Watchdog => "WATCHDOG=1".to_owned(),
+            // One line: a newline would start another assignment.
+            Notice::Status(text) => format!("STATUS={}", text.replace('\n', " ")),
+        });
+        message.push('\n');
+    }
+    match datagram(&path, message.as_bytes()) {
+        Ok(()) => {
+            for notice in notices {
+                match notice {
+                    Notice::Status(text) => said.status = text,
+                    Notice::Stopping => said.stopping = true,
+                    _ => {}
+                }
             }
         }
-        Ok(Ok(Err(err))) => {
-            tracing::warn!(error = %err, "cannot notify systemd (NOTIFY_SOCKET)");
-        }
-        _ => tracing::warn!("systemd's notify socket did not take a message within 1 s"),
+        Err(err) => tracing::warn!(error = %err, "cannot notify systemd (NOTIFY_SOCKET)"),
     }
 }
 
-/// How long the stop waits for one notification to be taken.
-const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// One non-blocking datagram to `path` (`@name`: an abstract socket, as systemd may give).
+fn datagram(path: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    let sent = match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(message, &address)?
+        }
+        None => socket.send_to(message, path)?,
+    };
+    if sent == message.len() {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "the notification was cut short",
+        ))
+    }
+}
 
 /// Starts the notifier of `handle`'s process (`READY=1`, `STATUS=`, `WATCHDOG=1`), if a
 /// service manager listens. `STOPPING=1` is the manager's to send, at the moment it stops.
 pub(crate) fn spawn(handle: ManagerHandle) -> Option<AbortOnDropHandle<()>> {
+    // A new run of a manager (tests run several in one process) starts a new conversation.
+    *SAID.lock().unwrap_or_else(|e| e.into_inner()) = Said {
+        status: String::new(),
+        stopping: false,
+        closed: false,
+    };
     // WATCHDOG_USEC=0 is no watchdog.
     let watchdog = sd_notify::watchdog_enabled().filter(|timeout| !timeout.is_zero());
     enabled().then(|| AbortOnDropHandle::new(tokio::spawn(notify(handle, watchdog))))
@@ -108,12 +148,12 @@ async fn notify(handle: ManagerHandle, watchdog: Option<Duration>) {
             notices.push(Notice::Ready);
             ready = true;
         }
-        send(notices).await;
+        send(notices, false);
         tokio::select! {
             changed = process.changed() => if changed.is_err() { return },
             changed = servers.changed() => if changed.is_err() { return },
             _ = async { heartbeat.as_mut().expect("checked").tick().await }, if heartbeat.is_some() => {
-                send(vec![Notice::Watchdog]).await;
+                send(vec![Notice::Watchdog], false);
             }
         }
     }
