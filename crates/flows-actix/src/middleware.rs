@@ -59,6 +59,16 @@ pub(crate) async fn track<B: MessageBody + 'static>(
     }
 }
 
+/// The edge's proxy headers as actix's (`http` 0.2) header names, made once: a lookup by
+/// `&str` parses the name on every request.
+static PROXY_HEADER_NAMES: [header::HeaderName; 3] = [
+    header::FORWARDED,
+    header::HeaderName::from_static(edge::policy::PROXY_HEADERS[1]),
+    header::HeaderName::from_static(edge::policy::PROXY_HEADERS[2]),
+];
+
+static SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
+
 /// The request facts the edge looks at, borrowed from actix's request.
 fn head(req: &ServiceRequest) -> RequestHead<'_> {
     let headers = req.headers();
@@ -67,10 +77,10 @@ fn head(req: &ServiceRequest) -> RequestHead<'_> {
         path: req.path(),
         host: text(headers.get(header::HOST)).or_else(|| req.uri().authority().map(|a| a.as_str())),
         origin: text(headers.get(header::ORIGIN)),
-        fetch_site: text(headers.get("sec-fetch-site")),
-        proxied: edge::policy::PROXY_HEADERS
+        fetch_site: text(headers.get(&SEC_FETCH_SITE)),
+        proxied: PROXY_HEADER_NAMES
             .iter()
-            .any(|name| headers.contains_key(*name)),
+            .any(|name| headers.contains_key(name)),
         peer: req.peer_addr().map(|addr| addr.ip()),
         authorization: text(headers.get(header::AUTHORIZATION)),
         accept: (req.path() == edge::admin::METRICS)
