@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the end-to-end tests need when it is missing
 # (Debian's chromium and chromium-driver for the Dev UI's browser test, systemd for
-# systemd-socket-activate, prometheus and promtool for the metrics test), then runs every test: `cargo test --workspace --all-features`.
+# systemd-socket-activate and systemd-analyze, prometheus for the metrics test), then runs
+# every test: `cargo test --workspace --all-features`.
 # Extra arguments go to cargo test (e.g. `tests/run.sh -p multi-server --test e2e devui`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
