@@ -82,11 +82,17 @@ pub use policy::{ChangePolicy, HostPolicy, RequestHead};
 pub use scope::{RequestScope, Streamed};
 
 /// How long an acceptor of the edge may take, once told to stop, to accept what the kernel
-/// had queued ([`accept_or_done`]; it gives up at half of it): what a server whose acceptor
-/// uses the edge's must return from [`Server::accept_stop_lag`](manager::Server), or the
-/// manager stops the socket at once and the queue is reset instead of served. It calls
-/// `done_accepting` long before, as a rule.
-pub const ACCEPT_STOP_LAG: std::time::Duration = std::time::Duration::from_millis(100);
+/// had queued ([`accept_or_done`]; it gives up at four fifths of it): what a server whose
+/// acceptor uses the edge's must return from [`Server::accept_stop_lag`](manager::Server), or
+/// the manager stops the socket at once and the queue is reset instead of served. An upper
+/// bound for a loaded machine: the acceptor calls `done_accepting` about
+/// [`ACCEPT_DRAIN_LOOK`] after the stop, as a rule.
+pub const ACCEPT_STOP_LAG: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long the drain waits for one more queued connection before it calls the queue empty:
+/// a connection the kernel queued shows only once the runtime's I/O driver has seen the
+/// socket's readiness, which a look without waiting can miss.
+pub const ACCEPT_DRAIN_LOOK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Runs `accept` (an acceptor's next accept) until the server is told to stop accepting; then
 /// takes only a connection the kernel already queued, so that it is served instead of reset
@@ -102,30 +108,16 @@ pub async fn accept_or_done<T>(
         () = ctx.stop_accepting().cancelled() => {}
         accepted = &mut accept => return Some(accepted),
     }
-    // What was queued, within half the lag the manager allows (a flood must not keep the
-    // drain going; an inherited socket is never stopped under it): one look, and one more
-    // after yielding, which lets the runtime's I/O driver record a connection that arrived a
-    // moment ago.
+    // What was queued, within four fifths of the lag the manager allows (a flood must not
+    // keep the drain going, and an inherited socket is never stopped under it).
     let in_time = ctx
         .since_stop_accepting()
-        .is_none_or(|since| since < ACCEPT_STOP_LAG / 2);
-    for _ in 0..2 {
-        if !in_time {
-            break;
-        }
-        let queued = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(match accept.as_mut().poll(cx) {
-                std::task::Poll::Ready(accepted) => Some(accepted),
-                std::task::Poll::Pending => None,
-            })
-        })
-        .await;
-        match queued {
-            // An accept error now (the socket has stopped listening, out of descriptors) ends
-            // the drain: retrying it would only delay the stop.
-            Some(Ok(accepted)) => return Some(Ok(accepted)),
-            Some(Err(_)) => break,
-            None => tokio::task::yield_now().await,
+        .is_none_or(|since| since < ACCEPT_STOP_LAG * 4 / 5);
+    if in_time {
+        // An accept error now (the socket has stopped listening, out of descriptors) ends the
+        // drain, as a timeout does (nothing is left): retrying would only delay the stop.
+        if let Ok(Ok(accepted)) = tokio::time::timeout(ACCEPT_DRAIN_LOOK, accept.as_mut()).await {
+            return Some(Ok(accepted));
         }
     }
     ctx.done_accepting();
@@ -393,14 +385,14 @@ mod tests {
             assert_eq!(answer.as_deref().ok(), Some("served"), "{answers:?}");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
-        // Once they were taken the socket stops listening: a newcomer is refused at once.
+        let report = crate::testing::report_soon(started.run).await;
+        // Once they were taken the socket stopped listening: a newcomer is refused.
         let late = std::net::TcpStream::connect(addr).map(|mut s| {
             let _ = s.write_all(b"x");
             let mut byte = [0u8; 1];
             s.read(&mut byte)
         });
         assert!(!matches!(late, Ok(Ok(n)) if n > 0), "{late:?}");
-        let report = crate::testing::report_soon(started.run).await;
         assert_eq!(report.outcome(), Outcome::Clean);
     }
 }
