@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use multi_server_e2e::{Conn, Process, addr, eventually, find, get, once, temp_dir};
+use multi_server_e2e::{Conn, Process, addr, eventually, find, get, once, rss_kib, temp_dir};
 
 use super::{DEV_ENV, bin, dev_args, server_entry, start, start_dev, wait_in_flight};
 
@@ -20,17 +20,6 @@ const EXIT_WAIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------------
 // Process helpers. (The raw HTTP/1.1 client, `Conn`, is the helper crate's.)
-
-/// The resident set size of `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 /// Starts the binary in dev mode with every server on an ephemeral port, plus `args`.
 fn start_all(args: &[&str]) -> Process {

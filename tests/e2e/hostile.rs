@@ -22,14 +22,7 @@ const SERVERS: [&str; 4] = ["flows", "reflection", "devui", "admin"];
 
 /// The resident set size of `pid`, in MiB.
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
+    multi_server_e2e::rss_kib(pid) as f64 / 1024.0
 }
 
 /// How long `GET /__healthz` takes on `addr`, on a fresh connection.

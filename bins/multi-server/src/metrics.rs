@@ -17,35 +17,30 @@ impl Collector for FlowMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let registry = &self.0;
         let stats = registry.flow_stats();
-        family(
+        let per_flow = |encoder: &mut DescriptorEncoder,
+                        name: &str,
+                        help: &str,
+                        count: fn(&flows::FlowStats) -> u64| {
+            family(encoder, name, help, None, MetricType::Counter, |e| {
+                for (flow, s) in &stats {
+                    let labels = [("flow", flow.as_str())];
+                    e.encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&count(s), None)?;
+                }
+                Ok(())
+            })
+        };
+        per_flow(
             &mut encoder,
             "multi_server_flow_runs",
             "Flow runs that ended, by flow (validation failures included).",
-            None,
-            MetricType::Counter,
-            |e| {
-                for (flow, s) in &stats {
-                    let labels = [("flow", flow.as_str())];
-                    e.encode_family(&labels)?
-                        .encode_counter::<NoLabelSet, _, u64>(&s.runs, None)?;
-                }
-                Ok(())
-            },
+            |s| s.runs,
         )?;
-        family(
+        per_flow(
             &mut encoder,
             "multi_server_flow_errors",
             "Flow runs that ended with an error (cancelled ones included), by flow.",
-            None,
-            MetricType::Counter,
-            |e| {
-                for (flow, s) in &stats {
-                    let labels = [("flow", flow.as_str())];
-                    e.encode_family(&labels)?
-                        .encode_counter::<NoLabelSet, _, u64>(&s.errors, None)?;
-                }
-                Ok(())
-            },
+            |s| s.errors,
         )?;
         family(
             &mut encoder,

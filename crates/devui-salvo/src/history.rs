@@ -73,10 +73,10 @@ impl History {
     }
 }
 
-/// Totals at one moment, to take differences of.
+/// Totals at one moment, to take differences of (and the in-flight count then).
 #[derive(Default)]
 struct Totals {
-    servers: BTreeMap<String, (u64, LatencyHistogram)>,
+    servers: BTreeMap<String, (u64, LatencyHistogram, usize)>,
     flows: BTreeMap<String, (u64, u64)>,
 }
 
@@ -86,7 +86,8 @@ fn totals(manager: &ManagerHandle, registry: &flows::Registry) -> Totals {
         .into_iter()
         .map(|(name, _, tracker)| {
             let totals = tracker.http_metrics().totals();
-            (name.to_string(), (totals.served, totals.latency))
+            let in_flight = tracker.in_flight();
+            (name.to_string(), (totals.served, totals.latency, in_flight))
         })
         .collect();
     let flows = registry
@@ -117,23 +118,18 @@ pub(crate) async fn sample(
         let now = totals(&manager, registry);
         let seconds = last.elapsed().as_secs_f64().max(1e-3);
         last = std::time::Instant::now();
-        let in_flight: BTreeMap<String, usize> = manager
-            .request_trackers()
-            .into_iter()
-            .map(|(name, _, tracker)| (name.to_string(), tracker.in_flight()))
-            .collect();
         let servers = now
             .servers
             .iter()
-            .map(|(name, (served, latency))| {
-                let (served_before, latency_before) =
+            .map(|(name, (served, latency, in_flight))| {
+                let (served_before, latency_before, _) =
                     previous.servers.get(name).cloned().unwrap_or_default();
                 let second = latency.since(&latency_before);
                 let ms = |q: f64| second.quantile(q).map(|d| d.as_secs_f64() * 1e3);
                 ServerPoint {
                     name: name.clone(),
                     rps: served.saturating_sub(served_before) as f64 / seconds,
-                    in_flight: in_flight.get(name).copied().unwrap_or(0),
+                    in_flight: *in_flight,
                     p50_ms: ms(0.5),
                     p99_ms: ms(0.99),
                 }

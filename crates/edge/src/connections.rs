@@ -41,11 +41,6 @@ impl ConnectionLimit {
         }
     }
 
-    /// The limit.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// How many connections are open now.
     pub fn open(&self) -> usize {
         self.max - self.open.available_permits()
@@ -106,13 +101,6 @@ fn refusal() -> Vec<u8> {
 pub struct Admitted<IO> {
     io: IO,
     _slot: OwnedSemaphorePermit,
-}
-
-impl<IO> Admitted<IO> {
-    /// The connection.
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Admitted<IO> {

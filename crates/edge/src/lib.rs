@@ -85,8 +85,8 @@ pub use scope::{RequestScope, Streamed};
 /// had queued ([`accept_or_done`]; it gives up at four fifths of it): what a server whose
 /// acceptor uses the edge's must return from [`Server::accept_stop_lag`](manager::Server), or
 /// the manager stops the socket at once and the queue is reset instead of served. An upper
-/// bound for a loaded machine: the acceptor calls `done_accepting` about
-/// [`ACCEPT_DRAIN_LOOK`] after the stop, as a rule.
+/// bound for a loaded machine: with nothing queued, the acceptor calls `done_accepting` after
+/// one [`ACCEPT_DRAIN_LOOK`].
 pub const ACCEPT_STOP_LAG: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How long the drain waits for one more queued connection before it calls the queue empty:

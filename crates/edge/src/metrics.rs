@@ -162,11 +162,24 @@ pub fn family(
     metric.encode(family)
 }
 
+/// A family of one unlabelled gauge.
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: impl prometheus_client::encoding::EncodeGaugeValue,
+) -> std::fmt::Result {
+    family(encoder, name, help, unit, MetricType::Gauge, |e| {
+        e.encode_gauge(&value)
+    })
+}
+
 impl Collector for Process {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let manager = &self.0;
+        // The trackers only: `server_info` would merge every server's shards once more.
         let servers = manager.request_trackers();
-        let info = manager.server_info();
 
         family(
             &mut encoder,
@@ -255,22 +268,12 @@ impl Collector for Process {
                 Ok(())
             },
         )?;
-        let gauge = |encoder: &mut DescriptorEncoder,
-                     name: &str,
-                     help: &str,
-                     unit: Option<&Unit>,
-                     value: f64|
-         -> std::fmt::Result {
-            family(encoder, name, help, unit, MetricType::Gauge, |e| {
-                e.encode_gauge(&value)
-            })
-        };
         gauge(
             &mut encoder,
             "multi_server_uptime",
             "Time since the manager started.",
             Some(&Unit::Seconds),
-            info.uptime_seconds,
+            manager.health().uptime_seconds,
         )?;
         gauge(
             &mut encoder,
@@ -284,9 +287,9 @@ impl Collector for Process {
             "multi_server_draining",
             "1 from the shutdown request on.",
             None,
-            f64::from(u8::from(info.state == ProcessState::Draining)),
+            f64::from(u8::from(manager.process_state() == ProcessState::Draining)),
         )?;
-        if let Some(dropped) = info.log_lines_dropped {
+        if let Some(dropped) = manager.log_lines_dropped() {
             family(
                 &mut encoder,
                 "multi_server_log_lines_dropped",
@@ -297,18 +300,8 @@ impl Collector for Process {
             )?;
         }
         let process = ProcFigures::read();
-        let whole_gauge = |encoder: &mut DescriptorEncoder,
-                           name: &str,
-                           help: &str,
-                           unit: Option<&Unit>,
-                           value: u64|
-         -> std::fmt::Result {
-            family(encoder, name, help, unit, MetricType::Gauge, |e| {
-                e.encode_gauge(&value)
-            })
-        };
         if let Some(rss) = process.resident_bytes {
-            whole_gauge(
+            gauge(
                 &mut encoder,
                 "process_resident_memory",
                 "Resident memory size.",
@@ -317,7 +310,7 @@ impl Collector for Process {
             )?;
         }
         if let Some(fds) = process.open_fds {
-            whole_gauge(
+            gauge(
                 &mut encoder,
                 "process_open_fds",
                 "Open file descriptors.",

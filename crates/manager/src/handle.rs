@@ -132,6 +132,15 @@ impl ManagerHandle {
             .find_map(|e| Arc::clone(e).downcast::<T>().ok())
     }
 
+    /// Log lines the program dropped rather than block (see
+    /// [`ServerManager::log_lines_dropped`](crate::ServerManager::log_lines_dropped)), if it
+    /// counts them.
+    pub fn log_lines_dropped(&self) -> Option<u64> {
+        // The lock is released before the program's counter is called.
+        let count = lock(&self.shared.settings).log_lines_dropped;
+        count.map(|count| count())
+    }
+
     /// When the process started, in seconds since the Unix epoch.
     pub fn started_at(&self) -> f64 {
         epoch_seconds(self.shared.started_wall)
@@ -261,15 +270,12 @@ impl ManagerHandle {
             })
             .collect();
         // One lock, released before anything else is computed.
-        let (version, log_lines_dropped) = {
-            let settings = lock(&self.shared.settings);
-            (settings.version.clone(), settings.log_lines_dropped)
-        };
+        let version = lock(&self.shared.settings).version.clone();
         ServerInfo {
             pid: std::process::id(),
             argv: crate::argv::shown(),
             version,
-            log_lines_dropped: log_lines_dropped.map(|count| count()),
+            log_lines_dropped: self.log_lines_dropped(),
             state: self.process_state(),
             readiness_forced_fail: self
                 .shared
