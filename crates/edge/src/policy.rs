@@ -118,6 +118,34 @@ pub fn is_loopback_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(is_loopback)
 }
 
+/// The environment variable that lets Genkit's tools point trace export at any host.
+pub const TELEMETRY_ANY_HOST: &str = "MULTI_SERVER_TELEMETRY_ANY_HOST";
+
+/// Why a telemetry server URL a tool announced (v1 `/api/notify`, v2 `register`'s answer) is
+/// refused, if it is: every trace (inputs and outputs of every server) goes where it says, so
+/// it must be a loopback `http://` URL (the genkit CLI's own), unless the operator allowed any
+/// host with `MULTI_SERVER_TELEMETRY_ANY_HOST=1`.
+///
+/// # Errors
+/// The refusal, one line naming the URL and the way out.
+pub fn refuse_telemetry_url(url: &str) -> Result<(), String> {
+    if std::env::var(TELEMETRY_ANY_HOST).is_ok_and(|v| v == "1") {
+        return Ok(());
+    }
+    let loopback = url
+        .strip_prefix("http://")
+        .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .is_some_and(|authority| !authority.contains('@') && is_loopback_host(authority));
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "telemetryServerUrl must be a loopback http URL (set {TELEMETRY_ANY_HOST}=1 to allow \
+             any host), not '{url}'"
+        ))
+    }
+}
+
 /// `:` and digits.
 fn is_port(text: &str) -> bool {
     text.strip_prefix(':')

@@ -72,6 +72,10 @@ pub use trace::{
     InstrumentationLibrary, SpanData, SpanStatus, TRACE_STORE_BYTES, TRACE_VALUE_BYTES, TraceData,
 };
 
+/// What this runtime reports to Genkit's tools as its Genkit version (`<language>/<version>`,
+/// as Genkit's own runtimes do).
+pub const GENKIT_VERSION: &str = concat!("rust/", env!("CARGO_PKG_VERSION"));
+
 /// The `schemars` this crate derives schemas with, so flow input and output types can derive
 /// `JsonSchema` from the same version.
 pub use schemars;

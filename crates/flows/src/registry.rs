@@ -63,6 +63,17 @@ pub struct RunOptions {
     pub labels: BTreeMap<String, String>,
 }
 
+impl RunOptions {
+    /// Telemetry labels from a request's `telemetryLabels` object, whose values Genkit's tools
+    /// send as strings (`flow:batchRun --label`): a string as is, anything else as its JSON.
+    pub fn labels_of(labels: BTreeMap<String, Value>) -> BTreeMap<String, String> {
+        labels
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .collect()
+    }
+}
+
 /// A type-erased flow: checks and parses the input, then yields the run.
 type Prepare = dyn Fn(&Value) -> Result<Job, FlowError> + Send + Sync;
 /// A parsed-input flow, ready to run with its context.
@@ -177,6 +188,18 @@ impl Registry {
     pub fn actions(&self) -> Vec<ActionDesc> {
         let flows = self.flows.read().unwrap_or_else(|e| e.into_inner());
         flows.values().map(|e| e.desc.clone()).collect()
+    }
+
+    /// Every registered action keyed by its key, each as Genkit lists it: the body of
+    /// `GET /api/actions` (v1) and the `actions` of `listActions` (v2).
+    pub fn actions_by_key(&self) -> serde_json::Map<String, Value> {
+        self.actions()
+            .into_iter()
+            .map(|action| {
+                let value = serde_json::to_value(&action).unwrap_or(Value::Null);
+                (action.key, value)
+            })
+            .collect()
     }
 
     /// The action with this key (`/flow/<name>`), if registered.
@@ -353,6 +376,14 @@ impl Registry {
     /// Where traces are exported, if anywhere.
     pub fn telemetry_server(&self) -> Option<String> {
         self.telemetry.url()
+    }
+
+    /// Waits until every trace state queued for the telemetry server has been posted (or its
+    /// post failed), for at most `timeout`: at exit, so the last run's final state reaches the
+    /// tools (the genkit CLI stops the runtime as soon as it has the result). Returns whether
+    /// the queue emptied.
+    pub async fn flush_telemetry(&self, timeout: std::time::Duration) -> bool {
+        self.telemetry.flush(timeout).await
     }
 
     /// How many trace posts reached the telemetry server.

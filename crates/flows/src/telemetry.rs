@@ -103,6 +103,8 @@ struct Queue {
     wake: Notify,
     /// A poster task exists (cleared when its future is dropped, e.g. with its runtime).
     poster: AtomicBool,
+    /// The poster has taken a post and not finished it (set under the `pending` lock).
+    posting: AtomicBool,
     budget: usize,
     max_len: usize,
 }
@@ -113,6 +115,7 @@ impl Queue {
             pending: Mutex::default(),
             wake: Notify::new(),
             poster: AtomicBool::new(false),
+            posting: AtomicBool::new(false),
             budget,
             max_len,
         }
@@ -167,6 +170,7 @@ impl Queue {
                 }
                 if let Some(post) = pending.posts.pop_front() {
                     pending.bytes -= post.body.len();
+                    self.posting.store(true, Ordering::Release);
                     return Some(post);
                 }
             }
@@ -178,6 +182,12 @@ impl Queue {
 
     fn bytes(&self) -> usize {
         lock(&self.pending).bytes
+    }
+
+    /// Nothing queued and nothing being posted.
+    fn is_idle(&self) -> bool {
+        let pending = lock(&self.pending);
+        pending.posts.is_empty() && !self.posting.load(Ordering::Acquire)
     }
 }
 
@@ -284,6 +294,19 @@ impl Telemetry {
             .drop_posts(dropped, "export queue over its byte budget");
     }
 
+    /// Waits until every queued post has been sent (or has failed), for at most `timeout`.
+    /// Returns whether the queue emptied.
+    pub(crate) async fn flush(&self, timeout: std::time::Duration) -> bool {
+        let idle = async {
+            // A poster gone with its runtime will never empty the queue.
+            while !self.queue.is_idle() && self.queue.poster.load(Ordering::Acquire) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            self.queue.is_idle()
+        };
+        tokio::time::timeout(timeout, idle).await.unwrap_or(false)
+    }
+
     /// Starts the poster task unless one is running. Returns whether one is.
     fn ensure_poster(&self) -> bool {
         if self.queue.poster.load(Ordering::Acquire) {
@@ -358,6 +381,7 @@ async fn post_all(queue: &Queue, client: reqwest::Client, stats: &Stats) {
                 stats.drop_posts(1, "telemetry server failing");
             }
         }
+        queue.posting.store(false, Ordering::Release);
     }
 }
 
@@ -520,6 +544,47 @@ mod tests {
         assert_eq!(telemetry.dropped(), 42 - kept.len() as u64);
         assert_eq!(kept.last().unwrap().0, "big39");
         assert_eq!(telemetry.sent(), 0);
+        // A flush against a server that never answers gives up at its timeout.
+        let started = std::time::Instant::now();
+        assert!(!telemetry.flush(Duration::from_millis(100)).await);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_flush_returns_once_the_last_state_was_posted() {
+        // A server that answers each post 50 ms late, 200 OK.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let posted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&posted);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 64 * 1024];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(ok.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let telemetry = Telemetry::with_budget(None, None, 1 << 20, QUEUE_LEN);
+        telemetry.set_url(Some(format!("http://{addr}")));
+        telemetry.export(&trace("last", 10));
+        assert!(telemetry.flush(Duration::from_secs(10)).await);
+        assert_eq!(telemetry.sent(), 1);
+        assert_eq!(posted.load(Ordering::SeqCst), 1);
+        // Nothing queued: at once.
+        assert!(telemetry.flush(Duration::ZERO).await);
     }
 
     #[tokio::test]

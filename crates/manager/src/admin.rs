@@ -87,7 +87,13 @@ pub struct ServerEntry {
     pub address: Option<String>,
     /// `http://host:port` once bound.
     pub url: Option<String>,
-    /// The ports it was configured with.
+    /// For a client (which listens on nothing), the URL it dials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dials: Option<String>,
+    /// What a client last said of itself, e.g. `registered with ws://localhost:3200`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The ports it was configured with (empty for a client).
     pub ports: String,
     /// Its state.
     pub state: ServerState,

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{Health, Readiness, RequestCounts, ServerEntry, ServerInfo, ServerReadiness};
 use crate::requests::{RequestEvent, RequestTracker};
-use crate::shared::{Registration, Shared, Slot, epoch_seconds, lock, read, set_state};
+use crate::shared::{Registration, Role, Shared, Slot, epoch_seconds, lock, read, set_state};
 use crate::state::state_name;
 use crate::{ProcessState, Server, ServerConfig, ServerState, ShutdownReason};
 
@@ -30,7 +30,7 @@ impl ManagerHandle {
     pub(crate) fn register(
         &self,
         config: ServerConfig,
-        server: Arc<dyn Server>,
+        role: Role,
         immediate: bool,
     ) -> Registration {
         let mut servers = self
@@ -38,9 +38,16 @@ impl ManagerHandle {
             .servers
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        let dials = match &role {
+            Role::Listens(_) => None,
+            Role::Dials(client) => Some(client.dials()),
+        };
         let slot = Arc::new(Slot {
-            index: servers.len(),
-            framework: server.framework(),
+            // Among the servers only: the n-th server takes the n-th inherited socket.
+            index: servers.iter().filter(|s| s.dials.is_none()).count(),
+            framework: role.framework(),
+            dials,
+            status: Arc::default(),
             tracker: Arc::new(RequestTracker::new(
                 Arc::clone(&config.name),
                 Arc::clone(&self.shared.requests_feed),
@@ -54,7 +61,7 @@ impl ManagerHandle {
             changed: Arc::clone(&self.shared.servers_changed),
         });
         servers.push(Arc::clone(&slot));
-        Registration { slot, server }
+        Registration { slot, role }
     }
 
     /// Adds a server to a running manager; it starts after `delay`. Ignored (with a warning)
@@ -64,7 +71,11 @@ impl ManagerHandle {
             tracing::warn!(server = config.name(), "not added: shutting down");
             return;
         }
-        let registration = self.register(config.start_delay(delay), Arc::new(server), false);
+        let registration = self.register(
+            config.start_delay(delay),
+            Role::Listens(Arc::new(server)),
+            false,
+        );
         if let Err(mpsc::error::SendError(registration)) = self.shared.add_tx.send(registration) {
             set_state(&registration.slot, ServerState::Stopped);
         }
@@ -249,7 +260,12 @@ impl ManagerHandle {
                     version: slot.config.version.clone(),
                     address: slot.addr.get().map(|a| a.to_string()),
                     url: slot.addr.get().map(|a| format!("http://{a}")),
-                    ports: slot.config.ports.to_string(),
+                    dials: slot.dials.clone(),
+                    status: lock(&slot.status).clone(),
+                    ports: match slot.dials {
+                        None => slot.config.ports.to_string(),
+                        Some(_) => String::new(),
+                    },
                     state: slot.state(),
                     required: slot.config.required,
                     uptime_seconds: slot.serving_since.get().map(|t| t.elapsed().as_secs_f64()),

@@ -49,6 +49,7 @@
 
 pub mod admin;
 mod argv;
+mod client;
 mod error;
 mod handle;
 mod inherited;
@@ -64,6 +65,7 @@ mod state;
 mod supervise;
 mod systemd;
 
+pub use client::{Client, ClientContext};
 pub use error::Error;
 pub use handle::ManagerHandle;
 pub use inherited::InheritedSockets;

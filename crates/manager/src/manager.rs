@@ -10,9 +10,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Server;
+use crate::client::Client;
 use crate::error::Error;
 use crate::inherited::InheritedSockets;
-use crate::shared::{Registration, Shared, Started, lock, read, record_failure, set_state};
+use crate::shared::{Registration, Role, Shared, Started, lock, read, record_failure, set_state};
 use crate::supervise::supervise;
 use crate::systemd::Notice;
 use crate::{ManagerHandle, ProcessState, Report, ServerConfig, ServerState, ShutdownReason};
@@ -158,7 +159,21 @@ impl ServerManager {
     /// Adds a server; it starts when `run` is called (after its config's start delay).
     pub fn add_server(&mut self, config: ServerConfig, server: impl Server) -> &mut Self {
         let immediate = config.start_delay.is_zero();
-        let registration = self.handle.register(config, Arc::new(server), immediate);
+        let registration = self
+            .handle
+            .register(config, Role::Listens(Arc::new(server)), immediate);
+        self.registered.push(registration);
+        self
+    }
+
+    /// Adds a client, which dials out instead of listening (see [`Client`]); it starts when
+    /// `run` is called (after its config's start delay; the config's host and ports are not
+    /// used). The process is live once it has started, whether or not its peer answers.
+    pub fn add_client(&mut self, config: ServerConfig, client: impl Client) -> &mut Self {
+        let immediate = config.start_delay.is_zero();
+        let registration = self
+            .handle
+            .register(config, Role::Dials(Arc::new(client)), immediate);
         self.registered.push(registration);
         self
     }
@@ -198,7 +213,12 @@ impl ServerManager {
             self.handle
                 .request_shutdown(ShutdownReason::Requested { why });
         }
-        let names: Vec<&str> = self.registered.iter().map(|r| r.slot.name()).collect();
+        let names: Vec<&str> = self
+            .registered
+            .iter()
+            .filter(|r| matches!(r.role, Role::Listens(_)))
+            .map(|r| r.slot.name())
+            .collect();
         if let Err(detail) = lock(&shared.inherited).assign(&names) {
             let err = Error::InheritedMismatch { detail };
             tracing::error!(error = %err, "cannot start");

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::Client;
 use crate::error::Error;
 use crate::inherited::InheritedSockets;
 use crate::requests::{RequestFeed, RequestTracker};
@@ -41,6 +42,10 @@ pub(crate) struct Slot {
     pub(crate) index: usize,
     pub(crate) config: ServerConfig,
     pub(crate) framework: &'static str,
+    /// For a client, the URL it dials; `None` for a server, which listens.
+    pub(crate) dials: Option<String>,
+    /// What a client last said of itself (`ClientContext::set_status`).
+    pub(crate) status: Arc<Mutex<Option<String>>>,
     pub(crate) state: Mutex<ServerState>,
     pub(crate) addr: OnceLock<SocketAddr>,
     pub(crate) serving_since: OnceLock<Instant>,
@@ -63,7 +68,24 @@ impl Slot {
 
 pub(crate) struct Registration {
     pub(crate) slot: Arc<Slot>,
-    pub(crate) server: Arc<dyn Server>,
+    pub(crate) role: Role,
+}
+
+/// What the manager runs in a slot.
+pub(crate) enum Role {
+    /// A server, on a socket the manager binds (or inherits).
+    Listens(Arc<dyn Server>),
+    /// A client, which dials out and needs no socket.
+    Dials(Arc<dyn Client>),
+}
+
+impl Role {
+    pub(crate) fn framework(&self) -> &'static str {
+        match self {
+            Role::Listens(server) => server.framework(),
+            Role::Dials(client) => client.framework(),
+        }
+    }
 }
 
 pub(crate) struct Started {

@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::client::{Client, ClientContext};
 use crate::error::Error;
+use crate::server::Server;
 use crate::server::{ListeningSocket, ServeContext};
-use crate::shared::{Registration, Shared, Slot, Started, fail, lock, set_state};
+use crate::shared::{Registration, Role, Shared, Slot, Started, fail, lock, set_state};
 use crate::{ManagerHandle, ServerState};
 
 /// How long after the stop a server closes idle connections (see `ServeContext::close_idle`).
@@ -18,8 +20,7 @@ const ACCEPTED_SETTLE: Duration = Duration::from_millis(20);
 const FRAMEWORK_GRACE: Duration = Duration::from_millis(1500);
 
 /// Starts one server, serves it until shutdown, and drains it within the deadline.
-pub(crate) async fn supervise(shared: Arc<Shared>, Registration { slot, server }: Registration) {
-    let name = slot.name().to_owned();
+pub(crate) async fn supervise(shared: Arc<Shared>, Registration { slot, role }: Registration) {
     if !slot.config.start_delay.is_zero() {
         tokio::select! {
             () = tokio::time::sleep(slot.config.start_delay) => {}
@@ -34,7 +35,15 @@ pub(crate) async fn supervise(shared: Arc<Shared>, Registration { slot, server }
         return;
     }
     set_state(&slot, ServerState::Starting);
+    match role {
+        Role::Listens(server) => serve(shared, slot, server).await,
+        Role::Dials(client) => run_client(shared, slot, client).await,
+    }
+}
 
+/// A server: bind, startup hook, serve, stop accepting, drain.
+async fn serve(shared: Arc<Shared>, slot: Arc<Slot>, server: Arc<dyn Server>) {
+    let name = slot.name().to_owned();
     let inherited = lock(&shared.inherited).take(slot.index);
     let inherited_socket = inherited.is_some();
     let listener = match inherited {
@@ -155,45 +164,106 @@ pub(crate) async fn supervise(shared: Arc<Shared>, Registration { slot, server }
             close_idle.cancel();
         }
     });
-    let deadline = *shared.deadline.get().expect("set before stop_accepting");
-    let joined = match tokio::time::timeout_at(deadline, &mut serve).await {
-        Ok(joined) => {
-            // A framework that returns with requests still running has cut them; one whose
-            // own deadline timer fired a moment before ours has dropped them already.
-            if slot.tracker.in_flight() > 0 || slot.tracker.cut_by_deadline() > 0 {
-                report_cut(&slot);
-            }
-            Some(joined)
-        }
-        Err(_) => {
-            report_cut(&slot);
-            match tokio::time::timeout(FRAMEWORK_GRACE, &mut serve).await {
-                Ok(joined) => Some(joined),
-                Err(_) => {
-                    serve.abort();
-                    let grace = FRAMEWORK_GRACE;
-                    return fail(
-                        &shared,
-                        &slot,
-                        Error::Unresponsive {
-                            server: name,
-                            grace,
-                        },
-                    );
-                }
-            }
-        }
+    finish_draining(&shared, &slot, serve, drain_started).await;
+}
+
+/// A client: run it until the stop, then let it drain within the deadline.
+async fn run_client(shared: Arc<Shared>, slot: Arc<Slot>, client: Arc<dyn Client>) {
+    let name = slot.name().to_owned();
+    let settings = lock(&shared.settings).clone();
+    let ctx = ClientContext {
+        name: Arc::clone(&slot.config.name),
+        stopping: shared.stop_accepting.clone(),
+        drain_deadline: settings.drain_deadline,
+        requests: Arc::clone(&slot.tracker),
+        status: Arc::clone(&slot.status),
+        changed: Arc::clone(&slot.changed),
+        manager: ManagerHandle {
+            shared: Arc::clone(&shared),
+        },
     };
-    if let Some(Err(err)) = joined.map(|j| exit_error(&name, j, true).map_or(Ok(()), Err)) {
-        return fail(&shared, &slot, err);
+    let _ = slot.serving_since.set(Instant::now());
+    set_state(&slot, ServerState::Serving);
+    let dials = slot.dials.as_deref().unwrap_or_default();
+    tracing::info!(server = name, framework = slot.framework, dials, "running");
+    ManagerHandle {
+        shared: Arc::clone(&shared),
     }
-    set_state(&slot, ServerState::Stopped);
+    .update_liveness();
+
+    let mut run = tokio::spawn(client.run(ctx));
+    let exited = tokio::select! {
+        joined = &mut run => Some(joined),
+        () = shared.stop_accepting.cancelled() => None,
+    };
+    if let Some(joined) = exited {
+        if let Some(err) = exit_error(&name, joined, shared.stop_accepting.is_cancelled()) {
+            return fail(&shared, &slot, err);
+        }
+        set_state(&slot, ServerState::Stopped);
+        return;
+    }
+    set_state(&slot, ServerState::Draining);
+    let drain_started = Instant::now();
+    finish_draining(&shared, &slot, run, drain_started).await;
+}
+
+/// Waits for a draining server's (or client's) task until the drain deadline, then for a
+/// grace, and abandons it after that; records how it ended.
+async fn finish_draining(
+    shared: &Arc<Shared>,
+    slot: &Arc<Slot>,
+    mut serve: tokio::task::JoinHandle<anyhow::Result<()>>,
+    drain_started: Instant,
+) {
+    let Some(joined) = join_within_deadline(shared, slot, &mut serve).await else {
+        return;
+    };
+    if let Some(err) = exit_error(slot.name(), joined, true) {
+        return fail(shared, slot, err);
+    }
+    set_state(slot, ServerState::Stopped);
     tracing::info!(
-        server = name,
+        server = slot.name(),
         drain_ms = drain_started.elapsed().as_secs_f64() * 1e3,
         served = slot.tracker.served(),
         "stopped"
     );
+}
+
+/// The drained task's outcome, or `None` when it outlived the deadline and the grace (then
+/// it is aborted and recorded as a failure).
+async fn join_within_deadline(
+    shared: &Arc<Shared>,
+    slot: &Arc<Slot>,
+    serve: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> Option<Result<anyhow::Result<()>, tokio::task::JoinError>> {
+    let deadline = *shared.deadline.get().expect("set before stop_accepting");
+    match tokio::time::timeout_at(deadline, &mut *serve).await {
+        Ok(joined) => {
+            // A framework that returns with requests still running has cut them; one whose
+            // own deadline timer fired a moment before ours has dropped them already.
+            if slot.tracker.in_flight() > 0 || slot.tracker.cut_by_deadline() > 0 {
+                report_cut(slot);
+            }
+            Some(joined)
+        }
+        Err(_) => {
+            report_cut(slot);
+            match tokio::time::timeout(FRAMEWORK_GRACE, &mut *serve).await {
+                Ok(joined) => Some(joined),
+                Err(_) => {
+                    serve.abort();
+                    let err = Error::Unresponsive {
+                        server: slot.name().to_owned(),
+                        grace: FRAMEWORK_GRACE,
+                    };
+                    fail(shared, slot, err);
+                    None
+                }
+            }
+        }
+    }
 }
 
 struct ReleaseOnDrop(ListeningSocket);

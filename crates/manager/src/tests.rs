@@ -1194,3 +1194,125 @@ async fn the_manager_stops_the_socket_listening_and_asks_connections_to_close() 
         .unwrap();
     assert_eq!(report.outcome(), Outcome::Clean);
 }
+
+/// A client that dials nothing: it says it is connected, holds one call until the stop, and
+/// finishes it while draining (or never returns, or returns early).
+struct FakeClient {
+    events: Events,
+    call_time: Duration,
+    return_early: bool,
+}
+
+impl crate::Client for FakeClient {
+    fn framework(&self) -> &'static str {
+        "fake-ws"
+    }
+
+    fn dials(&self) -> String {
+        "ws://localhost:3200".into()
+    }
+
+    fn run(self: Arc<Self>, ctx: crate::ClientContext) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.events.push("client", "run");
+            ctx.set_status("registered");
+            if self.return_early {
+                sleep(Duration::from_secs(1)).await;
+                return Ok(());
+            }
+            let call = ctx.begin_request("runAction", "/flow/x");
+            ctx.stopping().cancelled().await;
+            self.events.push("client", "stopping");
+            sleep(self.call_time).await;
+            call.finish(200);
+            self.events.push("client", "drained");
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_binds_nothing_shows_its_status_and_drains_its_calls() {
+    bounded(async {
+        let events = Events::default();
+        let mut manager = manager();
+        manager.add_server(ServerConfig::new("api"), Fake::new("api", &events));
+        let client = FakeClient {
+            events: events.clone(),
+            call_time: Duration::from_secs(2),
+            return_early: false,
+        };
+        manager.add_client(ServerConfig::new("reflection-v2").optional(), client);
+        let handle = manager.handle();
+        let run = tokio::spawn(manager.run());
+        assert_eq!(handle.wait_live().await, ProcessState::Live);
+        eventually("the client's status", || {
+            entry(&handle, "reflection-v2").status.is_some()
+        })
+        .await;
+        let shown = entry(&handle, "reflection-v2");
+        assert_eq!(shown.framework, "fake-ws");
+        assert_eq!(shown.dials.as_deref(), Some("ws://localhost:3200"));
+        assert_eq!(shown.status.as_deref(), Some("registered"));
+        assert_eq!(shown.address, None);
+        assert_eq!(shown.state, ServerState::Serving);
+        assert_eq!(shown.requests.in_flight, 1);
+        assert!(handle.readiness().ready);
+        // The server still takes the first (here: its own bound) socket; the client none.
+        assert!(entry(&handle, "api").address.is_some());
+
+        handle.request_shutdown(requested());
+        let report = report_of(run).await;
+        assert_eq!(report.outcome(), Outcome::Clean, "{:?}", report.failures);
+        assert_eq!(report.requests_cut, 0);
+        let client = report_entry(&report, "reflection-v2");
+        assert_eq!(client.state, ServerState::Stopped);
+        assert_eq!(client.requests.served, 1);
+        assert!(events.has("client:drained"));
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_past_the_drain_deadline_is_cut_and_one_that_dies_is_a_failure() {
+    bounded(async {
+        let events = Events::default();
+        let mut first = manager().drain_deadline(Duration::from_secs(1));
+        let slow = FakeClient {
+            events: events.clone(),
+            call_time: Duration::from_secs(60),
+            return_early: false,
+        };
+        first.add_client(ServerConfig::new("slow"), slow);
+        let handle = first.handle();
+        let run = tokio::spawn(first.run());
+        assert_eq!(handle.wait_live().await, ProcessState::Live);
+        handle.request_shutdown(requested());
+        let report = report_of(run).await;
+        // Abandoned after the deadline and the grace: its call counts as cut.
+        assert_eq!(report.outcome(), Outcome::Failed);
+        assert!(
+            matches!(&report.failures[0], Error::Unresponsive { server, .. } if server == "slow"),
+            "{:?}",
+            report.failures
+        );
+        assert!(!events.has("client:drained"));
+
+        let mut again = manager();
+        let dying = FakeClient {
+            events: events.clone(),
+            call_time: Duration::ZERO,
+            return_early: true,
+        };
+        again.add_client(ServerConfig::new("dying"), dying);
+        let report = report_of(tokio::spawn(again.run())).await;
+        assert_eq!(
+            report.reason,
+            ShutdownReason::ServerFailed {
+                server: "dying".into()
+            }
+        );
+        assert!(matches!(&report.failures[0], Error::Exited { server } if server == "dying"));
+    })
+    .await;
+}

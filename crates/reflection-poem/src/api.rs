@@ -133,16 +133,7 @@ fn health(Query(query): Query<HealthQuery>, Data(state): Data<&Arc<State>>) -> R
 
 #[handler]
 fn actions(Data(state): Data<&Arc<State>>) -> Response {
-    let actions: BTreeMap<String, Value> = state
-        .registry
-        .actions()
-        .into_iter()
-        .map(|action| {
-            let value = serde_json::to_value(&action).unwrap_or(Value::Null);
-            (action.key, value)
-        })
-        .collect();
-    ok(&json!(actions))
+    ok(&Value::Object(state.registry.actions_by_key()))
 }
 
 #[derive(Deserialize)]
@@ -181,12 +172,7 @@ async fn run_action(
         return bad_request("key is required");
     };
     let stream = query.stream.as_deref() == Some("true");
-    let labels = body
-        .telemetry_labels
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
-        .collect();
+    let labels = RunOptions::labels_of(body.telemetry_labels.unwrap_or_default());
     let options = RunOptions {
         context: body.context,
         stream,
@@ -303,14 +289,8 @@ async fn notify(req: &Request, body: Body, Data(state): Data<&Arc<State>>) -> Re
     if let Some(url) = body.telemetry_server_url {
         // Every trace (inputs and outputs of every server) goes where this says: a loopback
         // telemetry server (the genkit CLI's), unless the operator allowed any host.
-        if !telemetry_host_allowed(&url) {
-            return reply(edge::errors::error(
-                StatusCode::FORBIDDEN,
-                &format!(
-                    "telemetryServerUrl must be a loopback http URL (set {TELEMETRY_ANY_HOST}=1 \
-                     to allow any host), not '{url}'"
-                ),
-            ));
+        if let Err(refusal) = edge::policy::refuse_telemetry_url(&url) {
+            return reply(edge::errors::error(StatusCode::FORBIDDEN, &refusal));
         }
         state.registry.set_telemetry_server(Some(url));
     }
@@ -324,20 +304,6 @@ async fn notify(req: &Request, body: Body, Data(state): Data<&Arc<State>>) -> Re
         );
     }
     ok(&json!({}))
-}
-
-/// The environment variable that lets `/api/notify` point trace export at any host.
-const TELEMETRY_ANY_HOST: &str = "MULTI_SERVER_TELEMETRY_ANY_HOST";
-
-fn telemetry_host_allowed(url: &str) -> bool {
-    if std::env::var(TELEMETRY_ANY_HOST).is_ok_and(|v| v == "1") {
-        return true;
-    }
-    url.strip_prefix("http://")
-        .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""))
-        .is_some_and(|authority| {
-            !authority.contains('@') && edge::policy::is_loopback_host(authority)
-        })
 }
 
 #[derive(Deserialize)]

@@ -76,4 +76,4 @@ pub use server::ReflectionApi;
 pub const REFLECTION_API_SPEC_VERSION: u32 = 1;
 
 /// What this runtime reports as its Genkit version (`x-genkit-version`, discovery file).
-pub const GENKIT_VERSION: &str = concat!("rust/", env!("CARGO_PKG_VERSION"));
+pub use flows::GENKIT_VERSION;
