@@ -11,6 +11,7 @@ mod kubelet;
 mod metrics;
 mod ports;
 mod reflection;
+mod reflection_v2;
 mod shutdown;
 mod socket_activation;
 mod systemd;

@@ -85,6 +85,12 @@ pub(crate) struct Cli {
     #[arg(long, env = "MULTI_SERVER_BODY_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub(crate) body_timeout: Duration,
 
+    /// The genkit CLI's Reflection API v2 WebSocket (dev mode only): the runtime dials it,
+    /// registers, and serves the CLI's calls. `genkit flow:run ... -- <cmd>` and `genkit start
+    /// --experimental-reflection-v2` set it; only a ws:// URL on this machine is taken.
+    #[arg(long, env = "GENKIT_REFLECTION_V2_SERVER", value_name = "URL")]
+    reflection_v2_server: Option<String>,
+
     /// How long after start the reflection server starts (the original waited 2s).
     #[arg(long, env = "MULTI_SERVER_REFLECTION_DELAY", default_value = "250ms", value_parser = parse_duration)]
     pub(crate) reflection_delay: Duration,
@@ -172,6 +178,18 @@ impl Cli {
                     "" | "0" | "false" | "no" | "off"
                 )
             })
+    }
+
+    /// The genkit CLI's v2 WebSocket, if one is given; else why the URL cannot be used (one
+    /// line naming the flag and the variable: the CLI sets the variable, and a user may never
+    /// have typed the flag). Empty counts as unset, as it does for the CLI.
+    pub(crate) fn reflection_v2_server(&self) -> Result<Option<reflection_v2::Target>, String> {
+        match self.reflection_v2_server.as_deref() {
+            None | Some("") => Ok(None),
+            Some(url) => url.parse().map(Some).map_err(|err| {
+                format!("--reflection-v2-server (or GENKIT_REFLECTION_V2_SERVER): {err}")
+            }),
+        }
     }
 
     /// Dev mode from the flag or from Genkit's own variable, as the original sample did.

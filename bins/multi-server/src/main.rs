@@ -27,9 +27,9 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let admin_token = match cli.admin_token() {
-        Ok(token) => token,
-        Err(err) => {
+    let (admin_token, v2_server) = match (cli.admin_token(), cli.reflection_v2_server()) {
+        (Ok(token), Ok(v2_server)) => (token, v2_server),
+        (Err(err), _) | (_, Err(err)) => {
             eprintln!("error: {err}");
             return ExitCode::from(exit::BAD_COMMAND_LINE);
         }
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::SERVER_FAILED);
         }
     };
-    let code = runtime.block_on(run(cli, admin_token, inherited));
+    let code = runtime.block_on(run(cli, admin_token, v2_server, inherited));
     // Connection tasks a framework left behind are dropped here, so their requests are
     // logged as aborted before the log writer flushes.
     runtime.shutdown_timeout(Duration::from_millis(200));
@@ -61,6 +61,7 @@ fn main() -> ExitCode {
 async fn run(
     cli: Cli,
     admin_token: Option<manager::admin::AdminToken>,
+    v2_server: Option<reflection_v2::Target>,
     inherited: InheritedSockets,
 ) -> u8 {
     let dev = cli.is_dev();
@@ -81,11 +82,18 @@ async fn run(
         std::sync::Arc::clone(&registry),
     ))]);
     manager = manager.extension(std::sync::Arc::new(extra));
-    add_servers(&mut ManagerBuilder(&mut manager), &cli, &registry, dev);
+    let builder = &mut ManagerBuilder(&mut manager);
+    add_servers(builder, &cli, &registry, dev);
+    add_v2_client(builder, &cli, v2_server, &registry, dev);
     let handle = manager.handle();
     tokio::spawn(print_banner(handle, dev));
 
     let report = manager.run().await;
+    // The genkit CLI stops the runtime as soon as it has a run's result: the run's final trace
+    // state must still reach its telemetry server.
+    if !registry.flush_telemetry(Duration::from_secs(2)).await {
+        tracing::warn!("traces still queued for the telemetry server were not sent within 2s");
+    }
     for failure in &report.failures {
         eprintln!("error: {}", failure.chain());
     }
@@ -160,6 +168,32 @@ fn add_servers(
     let _ = (manager, config, registry, dev, limits, loopback);
 }
 
+/// The Reflection API v2 client, when the genkit CLI gave its WebSocket (dev mode only).
+fn add_v2_client(
+    manager: &mut ManagerBuilder<'_>,
+    cli: &Cli,
+    target: Option<reflection_v2::Target>,
+    registry: &std::sync::Arc<::flows::Registry>,
+    dev: bool,
+) {
+    match (target, dev) {
+        (Some(target), true) => {
+            // Required like the v1 server: the genkit CLI that set the URL drives the process
+            // through it alone. Not reaching the CLI, or losing it, is no failure: it dials
+            // again.
+            let client = reflection_v2::ReflectionV2::new(std::sync::Arc::clone(registry), target)
+                .max_message_bytes(cli.limits().body_bytes);
+            let config = ServerConfig::new("reflection-v2").version(VERSION);
+            manager.0.add_client(config, client);
+        }
+        (Some(_), false) => tracing::warn!(
+            "GENKIT_REFLECTION_V2_SERVER is set but dev mode is off (GENKIT_ENV=dev or --dev): \
+             not dialing the genkit CLI"
+        ),
+        (None, _) => {}
+    }
+}
+
 /// Adds servers to the manager; with `test-faults`, each with its test-only routes.
 struct ManagerBuilder<'a>(&'a mut ServerManager);
 
@@ -188,16 +222,33 @@ async fn print_banner(handle: ManagerHandle, dev: bool) {
         info.pid,
         if dev { ", dev mode" } else { "" }
     );
+    let name_width = info
+        .servers
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(12);
+    let framework_width = info
+        .servers
+        .iter()
+        .map(|s| s.framework.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
     for server in &info.servers {
         let place = match (&server.url, server.state) {
             (Some(url), _) => url.clone(),
+            (None, _) if server.dials.is_some() => {
+                format!("dials {}", server.dials.as_deref().unwrap_or_default())
+            }
             (None, manager::ServerState::Pending) => {
                 format!("starting soon on ports {}", server.ports)
             }
             (None, state) => format!("{state:?} (ports {})", server.ports).to_lowercase(),
         };
         text.push_str(&format!(
-            "  {:<12} {:<10} {place}\n",
+            "  {:<name_width$} {:<framework_width$} {place}\n",
             server.name, server.framework
         ));
     }

@@ -102,9 +102,14 @@ function renderServers(snapshot) {
   const body = $('servers-table').tBodies[0];
   const rows = process.servers.map((s) => {
     const r = s.requests;
-    const address = s.url
-      ? h('a', { href: s.url, target: '_blank', rel: 'noopener' }, s.address)
-      : h('span', { className: 'empty' }, `ports ${s.ports}`);
+    // A client (the Reflection API v2 link to the genkit CLI) listens on nothing: it shows
+    // the URL it dials and what it last said of itself.
+    const address = s.dials
+      ? h('span', { attrs: { 'data-dials': s.dials } }, `dials ${s.dials}`,
+        s.status ? h('div', { className: 'sub' }, s.status) : null)
+      : s.url
+        ? h('a', { href: s.url, target: '_blank', rel: 'noopener' }, s.address)
+        : h('span', { className: 'empty' }, `ports ${s.ports}`);
     const state = h('span', { className: `badge ${STATE_CLASS[s.state] || ''}`, title: s.error || '' }, s.state);
     const name = h('td', {}, h('strong', {}, s.name),
       s.name === ui.selfName ? h('span', { className: 'sub' }, '(this page)') : null,

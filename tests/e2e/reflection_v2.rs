@@ -1,0 +1,213 @@
+//! The Reflection API v2 on the real binary: a small genkit-CLI stand-in (a WebSocket server on
+//! loopback, tungstenite) that the binary dials when `GENKIT_REFLECTION_V2_SERVER` names it.
+//! Registration, a run and its trace export, v1 beside it, `/__serverz`, and the stop; a bad
+//! URL; a CLI that is not there. (The real genkit CLI drives it in `tests/genkit-cli/run.sh`.)
+
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use multi_server_e2e::{Process, Recorder, eventually, get};
+use serde_json::{Value, json};
+use tungstenite::{Message, WebSocket};
+
+use super::{DEV_ENV, bin, dev_args, server_entry, start_dev_env};
+
+const EXIT_WAIT: Duration = Duration::from_secs(20);
+
+/// The CLI's side of one connection.
+struct Cli {
+    ws: WebSocket<TcpStream>,
+}
+
+impl Cli {
+    /// Accepts the binary's connection (within 10 s) and reads its `register`.
+    fn accept(listener: &TcpListener) -> (Cli, Value) {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(err) => panic!("the binary never dialed: {err}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut cli = Cli {
+            ws: tungstenite::accept(stream).expect("WebSocket handshake"),
+        };
+        let register = cli.recv();
+        assert_eq!(register["method"], "register", "{register}");
+        (cli, register)
+    }
+
+    fn send(&mut self, message: &Value) {
+        self.ws.send(Message::text(message.to_string())).unwrap();
+    }
+
+    fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("read from the runtime") {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Close(_) => panic!("the runtime closed the connection"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Calls `method`; returns every message up to its answer.
+    fn call(&mut self, id: &str, method: &str, params: Value) -> Vec<Value> {
+        self.send(&json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id}));
+        let mut seen = Vec::new();
+        loop {
+            let message = self.recv();
+            let done = message["id"] == id;
+            seen.push(message);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+fn status_of(p: &Process) -> String {
+    server_entry(p, "flows", "reflection-v2")["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn the_binary_registers_runs_flows_exports_traces_and_closes_at_the_stop() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://localhost:{}", listener.local_addr().unwrap().port());
+    let telemetry = Recorder::start();
+    let mut p = start_dev_env(&[], &[("GENKIT_REFLECTION_V2_SERVER", &url)]);
+    let (mut cli, register) = Cli::accept(&listener);
+    assert_eq!(register["params"]["pid"], p.pid());
+    assert_eq!(register["params"]["id"], p.pid().to_string());
+    assert!(
+        register["id"].is_string(),
+        "register wants an answer: {register}"
+    );
+    cli.send(&json!({"jsonrpc": "2.0", "result": {"telemetryServerUrl": telemetry.url}, "id": register["id"]}));
+    eventually("registered", || {
+        status_of(&p).starts_with("registered").then_some(())
+    });
+    let entry = server_entry(&p, "flows", "reflection-v2");
+    assert_eq!(entry["dials"], url.as_str());
+    assert_eq!(entry["framework"], "tokio-tungstenite");
+    assert_eq!(entry["state"], "serving");
+
+    // The same actions as v1, which still serves beside it.
+    let listed = cli.call("1", "listActions", Value::Null).pop().unwrap();
+    let v1 = get(&format!("{}/api/actions", p.url("reflection"))).json;
+    assert_eq!(listed["result"]["actions"], v1);
+
+    let messages = cli.call(
+        "2",
+        "runAction",
+        json!({"key": "/flow/multi_server_flow", "input": "Eve", "stream": false, "streamInput": false}),
+    );
+    assert_eq!(messages[0]["method"], "runActionState", "{messages:?}");
+    let trace_id = messages[0]["params"]["state"]["traceId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = messages.last().unwrap();
+    assert_eq!(
+        answer["result"]["result"], "Hello from multi-server, Eve!",
+        "{answer}"
+    );
+    assert_eq!(answer["result"]["telemetry"]["traceId"], trace_id.as_str());
+    let bad = cli.call("3", "runAction", json!({"key": "/flow/multi_server_flow", "input": 5, "stream": false, "streamInput": false}));
+    assert_eq!(bad.last().unwrap()["error"]["data"]["code"], 3, "{bad:?}");
+    let served = server_entry(&p, "flows", "reflection-v2")["requests"]["served"].as_u64();
+    assert_eq!(served, Some(3));
+
+    // SIGTERM as the CLI sends it once it has the result: a close frame, exit 0, and the
+    // run's finished trace reached the telemetry server the register answer named.
+    p.signal("TERM");
+    let closed = loop {
+        match cli.ws.read() {
+            Ok(Message::Close(frame)) => break frame,
+            Ok(_) => {}
+            Err(err) => panic!("no close frame: {err}"),
+        }
+    };
+    assert!(
+        closed
+            .as_ref()
+            .is_some_and(|f| f.reason.contains("stopping")),
+        "{closed:?}"
+    );
+    let status = p.wait_exit(EXIT_WAIT);
+    assert!(status.success(), "{status:?}\n{}", p.stderr());
+    let posts = telemetry.requests();
+    assert!(
+        posts.iter().any(|r| r.path == "/api/traces"
+            && r.body.contains(&trace_id)
+            && r.body.contains(r#""genkit:state":"success""#)),
+        "the finished trace was not exported before the exit: {posts:#?}"
+    );
+}
+
+#[test]
+fn a_url_that_is_not_a_loopback_ws_url_is_one_line_and_exit_2() {
+    for bad in [
+        "ws://example.com:3200",
+        "wss://localhost:3200",
+        "localhost:3200",
+    ] {
+        let mut env = DEV_ENV.to_vec();
+        env.push(("GENKIT_REFLECTION_V2_SERVER", bad));
+        let mut p = Process::spawn(bin(), &dev_args(), &env);
+        let status = p.wait_exit(EXIT_WAIT);
+        assert_eq!(status.code(), Some(2), "{bad}: {}", p.stderr());
+        let stderr = p.stderr();
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(
+            lines[0].contains("GENKIT_REFLECTION_V2_SERVER") && lines[0].contains(bad),
+            "{}",
+            lines[0]
+        );
+    }
+}
+
+#[test]
+fn a_cli_that_is_not_there_holds_up_nothing_and_the_stop_is_prompt() {
+    let unused = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://127.0.0.1:{}", unused.local_addr().unwrap().port());
+    drop(unused);
+    // An empty variable is no URL, as for the genkit CLI.
+    let mut p = start_dev_env(&[], &[("GENKIT_REFLECTION_V2_SERVER", &url)]);
+    assert!(
+        p.stdout().contains(&format!("dials {url}")),
+        "{}",
+        p.stdout()
+    );
+    let flows = get(&format!("{}/__readyz", p.url("flows")));
+    assert_eq!(flows.status, 200, "{}", flows.json);
+    eventually("not connected", || {
+        status_of(&p).starts_with("not connected").then_some(())
+    });
+    let started = Instant::now();
+    p.signal("TERM");
+    assert!(p.wait_exit(EXIT_WAIT).success(), "{}", p.stderr());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let mut p = start_dev_env(&[], &[("GENKIT_REFLECTION_V2_SERVER", "")]);
+    let info = get(&format!("{}/__serverz", p.url("flows"))).json;
+    assert!(!info.to_string().contains("reflection-v2"), "{info}");
+    p.signal("TERM");
+    assert!(p.wait_exit(EXIT_WAIT).success());
+}
