@@ -29,6 +29,14 @@ fn the_developer_ui_works_in_a_real_browser() {
         &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
     );
     let chromedriver = tool("CHROMEDRIVER", &["/usr/bin/chromedriver"]);
+    // A genkit CLI that is not there: the v2 client's row shows what it dials and that it is
+    // not connected.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let v2_url = format!(
+        "ws://127.0.0.1:{}",
+        unused.local_addr().expect("addr").port()
+    );
+    drop(unused);
     let mut p = Process::start_with_env(
         bin(),
         &[
@@ -44,7 +52,10 @@ fn the_developer_ui_works_in_a_real_browser() {
             "--devui-ports",
             "0",
         ],
-        &[("GENKIT_TELEMETRY_SERVER", "")],
+        &[
+            ("GENKIT_TELEMETRY_SERVER", ""),
+            ("GENKIT_REFLECTION_V2_SERVER", &v2_url),
+        ],
     );
     let driver = Driver::start(&chromedriver);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -54,7 +65,8 @@ fn the_developer_ui_works_in_a_real_browser() {
         .expect("runtime");
     let client = runtime.block_on(driver.session(&chromium));
     let result = runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(120), drive(&client, &mut p, &driver)).await
+        let drive = drive(&client, &mut p, &driver, &v2_url);
+        tokio::time::timeout(Duration::from_secs(120), drive).await
     });
     let _ = runtime.block_on(client.close());
     match result {
@@ -64,7 +76,7 @@ fn the_developer_ui_works_in_a_real_browser() {
 }
 
 /// Everything the browser does, in order.
-async fn drive(c: &Client, p: &mut Process, driver: &Driver) {
+async fn drive(c: &Client, p: &mut Process, driver: &Driver, v2_url: &str) {
     let devui = p.url("devui").to_owned();
     let servers = serving_servers(&devui);
     c.goto(&devui).await.expect("open the Developer UI");
@@ -78,6 +90,13 @@ async fn drive(c: &Client, p: &mut Process, driver: &Driver) {
         })
         .await;
     }
+    let row = "#servers-table tr[data-server=\"reflection-v2\"]";
+    wait_text(c, row, "the v2 client, what it dials and its status", |t| {
+        t.contains(&format!("dials {v2_url}"))
+            && t.contains("not connected")
+            && t.contains("serving")
+    })
+    .await;
     wait_text(c, "#process-state", "process live", |t| {
         t.contains("process live")
     })
@@ -424,10 +443,12 @@ fn serving_servers(devui: &str) -> Vec<(String, String)> {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let all_serving = servers.len() == 4 && servers.iter().all(|s| s["state"] == "serving");
+        // Four servers and the v2 client, which has no address.
+        let all_serving = servers.len() == 5 && servers.iter().all(|s| s["state"] == "serving");
         if all_serving {
             return servers
                 .iter()
+                .filter(|s| s["dials"].is_null())
                 .map(|s| {
                     (
                         s["name"].as_str().unwrap().to_owned(),

@@ -128,20 +128,10 @@ async fn serve(shared: Arc<Shared>, slot: Arc<Slot>, server: Arc<dyn Server>) {
     let close_idle = ctx.close_idle.clone();
     let done_accepting = ctx.done_accepting.clone();
     let accept_stop_lag = server.accept_stop_lag();
-    let mut serve = tokio::spawn(Arc::clone(&server).serve(listener, ctx));
-    let exited = tokio::select! {
-        joined = &mut serve => Some(joined),
-        () = shared.stop_accepting.cancelled() => None,
-    };
-    if let Some(joined) = exited {
-        if let Some(err) = exit_error(&name, joined, shared.stop_accepting.is_cancelled()) {
-            return fail(&shared, &slot, err);
-        }
-        set_state(&slot, ServerState::Stopped);
+    let serve = tokio::spawn(Arc::clone(&server).serve(listener, ctx));
+    let Some(serve) = until_stop(&shared, &slot, serve).await else {
         return;
-    }
-
-    set_state(&slot, ServerState::Draining);
+    };
     let drain_started = Instant::now();
     // The stop sequence the server itself need not know: once it has stopped calling accept,
     // the socket refuses newcomers (instead of queueing them to be reset when it closes) and
@@ -191,21 +181,33 @@ async fn run_client(shared: Arc<Shared>, slot: Arc<Slot>, client: Arc<dyn Client
     }
     .update_liveness();
 
-    let mut run = tokio::spawn(client.run(ctx));
+    let run = tokio::spawn(client.run(ctx));
+    let Some(run) = until_stop(&shared, &slot, run).await else {
+        return;
+    };
+    finish_draining(&shared, &slot, run, Instant::now()).await;
+}
+
+/// Waits for the stop, then marks the slot draining and hands its task back. A task that ends
+/// first died (or, racing the stop, stopped): that is recorded, and `None` returned.
+async fn until_stop(
+    shared: &Arc<Shared>,
+    slot: &Arc<Slot>,
+    mut task: tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> Option<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let exited = tokio::select! {
-        joined = &mut run => Some(joined),
+        joined = &mut task => Some(joined),
         () = shared.stop_accepting.cancelled() => None,
     };
-    if let Some(joined) = exited {
-        if let Some(err) = exit_error(&name, joined, shared.stop_accepting.is_cancelled()) {
-            return fail(&shared, &slot, err);
-        }
-        set_state(&slot, ServerState::Stopped);
-        return;
+    let Some(joined) = exited else {
+        set_state(slot, ServerState::Draining);
+        return Some(task);
+    };
+    match exit_error(slot.name(), joined, shared.stop_accepting.is_cancelled()) {
+        Some(err) => fail(shared, slot, err),
+        None => set_state(slot, ServerState::Stopped),
     }
-    set_state(&slot, ServerState::Draining);
-    let drain_started = Instant::now();
-    finish_draining(&shared, &slot, run, drain_started).await;
+    None
 }
 
 /// Waits for a draining server's (or client's) task until the drain deadline, then for a
