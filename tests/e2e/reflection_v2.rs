@@ -177,6 +177,18 @@ fn a_url_that_is_not_a_loopback_ws_url_is_one_line_and_exit_2() {
             lines[0]
         );
     }
+    // Outside dev mode the variable is not read: a warning, and the process serves.
+    let mut p = Process::start_with_env(
+        bin(),
+        &["--flows-ports", "0", "--admin-ports", "0"],
+        &[
+            ("GENKIT_REFLECTION_V2_SERVER", "ws://example.com:3200"),
+            ("GENKIT_ENV", "prod"),
+        ],
+    );
+    assert!(p.stderr().contains("dev mode is off"), "{}", p.stderr());
+    p.signal("TERM");
+    assert!(p.wait_exit(EXIT_WAIT).success());
 }
 
 #[test]
@@ -184,7 +196,6 @@ fn a_cli_that_is_not_there_holds_up_nothing_and_the_stop_is_prompt() {
     let unused = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://127.0.0.1:{}", unused.local_addr().unwrap().port());
     drop(unused);
-    // An empty variable is no URL, as for the genkit CLI.
     let mut p = start_dev_env(&[], &[("GENKIT_REFLECTION_V2_SERVER", &url)]);
     assert!(
         p.stdout().contains(&format!("dials {url}")),
@@ -205,6 +216,7 @@ fn a_cli_that_is_not_there_holds_up_nothing_and_the_stop_is_prompt() {
         started.elapsed()
     );
 
+    // An empty variable is no URL, as for the genkit CLI.
     let mut p = start_dev_env(&[], &[("GENKIT_REFLECTION_V2_SERVER", "")]);
     let info = get(&format!("{}/__serverz", p.url("flows"))).json;
     assert!(!info.to_string().contains("reflection-v2"), "{info}");

@@ -180,16 +180,27 @@ impl Cli {
             })
     }
 
-    /// The genkit CLI's v2 WebSocket, if one is given; else why the URL cannot be used (one
-    /// line naming the flag and the variable: the CLI sets the variable, and a user may never
-    /// have typed the flag). Empty counts as unset, as it does for the CLI.
+    /// The genkit CLI's v2 WebSocket, if one is given in dev mode; else why the URL cannot be
+    /// used (one line naming the flag and the variable: the CLI sets the variable, and a user
+    /// may never have typed the flag). Empty counts as unset, as it does for the CLI. Outside
+    /// dev mode it is not read at all: a stray variable must not stop a production server.
     pub(crate) fn reflection_v2_server(&self) -> Result<Option<reflection_v2::Target>, String> {
         match self.reflection_v2_server.as_deref() {
             None | Some("") => Ok(None),
+            Some(_) if !self.is_dev() => Ok(None),
             Some(url) => url.parse().map(Some).map_err(|err| {
                 format!("--reflection-v2-server (or GENKIT_REFLECTION_V2_SERVER): {err}")
             }),
         }
+    }
+
+    /// Whether a v2 URL was given that dev mode being off leaves unused.
+    pub(crate) fn reflection_v2_server_ignored(&self) -> bool {
+        !self.is_dev()
+            && self
+                .reflection_v2_server
+                .as_deref()
+                .is_some_and(|u| !u.is_empty())
     }
 
     /// Dev mode from the flag or from Genkit's own variable, as the original sample did.

@@ -84,7 +84,7 @@ async fn run(
     manager = manager.extension(std::sync::Arc::new(extra));
     let builder = &mut ManagerBuilder(&mut manager);
     add_servers(builder, &cli, &registry, dev);
-    add_v2_client(builder, &cli, v2_server, &registry, dev);
+    add_v2_client(builder, &cli, v2_server, &registry);
     let handle = manager.handle();
     tokio::spawn(print_banner(handle, dev));
 
@@ -168,29 +168,27 @@ fn add_servers(
     let _ = (manager, config, registry, dev, limits, loopback);
 }
 
-/// The Reflection API v2 client, when the genkit CLI gave its WebSocket (dev mode only).
+/// The Reflection API v2 client, when the genkit CLI gave its WebSocket (`target`: in dev mode
+/// only).
 fn add_v2_client(
     manager: &mut ManagerBuilder<'_>,
     cli: &Cli,
     target: Option<reflection_v2::Target>,
     registry: &std::sync::Arc<::flows::Registry>,
-    dev: bool,
 ) {
-    match (target, dev) {
-        (Some(target), true) => {
-            // Required like the v1 server: the genkit CLI that set the URL drives the process
-            // through it alone. Not reaching the CLI, or losing it, is no failure: it dials
-            // again.
-            let client = reflection_v2::ReflectionV2::new(std::sync::Arc::clone(registry), target)
-                .max_message_bytes(cli.limits().body_bytes);
-            let config = ServerConfig::new("reflection-v2").version(VERSION);
-            manager.0.add_client(config, client);
-        }
-        (Some(_), false) => tracing::warn!(
+    if cli.reflection_v2_server_ignored() {
+        tracing::warn!(
             "GENKIT_REFLECTION_V2_SERVER is set but dev mode is off (GENKIT_ENV=dev or --dev): \
              not dialing the genkit CLI"
-        ),
-        (None, _) => {}
+        );
+    }
+    if let Some(target) = target {
+        // Required like the v1 server: the genkit CLI that set the URL drives the process
+        // through it alone. Not reaching the CLI, or losing it, is no failure: it dials again.
+        let client = reflection_v2::ReflectionV2::new(std::sync::Arc::clone(registry), target)
+            .max_message_bytes(cli.limits().body_bytes);
+        let config = ServerConfig::new("reflection-v2").version(VERSION);
+        manager.0.add_client(config, client);
     }
 }
 

@@ -196,6 +196,8 @@ struct PosterAlive(Arc<Queue>);
 
 impl Drop for PosterAlive {
     fn drop(&mut self) {
+        // A post it had taken is gone with it.
+        self.0.posting.store(false, Ordering::Release);
         self.0.poster.store(false, Ordering::Release);
     }
 }

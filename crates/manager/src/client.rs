@@ -66,6 +66,13 @@ impl ClientContext {
         self.drain_deadline
     }
 
+    /// The moment the drain deadline falls, once stopping fired (`None` before): the one the
+    /// manager enforces, whenever the client noticed the stop. Past it (and a short grace),
+    /// the manager abandons a client that has not returned.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.manager.shared.deadline.get().copied()
+    }
+
     /// Starts accounting (and logging) for one call, as a server does for a request.
     pub fn begin_request(&self, method: &str, path: &str) -> RequestGuard {
         self.requests.begin(method, path)

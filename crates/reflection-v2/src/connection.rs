@@ -30,9 +30,15 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long `register` may go unanswered before the status says so (calls are served anyway).
 const REGISTER_WAIT: Duration = Duration::from_secs(10);
-/// A message over `max_message_bytes` but under this many times it is read and refused under
-/// its id; a bigger one closes the connection (tungstenite's own limit): memory stays bounded.
-const HARD_LIMIT_FACTOR: usize = 4;
+/// After the drain deadline, how long runs get to send their refusal, and the close frame to
+/// leave: both well inside the manager's grace before it abandons a client.
+const AFTER_DEADLINE: Duration = Duration::from_millis(300);
+/// How long, once stopping with no run in flight, calls already on their way are still read
+/// (and a `runAction` refused) before the connection closes: none is left unanswered.
+const LINGER: Duration = Duration::from_millis(50);
+/// A connection that lived this long resets the backoff; one the CLI drops at once does not,
+/// so a CLI that accepts and hangs up is not dialed ten times a second.
+const STEADY: Duration = Duration::from_secs(1);
 
 type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 
@@ -54,10 +60,11 @@ pub(crate) async fn run(client: Arc<ReflectionV2>, ctx: ClientContext) -> anyhow
                 failures = 0;
                 let connection =
                     Connection::new(Arc::clone(&client), ctx.clone(), socket, connections);
+                let connected = Instant::now();
                 match connection.serve().await {
                     Ended::Stopped => return Ok(()),
                     Ended::Lost { why, registered } => {
-                        if registered {
+                        if registered && connected.elapsed() >= STEADY {
                             backoff = BACKOFF_FIRST;
                         }
                         tracing::info!(server = ctx.name(), %target, %why, "connection to the genkit CLI lost; dialing again");
@@ -113,7 +120,7 @@ async fn dial(client: &ReflectionV2) -> Result<WebSocketStream<TcpStream>, Strin
         }
         let stream = stream.ok_or(last)?;
         let _ = stream.set_nodelay(true);
-        let hard = client.max_message_bytes.saturating_mul(HARD_LIMIT_FACTOR);
+        let hard = client.hard_message_bytes.max(client.max_message_bytes);
         let config = WebSocketConfig::default()
             .max_message_size(Some(hard))
             .max_frame_size(Some(hard));
@@ -137,11 +144,13 @@ enum Ended {
 }
 
 /// The sending half, shared by the reader and the runs. Every send is bounded by
-/// [`SEND_TIMEOUT`]; one that times out or fails marks the connection dead.
+/// [`SEND_TIMEOUT`], and once stopping by the drain deadline too; one that times out or fails
+/// marks the connection dead.
 #[derive(Clone)]
 struct Outbox {
     sink: Arc<tokio::sync::Mutex<Sink>>,
     dead: CancellationToken,
+    ctx: ClientContext,
 }
 
 /// The connection is gone; the message was not sent.
@@ -152,7 +161,11 @@ impl Outbox {
         if self.dead.is_cancelled() {
             return Err(Gone);
         }
-        let sent = timeout(SEND_TIMEOUT, async {
+        // Past the deadline, only a send that can go at once does.
+        let limit = self.ctx.deadline().map_or(SEND_TIMEOUT, |deadline| {
+            SEND_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()))
+        });
+        let sent = timeout(limit, async {
             self.sink.lock().await.send(Message::text(text)).await
         })
         .await;
@@ -188,13 +201,14 @@ impl Connection {
     ) -> Self {
         let (sink, reader) = socket.split();
         Connection {
-            client,
-            ctx,
-            reader,
             outbox: Outbox {
                 sink: Arc::new(tokio::sync::Mutex::new(sink)),
                 dead: CancellationToken::new(),
+                ctx: ctx.clone(),
             },
+            client,
+            ctx,
+            reader,
             register_id: format!("register-{number}"),
             registered: false,
             runs: JoinSet::new(),
@@ -208,18 +222,23 @@ impl Connection {
 
     async fn serve(mut self) -> Ended {
         let ended = self.serve_until_ended().await;
-        // Runs of a connection that is gone cannot answer: dropping them cancels their flows.
-        self.runs.abort_all();
+        // Runs of a connection that is gone cannot answer: dropping them cancels their flows,
+        // and their requests are counted as aborted before this returns (not later, when the
+        // manager would take them for requests the drain deadline cut).
+        self.runs.shutdown().await;
         if matches!(ended, Ended::Stopped) {
             let close = CloseFrame {
                 code: CloseCode::Away,
                 reason: "the runtime is stopping".into(),
             };
-            let mut sink = self.outbox.sink.lock().await;
-            let _ = timeout(
-                Duration::from_secs(1),
-                sink.send(Message::Close(Some(close))),
-            )
+            let _ = timeout(AFTER_DEADLINE, async {
+                self.outbox
+                    .sink
+                    .lock()
+                    .await
+                    .send(Message::Close(Some(close)))
+                    .await
+            })
             .await;
         }
         ended
@@ -244,29 +263,33 @@ impl Connection {
         ));
         let register_by = Instant::now() + REGISTER_WAIT;
         let mut register_overdue = false;
+        // Once stopping: the manager's drain deadline, and when to close if no run is left.
         let mut drain_until: Option<Instant> = None;
+        let mut quiet_at = Instant::now();
         loop {
             tokio::select! {
                 biased;
                 () = self.ctx.stopping().cancelled(), if drain_until.is_none() => {
-                    drain_until = Some(Instant::now() + self.ctx.drain_deadline());
-                    if self.runs.is_empty() {
-                        return Ended::Stopped;
-                    }
+                    let now = Instant::now();
+                    drain_until = Some(self.ctx.deadline().unwrap_or(now + self.ctx.drain_deadline()));
+                    quiet_at = now + LINGER;
                     self.ctx.set_status(format!("stopping: {} run(s) in flight", self.runs.len()));
                 }
                 () = async { sleep_until(drain_until.unwrap_or_else(Instant::now)).await }, if drain_until.is_some() => {
                     self.cut.cancel();
-                    // Each run answers its error and ends at once.
-                    let _ = timeout(Duration::from_millis(500), async {
+                    // Each run answers its refusal (if it can at once) and ends.
+                    let _ = timeout(AFTER_DEADLINE, async {
                         while self.runs.join_next().await.is_some() {}
                     })
                     .await;
                     return Ended::Stopped;
                 }
+                () = sleep_until(quiet_at), if drain_until.is_some() && self.runs.is_empty() => {
+                    return Ended::Stopped;
+                }
                 Some(_) = self.runs.join_next(), if !self.runs.is_empty() => {
                     if drain_until.is_some() && self.runs.is_empty() {
-                        return Ended::Stopped;
+                        quiet_at = Instant::now() + LINGER;
                     }
                 }
                 () = self.outbox.dead.cancelled() => {

@@ -27,15 +27,15 @@
 //! Bad input is answered, never fatal: invalid JSON (-32700), a batch or a non-request
 //! (-32600), an unknown method (-32601), bad params (-32602, naming the field), an unknown
 //! action (-32000 with `NOT_FOUND`), a message over [`ReflectionV2::max_message_bytes`]
-//! (-32600, answered under its id; one over four times that closes the connection, which is
-//! then dialed again). At most [`MAX_RUNS_IN_FLIGHT`] runs go at once per connection
+//! (-32600, answered under its id; one over [`HARD_MESSAGE_BYTES`], the CLI's own limit,
+//! closes the connection, which is then dialed again). At most [`MAX_RUNS_IN_FLIGHT`] runs go at once per connection
 //! (`RESOURCE_EXHAUSTED` beyond). A CLI that stops reading for [`SEND_TIMEOUT`] is dropped; a
 //! CLI that goes away cancels every run it started; one that never answers `register` is
 //! still served, and it never holds up the other servers.
 //!
 //! At the stop, new runs are refused (`UNAVAILABLE`), runs in flight finish within the drain
-//! deadline (past it they answer `UNAVAILABLE` and count as cut), and the connection is
-//! closed.
+//! deadline (past it they answer `UNAVAILABLE` and count as cut), calls already on their way
+//! are still answered, and the connection is closed.
 //!
 //! ```no_run
 //! use manager::{ServerConfig, ServerManager};
@@ -78,6 +78,10 @@ pub const MAX_RUNS_IN_FLIGHT: usize = 64;
 /// (and dialed again), so a stalled peer holds neither memory nor a run.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest message read at all (the genkit CLI's own `maxPayload`, 100 MiB); one over
+/// [`ReflectionV2::max_message_bytes`] but within this is refused under its id.
+pub const HARD_MESSAGE_BYTES: usize = 100 << 20;
+
 /// The v2 client. See the crate docs.
 #[derive(Debug, Clone)]
 #[must_use = "a client does nothing until it is added to a ServerManager"]
@@ -87,6 +91,10 @@ pub struct ReflectionV2 {
     pub(crate) name: String,
     pub(crate) runtime_id: String,
     pub(crate) max_message_bytes: usize,
+    /// Messages up to this size are read (and, over `max_message_bytes`, refused under their
+    /// id); a bigger one closes the connection. The CLI's own limit for what it receives, so
+    /// that nothing it may send goes unanswered (it waits for ever on a lost `runAction`).
+    pub(crate) hard_message_bytes: usize,
 }
 
 impl ReflectionV2 {
@@ -99,6 +107,7 @@ impl ReflectionV2 {
             name: String::from("multi-server"),
             runtime_id: std::process::id().to_string(),
             max_message_bytes: 1 << 20,
+            hard_message_bytes: HARD_MESSAGE_BYTES,
         }
     }
 

@@ -159,8 +159,9 @@ fn start(
     let mut manager = ServerManager::new()
         .handle_signals(false)
         .drain_deadline(Duration::from_secs(2));
-    let client =
+    let mut client =
         ReflectionV2::new(Arc::clone(registry), url.parse().unwrap()).max_message_bytes(64 * 1024);
+    client.hard_message_bytes = 256 * 1024;
     manager.add_client(ServerConfig::new("reflection-v2").optional(), client);
     let handle = manager.handle();
     (handle, tokio::spawn(manager.run()))
@@ -483,7 +484,7 @@ async fn bad_messages_get_json_rpc_errors_and_the_connection_goes_on() {
         Some("http://localhost:1")
     );
 
-    // Over four times the limit: the connection is closed and dialed again.
+    // Over the hard limit: the connection is closed and dialed again.
     peer.send_text(format!(r#"{{"id":"7","x":"{}"}}"#, "y".repeat(300_000)))
         .await;
     let (mut peer, _) = cli.accept().await;
@@ -565,4 +566,60 @@ async fn a_cli_that_never_answers_register_is_still_served_and_a_missing_one_hol
         status(&handle)
     );
     stop(&handle, run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_that_leaves_during_the_drain_cuts_nothing_and_a_call_on_its_way_is_answered() {
+    let registry = registry();
+    let cli = FakeCli::bind().await;
+    let (handle, run) = start(&registry, &cli.url());
+    let (mut peer, _) = cli.accept().await;
+    peer.send(json!({"jsonrpc": "2.0", "method": "runAction", "id": "1",
+        "params": {"key": "/flow/forever", "input": null, "stream": false, "streamInput": false}}))
+        .await;
+    assert_eq!(peer.recv().await["method"], "runActionState");
+    handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
+    eventually("stopping", || status(&handle).starts_with("stopping")).await;
+    // The CLI exits too (Ctrl+C reaches both): its run is dropped, not cut by the deadline.
+    drop(peer);
+    let report = timeout(WAIT, run).await.unwrap().unwrap();
+    assert_eq!(
+        report.outcome(),
+        manager::Outcome::Clean,
+        "{:?}",
+        report.failures
+    );
+    assert_eq!(report.requests_cut, 0);
+    assert_eq!(report.servers[0].requests.aborted, 1);
+
+    // A runAction sent as the stop begins, with nothing in flight, is still answered.
+    let cli = FakeCli::bind().await;
+    let (handle, run) = start(&registry, &cli.url());
+    let (mut peer, _) = cli.accept().await;
+    handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
+    peer.send(json!({"jsonrpc": "2.0", "method": "runAction", "id": "2",
+        "params": {"key": "/flow/greet", "input": "x", "stream": false, "streamInput": false}}))
+        .await;
+    let mut answered = false;
+    while let Ok(Some(Ok(message))) = timeout(WAIT, peer.ws.next()).await {
+        if let Message::Text(text) = message {
+            let message: Value = serde_json::from_str(&text).unwrap();
+            if message["id"] == "2" {
+                let refused = message["error"]["data"]["code"] == 14;
+                assert!(
+                    refused || message["result"]["result"] == "Hello, x!",
+                    "{message}"
+                );
+                answered = true;
+            }
+        }
+    }
+    assert!(answered, "the call on its way at the stop got no answer");
+    let report = timeout(WAIT, run).await.unwrap().unwrap();
+    assert_eq!(
+        report.outcome(),
+        manager::Outcome::Clean,
+        "{:?}",
+        report.failures
+    );
 }
