@@ -223,3 +223,61 @@ fn a_cli_that_is_not_there_holds_up_nothing_and_the_stop_is_prompt() {
     p.signal("TERM");
     assert!(p.wait_exit(EXIT_WAIT).success());
 }
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn an_orphan_whose_cli_is_gone_stops_by_itself_and_cleans_up() {
+    // As `genkit flow:run ... -- <binary>` leaves it when the CLI dies first: the binary's
+    // parent (here a shell) is gone, and so is the CLI's WebSocket.
+    let unused = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://127.0.0.1:{}", unused.local_addr().unwrap().port());
+    drop(unused);
+    let dir = multi_server_e2e::temp_dir("v2-orphan");
+    let log = dir.join("stderr");
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        // The shell outlives the binary's start a moment, as the CLI would.
+        .arg(r#"log="$1"; shift; "$@" >/dev/null 2>"$log" & echo $!; sleep 1"#)
+        .arg("sh")
+        .arg(&log)
+        .arg(bin())
+        .args(dev_args())
+        .args(["--admin-ports", "0"])
+        .current_dir(&dir)
+        .env("GENKIT_REFLECTION_V2_SERVER", &url);
+    for (key, value) in DEV_ENV {
+        command.env(key, value);
+    }
+    let out = command.output().expect("run sh");
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a pid");
+    let deadline = Instant::now() + EXIT_WAIT;
+    while !gone(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = gone(pid);
+    if !stopped {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(stopped, "the orphan kept running:\n{stderr}");
+    assert!(stderr.contains("the genkit CLI is gone"), "{stderr}");
+    assert!(stderr.contains("runtime file removed"), "{stderr}");
+    let runtimes = dir.join(".genkit").join("runtimes");
+    let left = std::fs::read_dir(&runtimes).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "a runtime file was left in {}", runtimes.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -45,6 +45,7 @@ type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 /// Dials, serves and dials again until the stop.
 pub(crate) async fn run(client: Arc<ReflectionV2>, ctx: ClientContext) -> anyhow::Result<()> {
     let target = client.target.to_string();
+
     let mut backoff = BACKOFF_FIRST;
     let mut failures = 0_u32;
     let mut connections = 0_u64;
@@ -83,6 +84,18 @@ pub(crate) async fn run(client: Arc<ReflectionV2>, ctx: ClientContext) -> anyhow
                 why
             }
         };
+        if std::os::unix::process::parent_id() != client.parent {
+            // Orphaned, and the CLI is not there either: what started this process is gone.
+            // (A CLI that restarts while the process that started this one lives is dialed
+            // again; so is one still there for an orphan that `nohup` kept.)
+            let why = "the genkit CLI is gone, and so is the process that started this one";
+            tracing::warn!(server = ctx.name(), %target, "{why}: stopping");
+            ctx.set_status(format!("stopping: {why}"));
+            ctx.manager()
+                .request_shutdown(manager::ShutdownReason::Requested { why: why.into() });
+            ctx.stopping().cancelled().await;
+            return Ok(());
+        }
         ctx.set_status(format!(
             "not connected ({why}); dialing {target} again in {} ms",
             backoff.as_millis()

@@ -33,7 +33,8 @@
 //! CLI that goes away cancels every run it started; one that never answers `register` is
 //! still served, and it never holds up the other servers.
 //!
-//! At the stop, new runs are refused (`UNAVAILABLE`), runs in flight finish within the drain
+//! A process left behind by the CLI that started it (its parent gone, and the CLI not
+//! reachable) stops itself, cleanly. At the stop, new runs are refused (`UNAVAILABLE`), runs in flight finish within the drain
 //! deadline (past it they answer `UNAVAILABLE` and count as cut), calls already on their way
 //! are still answered, and the connection is closed.
 //!
@@ -95,6 +96,11 @@ pub struct ReflectionV2 {
     /// id); a bigger one closes the connection. The CLI's own limit for what it receives, so
     /// that nothing it may send goes unanswered (it waits for ever on a lost `runAction`).
     pub(crate) hard_message_bytes: usize,
+    /// The process that started this one, as it was when the client was made. The genkit CLI
+    /// that starts a runtime (`flow:run ... -- <cmd>`) does not always stop it: killed, or
+    /// ended by a closed stdout, it leaves it behind, dialing for ever. Orphaned and unable to
+    /// reach the CLI, the client stops the process.
+    pub(crate) parent: u32,
 }
 
 impl ReflectionV2 {
@@ -108,6 +114,7 @@ impl ReflectionV2 {
             runtime_id: std::process::id().to_string(),
             max_message_bytes: 1 << 20,
             hard_message_bytes: HARD_MESSAGE_BYTES,
+            parent: std::os::unix::process::parent_id(),
         }
     }
 
