@@ -167,6 +167,28 @@ fn start(
     (handle, tokio::spawn(manager.run()))
 }
 
+/// A registry, a fake CLI, the client under a manager dialing it, and its registered
+/// connection.
+async fn connected() -> (
+    Arc<flows::Registry>,
+    FakeCli,
+    ManagerHandle,
+    tokio::task::JoinHandle<Report>,
+    Peer,
+) {
+    let registry = registry();
+    let cli = FakeCli::bind().await;
+    let (handle, run) = start(&registry, &cli.url());
+    let (peer, _) = cli.accept().await;
+    (registry, cli, handle, run, peer)
+}
+
+/// A `runAction` request as the CLI sends it.
+fn run_action(id: &str, key: &str, input: Value, stream: bool) -> Value {
+    json!({"jsonrpc": "2.0", "method": "runAction", "id": id,
+        "params": {"key": key, "input": input, "stream": stream, "streamInput": false}})
+}
+
 /// Stops the manager; it must stop cleanly. Returns the client's figures.
 async fn stop(
     handle: &ManagerHandle,
@@ -265,10 +287,7 @@ async fn registers_then_lists_actions_as_v1_does_and_runs_a_flow() {
 
 #[tokio::test]
 async fn streamed_chunks_arrive_before_the_result_and_errors_carry_the_genkit_status() {
-    let registry = registry();
-    let cli = FakeCli::bind().await;
-    let (handle, run) = start(&registry, &cli.url());
-    let (mut peer, _) = cli.accept().await;
+    let (_registry, _cli, handle, run, mut peer) = connected().await;
 
     let messages = peer
         .call(
@@ -322,13 +341,9 @@ async fn streamed_chunks_arrive_before_the_result_and_errors_carry_the_genkit_st
 
 #[tokio::test]
 async fn cancel_action_cancels_a_run_and_a_cli_that_vanishes_cancels_its_runs() {
-    let registry = registry();
-    let cli = FakeCli::bind().await;
-    let (handle, run) = start(&registry, &cli.url());
-    let (mut peer, _) = cli.accept().await;
+    let (registry, _cli, handle, run, mut peer) = connected().await;
 
-    peer.send(json!({"jsonrpc": "2.0", "method": "runAction", "id": "1",
-        "params": {"key": "/flow/forever", "input": null, "stream": true, "streamInput": false}}))
+    peer.send(run_action("1", "/flow/forever", json!(null), true))
         .await;
     let state = peer.recv().await;
     let trace_id = state["params"]["state"]["traceId"]
@@ -358,8 +373,7 @@ async fn cancel_action_cancels_a_run_and_a_cli_that_vanishes_cancels_its_runs() 
     assert_eq!(again["error"]["data"]["code"], 5, "{again}");
 
     // A run in flight when the CLI disappears is cancelled.
-    peer.send(json!({"jsonrpc": "2.0", "method": "runAction", "id": "4",
-        "params": {"key": "/flow/forever", "input": null, "stream": true, "streamInput": false}}))
+    peer.send(run_action("4", "/flow/forever", json!(null), true))
         .await;
     let trace_id = peer.recv().await["params"]["state"]["traceId"]
         .as_str()
@@ -410,10 +424,7 @@ async fn it_dials_again_when_the_cli_restarts_and_registers_under_the_same_id() 
 
 #[tokio::test]
 async fn bad_messages_get_json_rpc_errors_and_the_connection_goes_on() {
-    let registry = registry();
-    let cli = FakeCli::bind().await;
-    let (handle, run) = start(&registry, &cli.url());
-    let (mut peer, _) = cli.accept().await;
+    let (registry, cli, handle, run, mut peer) = connected().await;
 
     peer.send_text("{not json".into()).await;
     let answer = peer.recv().await;
@@ -455,8 +466,7 @@ async fn bad_messages_get_json_rpc_errors_and_the_connection_goes_on() {
     assert_eq!(bidi["error"]["data"]["code"], 12, "{bidi}");
 
     // Over the 64 KiB limit: refused under its own id, without the connection closing.
-    let big = json!({"jsonrpc": "2.0", "method": "runAction", "id": "5",
-        "params": {"key": "/flow/greet", "input": "x".repeat(100_000), "stream": false, "streamInput": false}});
+    let big = run_action("5", "/flow/greet", json!("x".repeat(100_000)), false);
     let answer = {
         peer.send(big).await;
         peer.recv().await
@@ -494,12 +504,8 @@ async fn bad_messages_get_json_rpc_errors_and_the_connection_goes_on() {
 
 #[tokio::test]
 async fn the_stop_drains_runs_in_flight_and_refuses_new_ones() {
-    let registry = registry();
-    let cli = FakeCli::bind().await;
-    let (handle, run) = start(&registry, &cli.url());
-    let (mut peer, _) = cli.accept().await;
-    peer.send(json!({"jsonrpc": "2.0", "method": "runAction", "id": "1",
-        "params": {"key": "/flow/slow", "input": 500, "stream": false, "streamInput": false}}))
+    let (_registry, _cli, handle, run, mut peer) = connected().await;
+    peer.send(run_action("1", "/flow/slow", json!(500), false))
         .await;
     assert_eq!(peer.recv().await["method"], "runActionState");
     handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
@@ -570,12 +576,8 @@ async fn a_cli_that_never_answers_register_is_still_served_and_a_missing_one_hol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cli_that_leaves_during_the_drain_cuts_nothing_and_a_call_on_its_way_is_answered() {
-    let registry = registry();
-    let cli = FakeCli::bind().await;
-    let (handle, run) = start(&registry, &cli.url());
-    let (mut peer, _) = cli.accept().await;
-    peer.send(json!({"jsonrpc": "2.0", "method": "runAction", "id": "1",
-        "params": {"key": "/flow/forever", "input": null, "stream": false, "streamInput": false}}))
+    let (registry, _cli, handle, run, mut peer) = connected().await;
+    peer.send(run_action("1", "/flow/forever", json!(null), false))
         .await;
     assert_eq!(peer.recv().await["method"], "runActionState");
     handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
@@ -597,8 +599,7 @@ async fn a_cli_that_leaves_during_the_drain_cuts_nothing_and_a_call_on_its_way_i
     let (handle, run) = start(&registry, &cli.url());
     let (mut peer, _) = cli.accept().await;
     handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
-    peer.send(json!({"jsonrpc": "2.0", "method": "runAction", "id": "2",
-        "params": {"key": "/flow/greet", "input": "x", "stream": false, "streamInput": false}}))
+    peer.send(run_action("2", "/flow/greet", json!("x"), false))
         .await;
     let mut answered = false;
     while let Ok(Some(Ok(message))) = timeout(WAIT, peer.ws.next()).await {
