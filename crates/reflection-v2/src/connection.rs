@@ -35,7 +35,7 @@ const REGISTER_WAIT: Duration = Duration::from_secs(10);
 const AFTER_DEADLINE: Duration = Duration::from_millis(300);
 /// How long, once stopping with no run in flight, calls already on their way are still read
 /// (and a `runAction` refused) before the connection closes: none is left unanswered.
-const LINGER: Duration = Duration::from_millis(50);
+const LINGER: Duration = Duration::from_millis(20);
 /// A connection that lived this long resets the backoff; one the CLI drops at once does not,
 /// so a CLI that accepts and hangs up is not dialed ten times a second.
 const STEADY: Duration = Duration::from_secs(1);
