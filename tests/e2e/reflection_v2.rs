@@ -34,6 +34,7 @@ impl Cli {
             }
         };
         stream.set_nonblocking(false).unwrap();
+        stream.set_nodelay(true).unwrap(); // as the CLI's `ws` server does
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();

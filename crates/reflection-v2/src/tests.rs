@@ -79,6 +79,9 @@ impl FakeCli {
             .await
             .expect("no connection")
             .unwrap();
+        // As the CLI's `ws` server does (else Nagle holds a small message for the peer's
+        // delayed ACK, ~40 ms).
+        stream.set_nodelay(true).unwrap();
         let ws = tokio_tungstenite::accept_async(stream).await.unwrap();
         let mut peer = Peer { ws };
         let register = peer.recv().await;
