@@ -15,6 +15,7 @@ mod reflection_v2;
 mod shutdown;
 mod socket_activation;
 mod systemd;
+mod upgrade;
 
 /// The binary under test: the one cargo built, or `MULTI_SERVER_E2E_BIN` (to run the suite
 /// against another build, e.g. an older commit's, and see which tests it fails).

@@ -91,6 +91,17 @@ pub(crate) struct Cli {
     #[arg(long, env = "GENKIT_REFLECTION_V2_SERVER", value_name = "URL")]
     reflection_v2_server: Option<String>,
 
+    /// The binary an in-place upgrade (SIGUSR2, POST /__upgradez) starts, with this process's
+    /// arguments and listening sockets [default: this binary's own path, where a new version
+    /// is installed].
+    #[arg(long, env = "MULTI_SERVER_UPGRADE_BINARY", value_name = "PATH")]
+    pub(crate) upgrade_binary: Option<std::path::PathBuf>,
+
+    /// How long the new process of an upgrade may take to be ready before it is stopped and
+    /// this one carries on.
+    #[arg(long, env = "MULTI_SERVER_UPGRADE_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub(crate) upgrade_timeout: Duration,
+
     /// How long after start the reflection server starts (the original waited 2s).
     #[arg(long, env = "MULTI_SERVER_REFLECTION_DELAY", default_value = "250ms", value_parser = parse_duration)]
     pub(crate) reflection_delay: Duration,

@@ -77,6 +77,24 @@ async fn run(
     if let Some(token) = admin_token {
         manager = manager.admin_token(token);
     }
+    // The path now, not at the upgrade: by then a new version may have replaced the file
+    // (and /proc/self/exe would name the deleted one).
+    match cli
+        .upgrade_binary
+        .clone()
+        .map_or_else(std::env::current_exe, Ok)
+    {
+        Ok(binary) => {
+            manager = manager.upgrade_command(manager::upgrade::UpgradeCommand {
+                binary,
+                args: std::env::args_os().skip(1).collect(),
+                timeout: cli.upgrade_timeout,
+            });
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot tell this binary's path: in-place upgrade is off")
+        }
+    }
     let registry = flows::registry();
     let extra = edge::metrics::ExtraMetrics::new(vec![std::sync::Arc::new(metrics::FlowMetrics(
         std::sync::Arc::clone(&registry),

@@ -1,6 +1,7 @@
 //! The admin endpoints every server answers, from the manager's data: `GET /__healthz`,
 //! `GET /__readyz`, `GET /__serverz`, `GET /__metrics` ([`crate::metrics`]), and the changes — `POST /__quitquitquitz`,
-//! `POST /__readyz/fail`, `POST /__readyz/ok` — which [`refuse_change`] guards.
+//! `POST /__readyz/fail`, `POST /__readyz/ok`, `POST /__upgradez` — which [`refuse_change`]
+//! guards.
 
 use http::StatusCode;
 use manager::{ServeContext, ShutdownReason};
@@ -10,7 +11,7 @@ use crate::errors::{self, Reply};
 use crate::policy::RequestHead;
 
 /// The admin endpoints' paths (the edge answers them before any route).
-pub const PATHS: [&str; 7] = [
+pub const PATHS: [&str; 8] = [
     "/__healthz",
     "/__readyz",
     "/__serverz",
@@ -18,13 +19,19 @@ pub const PATHS: [&str; 7] = [
     "/__quitquitquitz",
     "/__readyz/fail",
     "/__readyz/ok",
+    "/__upgradez",
 ];
 
 /// The metrics endpoint (Prometheus, OpenMetrics).
 pub const METRICS: &str = "/__metrics";
 
 /// The admin endpoints that change the process (POST only, guarded by [`refuse_change`]).
-pub const CHANGES: [&str; 3] = ["/__quitquitquitz", "/__readyz/fail", "/__readyz/ok"];
+pub const CHANGES: [&str; 4] = [
+    "/__quitquitquitz",
+    "/__readyz/fail",
+    "/__readyz/ok",
+    "/__upgradez",
+];
 
 /// The answer to an admin endpoint, or `None` when `head` is not one.
 pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
@@ -55,6 +62,7 @@ pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
         "/__quitquitquitz" => quit(ctx, head),
         "/__readyz/fail" => force_readiness_fail(ctx, head, true),
         "/__readyz/ok" => force_readiness_fail(ctx, head, false),
+        "/__upgradez" => upgrade(ctx, head),
         _ => return None,
     };
     Some(reply)
@@ -108,6 +116,33 @@ pub fn quit(ctx: &ServeContext, head: &RequestHead<'_>) -> Reply {
         server: ctx.name().to_owned(),
     });
     errors::json(StatusCode::OK, &json!({ "status": "OK" }))
+}
+
+/// `POST /__upgradez`: starts an in-place upgrade (the binary at its path, with every
+/// listening socket), unless [`refuse_change`] refuses it. 202 with the new process's id: the
+/// outcome comes later (`/__serverz` `upgrade`; on success the new process answers on the same
+/// ports, under another `pid`). 409 when one is under way or the process is stopping; 501 when
+/// the program did not enable upgrades; 500 when the new process could not be started.
+pub fn upgrade(ctx: &ServeContext, head: &RequestHead<'_>) -> Reply {
+    if let Some(refusal) = refuse_change(ctx, head) {
+        return refusal;
+    }
+    let manager = ctx.manager();
+    match manager.start_upgrade() {
+        Ok(pid) => errors::json(
+            StatusCode::ACCEPTED,
+            &json!({ "status": "upgrading", "pid": std::process::id(), "new_pid": pid }),
+        ),
+        Err(refused) => {
+            let status = match refused {
+                manager::upgrade::UpgradeRefused::NotConfigured => StatusCode::NOT_IMPLEMENTED,
+                manager::upgrade::UpgradeRefused::InProgress
+                | manager::upgrade::UpgradeRefused::ShuttingDown => StatusCode::CONFLICT,
+                manager::upgrade::UpgradeRefused::Spawn(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            errors::error(status, &refused.to_string())
+        }
+    }
 }
 
 /// A readiness change's answer (`POST /__readyz/fail` and `/__readyz/ok`, or the Developer

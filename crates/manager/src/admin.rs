@@ -72,6 +72,9 @@ pub struct ServerInfo {
     pub started_at: f64,
     /// Every server, in the order they were added.
     pub servers: Vec<ServerEntry>,
+    /// The last in-place upgrade, if one was tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<crate::upgrade::UpgradeState>,
 }
 
 /// One server in [`ServerInfo`].

@@ -48,6 +48,7 @@ impl ManagerHandle {
             framework: role.framework(),
             dials,
             status: Arc::default(),
+            listening: OnceLock::new(),
             tracker: Arc::new(RequestTracker::new(
                 Arc::clone(&config.name),
                 Arc::clone(&self.shared.requests_feed),
@@ -300,6 +301,7 @@ impl ManagerHandle {
             uptime_seconds: self.shared.started.elapsed().as_secs_f64(),
             started_at: epoch_seconds(self.shared.started_wall),
             servers,
+            upgrade: lock(&self.shared.upgrade_state).clone(),
         }
     }
 }

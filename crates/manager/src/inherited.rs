@@ -19,6 +19,10 @@ use std::net::TcpListener;
 pub struct InheritedSockets {
     sockets: Vec<Option<io::Result<TcpListener>>>,
     names: Vec<String>,
+    /// The names of sockets this process owns outright: handed over by the process it
+    /// upgraded, which bound them and is gone. The others belong to a parent that keeps them
+    /// listening (systemd, watchexec).
+    owned: Vec<String>,
 }
 
 impl InheritedSockets {
@@ -32,6 +36,9 @@ impl InheritedSockets {
     /// was meant for, so the mistake is reported where it matters.
     pub fn from_env() -> Self {
         let names = std::env::var("LISTEN_FDNAMES")
+            .map(|names| names.split(':').map(str::to_owned).collect())
+            .unwrap_or_default();
+        let owned = std::env::var(crate::upgrade::OWNED_VAR)
             .map(|names| names.split(':').map(str::to_owned).collect())
             .unwrap_or_default();
         let mut fds = listenfd::ListenFd::from_env();
@@ -54,7 +61,11 @@ impl InheritedSockets {
                 Some(prepared.map(|()| listener))
             })
             .collect();
-        InheritedSockets { sockets, names }
+        InheritedSockets {
+            sockets,
+            names,
+            owned,
+        }
     }
 
     /// Wraps already-open listeners (tests, embedders).
@@ -62,6 +73,7 @@ impl InheritedSockets {
         InheritedSockets {
             sockets: listeners.into_iter().map(|l| Some(Ok(l))).collect(),
             names: Vec::new(),
+            owned: Vec::new(),
         }
     }
 
@@ -127,5 +139,11 @@ impl InheritedSockets {
     /// Takes the socket at `index`, once.
     pub(crate) fn take(&mut self, index: usize) -> Option<io::Result<TcpListener>> {
         self.sockets.get_mut(index).and_then(Option::take)
+    }
+
+    /// Whether the socket of server `name` is this process's own (handed over by an upgrade
+    /// from the process that bound it), to stop at the stop like one it bound.
+    pub(crate) fn owns(&self, name: &str) -> bool {
+        self.owned.iter().any(|owned| owned == name)
     }
 }

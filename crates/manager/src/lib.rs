@@ -64,6 +64,7 @@ mod signals;
 mod state;
 mod supervise;
 mod systemd;
+pub mod upgrade;
 
 pub use client::{Client, ClientContext};
 pub use error::Error;

@@ -69,6 +69,8 @@ impl ServerManager {
             requests_feed: Arc::default(),
             servers_changed: Arc::new(watch::Sender::new(0)),
             extensions: RwLock::default(),
+            upgrading: Default::default(),
+            upgrade_state: Mutex::default(),
         };
         ServerManager {
             handle: ManagerHandle {
@@ -122,6 +124,13 @@ impl ServerManager {
     /// origin and peer rules.
     pub fn admin_token(self, token: crate::admin::AdminToken) -> Self {
         self.settings().admin_token = Some(token);
+        self
+    }
+
+    /// Enables in-place upgrade (`SIGUSR2`, [`ManagerHandle::start_upgrade`]): how the
+    /// successor is started.
+    pub fn upgrade_command(self, command: crate::upgrade::UpgradeCommand) -> Self {
+        self.settings().upgrade = Some(command);
         self
     }
 
@@ -254,7 +263,10 @@ impl ServerManager {
         );
         tracing::info!(%reason, drain_delay = ?settings.drain_delay, drain_deadline = ?settings.drain_deadline, "shutting down");
 
-        if !settings.drain_delay.is_zero() {
+        // After an upgrade the sockets live on in the successor, which accepts already: no
+        // balancer needs the time to move away.
+        let upgraded = matches!(reason, ShutdownReason::Upgraded { .. });
+        if !settings.drain_delay.is_zero() && !upgraded {
             // Through the drain delay answers ask keep-alive clients to close, so pooled
             // clients move away while the listener still accepts their reconnects, instead of
             // staying until it stops. (Without a delay, not before the socket stops listening:

@@ -163,26 +163,59 @@ pub struct ServeContext {
 }
 
 /// A second handle on a server's listening socket, kept so the socket can stop listening
-/// while the framework still owns (and has not yet closed) it.
+/// while the framework still owns (and has not yet closed) it, and so an upgrade can hand it
+/// to the next process.
 #[derive(Debug, Default)]
-pub(crate) struct ListeningSocket(std::sync::Mutex<Option<socket2::Socket>>);
+pub(crate) struct ListeningSocket {
+    dup: std::sync::Mutex<Option<socket2::Socket>>,
+    /// Whether stopping makes it refuse connections: for a socket the manager bound, until it
+    /// is handed to a successor. Inherited sockets belong to the parent (systemd,
+    /// watchexec), which keeps them listening for the next process.
+    refuses_at_stop: std::sync::atomic::AtomicBool,
+}
 
 impl ListeningSocket {
-    /// For a socket the manager bound. Inherited sockets get none: they belong to the parent
-    /// (systemd, watchexec), which keeps them listening for the next process.
-    pub(crate) fn of(listener: &TcpListener) -> Self {
+    /// For a server's socket; `bound_here` when the manager bound it (not inherited).
+    pub(crate) fn of(listener: &TcpListener, bound_here: bool) -> Self {
         let dup = listener.try_clone().ok().map(socket2::Socket::from);
-        ListeningSocket(std::sync::Mutex::new(dup))
+        ListeningSocket {
+            dup: std::sync::Mutex::new(dup),
+            refuses_at_stop: std::sync::atomic::AtomicBool::new(bound_here),
+        }
     }
 
-    /// Makes the socket refuse new connections. Idempotent.
+    /// Makes the socket refuse new connections (unless it lives on elsewhere), and lets go of
+    /// it. Idempotent.
     pub(crate) fn stop(&self) {
-        let dup = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(socket) = dup {
+        let dup = self.dup.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let refuse = self
+            .refuses_at_stop
+            .load(std::sync::atomic::Ordering::Acquire);
+        if let Some(socket) = dup.filter(|_| refuse) {
             // On a listening socket, shutdown(SHUT_RD) leaves the LISTEN state: from now on a
             // connect is refused at once instead of waiting in the backlog to be reset.
             let _ = socket.shutdown(std::net::Shutdown::Read);
         }
+    }
+
+    /// Another handle on the socket for a successor process, while this one still has it.
+    pub(crate) fn for_successor(&self) -> Option<std::os::fd::OwnedFd> {
+        let dup = self.dup.lock().unwrap_or_else(|e| e.into_inner());
+        dup.as_ref()
+            .and_then(|socket| socket.try_clone().ok())
+            .map(std::os::fd::OwnedFd::from)
+    }
+
+    /// Whether stopping makes it refuse connections (see the field).
+    pub(crate) fn refuses_at_stop(&self) -> bool {
+        self.refuses_at_stop
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The socket lives on in a successor: stopping must not make it refuse connections.
+    pub(crate) fn handed_over(&self) {
+        self.refuses_at_stop
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

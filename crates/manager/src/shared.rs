@@ -23,6 +23,7 @@ pub(crate) struct Settings {
     pub(crate) hook_timeout: Duration,
     pub(crate) log_lines_dropped: Option<fn() -> u64>,
     pub(crate) admin_token: Option<crate::admin::AdminToken>,
+    pub(crate) upgrade: Option<crate::upgrade::UpgradeCommand>,
 }
 
 impl Default for Settings {
@@ -34,6 +35,7 @@ impl Default for Settings {
             hook_timeout: Duration::from_secs(5),
             log_lines_dropped: None,
             admin_token: None,
+            upgrade: None,
         }
     }
 }
@@ -46,6 +48,8 @@ pub(crate) struct Slot {
     pub(crate) dials: Option<String>,
     /// What a client last said of itself (`ClientContext::set_status`).
     pub(crate) status: Arc<Mutex<Option<String>>>,
+    /// A server's listening socket, once bound (an upgrade hands it on).
+    pub(crate) listening: OnceLock<Arc<crate::server::ListeningSocket>>,
     pub(crate) state: Mutex<ServerState>,
     pub(crate) addr: OnceLock<SocketAddr>,
     pub(crate) serving_since: OnceLock<Instant>,
@@ -117,6 +121,10 @@ pub(crate) struct Shared {
     pub(crate) requests_feed: Arc<RequestFeed>,
     /// See [`Slot::changed`].
     pub(crate) servers_changed: Arc<watch::Sender<u64>>,
+    /// An upgrade is under way (one at a time).
+    pub(crate) upgrading: std::sync::atomic::AtomicBool,
+    /// The last upgrade's state, for `/__serverz`.
+    pub(crate) upgrade_state: Mutex<Option<crate::upgrade::UpgradeState>>,
     /// Values the program attached for its servers to find (see `ServerManager::extension`).
     pub(crate) extensions: RwLock<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }

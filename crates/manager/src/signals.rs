@@ -1,4 +1,5 @@
 //! SIGTERM, SIGINT and SIGHUP: the first starts the graceful shutdown, the second forces exit.
+//! SIGUSR2: an in-place upgrade (see `upgrade`), when the program enabled it.
 //!
 //! SIGHUP is treated like SIGTERM: a hung-up terminal means nobody is watching, so the process
 //! should drain and go. (Reloading configuration on SIGHUP would need configuration that can
@@ -18,6 +19,16 @@ pub(crate) fn spawn(handle: ManagerHandle) -> io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let upgrades = handle.clone();
+    tokio::spawn(async move {
+        while usr2.recv().await.is_some() {
+            match upgrades.start_upgrade() {
+                Ok(pid) => tracing::info!(pid, "SIGUSR2: upgrading in place"),
+                Err(refused) => tracing::warn!(%refused, "SIGUSR2: no upgrade"),
+            }
+        }
+    });
     tokio::spawn(async move {
         let mut received = 0;
         loop {

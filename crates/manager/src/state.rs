@@ -56,6 +56,11 @@ pub enum ShutdownReason {
         /// The server.
         server: String,
     },
+    /// An in-place upgrade: the successor took over the sockets and is ready.
+    Upgraded {
+        /// The successor's process id.
+        pid: u32,
+    },
     /// Code asked for it through [`ManagerHandle::request_shutdown`].
     Requested {
         /// What the caller said.
@@ -69,6 +74,7 @@ impl fmt::Display for ShutdownReason {
             ShutdownReason::Signal { signal } => write!(f, "{signal} received"),
             ShutdownReason::Quit { server } => write!(f, "quit requested on server '{server}'"),
             ShutdownReason::ServerFailed { server } => write!(f, "server '{server}' failed"),
+            ShutdownReason::Upgraded { pid } => write!(f, "upgraded: pid {pid} took over"),
             ShutdownReason::Requested { why } => write!(f, "{why}"),
         }
     }

@@ -44,8 +44,13 @@ pub(crate) async fn supervise(shared: Arc<Shared>, Registration { slot, role }: 
 /// A server: bind, startup hook, serve, stop accepting, drain.
 async fn serve(shared: Arc<Shared>, slot: Arc<Slot>, server: Arc<dyn Server>) {
     let name = slot.name().to_owned();
-    let inherited = lock(&shared.inherited).take(slot.index);
-    let inherited_socket = inherited.is_some();
+    let (inherited, owned) = {
+        let mut sockets = lock(&shared.inherited);
+        (sockets.take(slot.index), sockets.owns(slot.name()))
+    };
+    // A socket from a service manager stays listening for its next process; one bound here,
+    // or by the process this one upgraded, refuses connections once this one stops.
+    let bound_here = inherited.is_none() || owned;
     let listener = match inherited {
         Some(Ok(listener)) => Ok(listener),
         Some(Err(source)) => Err(Error::Inherited {
@@ -67,11 +72,8 @@ async fn serve(shared: Arc<Shared>, slot: Arc<Slot>, server: Arc<dyn Server>) {
         Err(err) => return fail(&shared, &slot, err),
     };
     let _ = slot.addr.set(local_addr);
-    let listening = if inherited_socket {
-        ListeningSocket::default()
-    } else {
-        ListeningSocket::of(&listener)
-    };
+    let listening = Arc::new(ListeningSocket::of(&listener, bound_here));
+    let _ = slot.listening.set(Arc::clone(&listening));
 
     let settings = lock(&shared.settings).clone();
     let ctx = ServeContext {
@@ -268,7 +270,7 @@ async fn join_within_deadline(
     }
 }
 
-struct ReleaseOnDrop(ListeningSocket);
+struct ReleaseOnDrop(Arc<ListeningSocket>);
 
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {

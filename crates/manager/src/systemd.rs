@@ -18,11 +18,15 @@ pub(crate) enum Notice {
     Stopping,
     Watchdog,
     Status(String),
+    /// An upgrade's successor is the service's process now.
+    MainPid(u32),
 }
 
-/// Whether a service manager listens.
+/// Whether a service manager listens, or a predecessor waits for this process to be ready
+/// (an in-place upgrade).
 fn enabled() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
+        || std::env::var_os(crate::upgrade::NOTIFY_VAR).is_some()
 }
 
 /// What has been said, so that notices arrive in order and once: the status last sent, and
@@ -44,6 +48,13 @@ static SAID: std::sync::Mutex<Said> = std::sync::Mutex::new(Said {
 /// hence this sender). The same status twice, `READY=1` after `STOPPING=1`, and anything
 /// after the `last` word are left out; a failure is logged, never fatal.
 pub(crate) fn send(mut notices: Vec<Notice>, last: bool) {
+    // The predecessor of an upgrade hears only that this process is ready.
+    if notices.contains(&Notice::Ready)
+        && let Some(path) = std::env::var_os(crate::upgrade::NOTIFY_VAR)
+        && let Err(err) = datagram(&path, b"READY=1\n")
+    {
+        tracing::warn!(error = %err, "cannot tell the process upgraded from that this one is ready");
+    }
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -67,6 +78,7 @@ pub(crate) fn send(mut notices: Vec<Notice>, last: bool) {
             Notice::Ready => "READY=1".to_owned(),
             Notice::Stopping => "STOPPING=1".to_owned(),
             Notice::Watchdog => "WATCHDOG=1".to_owned(),
+            Notice::MainPid(pid) => format!("MAINPID={pid}"),
             // One line: a newline would start another assignment.
             Notice::Status(text) => format!("STATUS={}", text.replace('\n', " ")),
         });

@@ -1,0 +1,295 @@
+//! In-place upgrade, as nginx's `SIGUSR2` and Pingora's `--upgrade` do it: the running process
+//! starts its successor with every listening socket, keeps serving until the successor says
+//! it is ready, then stops accepting and drains. Nobody sees a refused connection: the sockets
+//! never stop listening, and whichever process calls `accept` takes what the kernel queued.
+//!
+//! - **Sockets**: the successor gets them at fds 3.. with `LISTEN_FDS` and `LISTEN_FDNAMES`
+//!   (the server names), the convention the process already reads for systemd socket
+//!   activation and `watchexec --socket`: one way in for sockets, whoever hands them over, and
+//!   nothing to version between the old binary and the new.
+//! - **Readiness**: the successor's notifier (the one that tells systemd `READY=1`) also tells
+//!   a datagram socket this process owns, named by `MULTI_SERVER_UPGRADE_NOTIFY`, in a
+//!   directory only this user can enter. Under systemd, this process then sends
+//!   `MAINPID=<successor>`.
+//! - **Failure**: a successor that exits, or is not ready within the timeout, is asked to stop
+//!   (`SIGTERM`: it may have accepted connections; it drains them), killed if it has not
+//!   stopped after its drain deadline, and this process carries on as if nothing happened.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use command_fds::{CommandFdExt, FdMapping};
+use serde::Serialize;
+
+use crate::shared::{Shared, lock, read};
+use crate::{ManagerHandle, ServerState, ShutdownReason};
+
+/// The variable that names the predecessor's readiness socket in a successor.
+pub(crate) const NOTIFY_VAR: &str = "MULTI_SERVER_UPGRADE_NOTIFY";
+/// The variable that names, in a successor, the sockets the predecessor had bound itself
+/// (the successor then owns them outright, where a service manager's stay its).
+pub(crate) const OWNED_VAR: &str = "MULTI_SERVER_UPGRADE_OWNED";
+
+/// How the successor is started: the binary and its arguments (the program's own, so that it
+/// serves what this one serves).
+#[derive(Debug, Clone)]
+pub struct UpgradeCommand {
+    /// The binary to start; the program's own path, where a new version was installed.
+    pub binary: PathBuf,
+    /// Its arguments, without the program name.
+    pub args: Vec<OsString>,
+    /// How long the successor may take to be ready.
+    pub timeout: Duration,
+}
+
+/// Where an upgrade stands, for `/__serverz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradeState {
+    /// `upgrading` (a successor is starting), `upgraded` (it took over; this process is
+    /// draining) or `failed` (this process carries on).
+    pub state: &'static str,
+    /// The successor's process id.
+    pub pid: Option<u32>,
+    /// The binary started.
+    pub binary: String,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An upgrade that could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpgradeRefused {
+    /// The program set no [`UpgradeCommand`].
+    #[error("in-place upgrade is not configured for this process")]
+    NotConfigured,
+    /// Another upgrade is under way.
+    #[error("an upgrade is already in progress")]
+    InProgress,
+    /// The process is shutting down.
+    #[error("the process is shutting down")]
+    ShuttingDown,
+    /// The successor could not be started (no such binary, ...).
+    #[error("cannot start the new process: {0}")]
+    Spawn(String),
+}
+
+impl ManagerHandle {
+    /// Starts an in-place upgrade (see the module docs) and returns the successor's process
+    /// id; how it ends is logged, shown in `/__serverz` (`upgrade`), and, when it succeeds,
+    /// the shutdown of this process ([`ShutdownReason::Upgraded`]).
+    ///
+    /// # Errors
+    /// Why no upgrade was started.
+    pub fn start_upgrade(&self) -> Result<u32, UpgradeRefused> {
+        let shared = &self.shared;
+        let command = lock(&shared.settings)
+            .upgrade
+            .clone()
+            .ok_or(UpgradeRefused::NotConfigured)?;
+        if self.is_shutting_down() {
+            return Err(UpgradeRefused::ShuttingDown);
+        }
+        if shared.upgrading.swap(true, Ordering::AcqRel) {
+            return Err(UpgradeRefused::InProgress);
+        }
+        match spawn_successor(shared, &command) {
+            Ok((child, notify)) => {
+                let pid = child.id().unwrap_or_default();
+                self.set_upgrade_state("upgrading", Some(pid), &command, None);
+                tracing::info!(pid, binary = %command.binary.display(), "upgrade: the new process is starting");
+                tokio::spawn(watch(self.clone(), command, child, notify));
+                Ok(pid)
+            }
+            Err(err) => {
+                shared.upgrading.store(false, Ordering::Release);
+                let refused = UpgradeRefused::Spawn(err);
+                self.set_upgrade_state("failed", None, &command, Some(refused.to_string()));
+                tracing::error!(error = %refused, "upgrade failed; still serving");
+                Err(refused)
+            }
+        }
+    }
+
+    fn set_upgrade_state(
+        &self,
+        state: &'static str,
+        pid: Option<u32>,
+        command: &UpgradeCommand,
+        error: Option<String>,
+    ) {
+        *lock(&self.shared.upgrade_state) = Some(UpgradeState {
+            state,
+            pid,
+            binary: command.binary.display().to_string(),
+            error,
+        });
+    }
+}
+
+/// The readiness socket, in a directory of its own (mode 0700: no other user can send
+/// `READY=1` and make this process stop), removed when dropped.
+struct NotifySocket {
+    socket: tokio::net::UnixDatagram,
+    dir: PathBuf,
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn_successor(
+    shared: &Arc<Shared>,
+    command: &UpgradeCommand,
+) -> Result<(tokio::process::Child, NotifySocket), String> {
+    let notify =
+        notify_socket().map_err(|err| format!("cannot make the readiness socket: {err}"))?;
+    let mut names = Vec::new();
+    let mut owned = Vec::new();
+    let mut mappings = Vec::new();
+    for slot in read(&shared.servers).iter() {
+        let Some(listening) = slot.listening.get() else {
+            continue;
+        };
+        let Some(fd) = listening.for_successor() else {
+            continue;
+        };
+        if slot.state() != ServerState::Serving {
+            continue;
+        }
+        names.push(slot.name().to_owned());
+        if listening.refuses_at_stop() {
+            owned.push(slot.name().to_owned());
+        }
+        let child_fd = 3 + i32::try_from(mappings.len()).unwrap_or(i32::MAX - 3);
+        mappings.push(FdMapping {
+            parent_fd: fd,
+            child_fd,
+        });
+    }
+    let mut child = tokio::process::Command::new(&command.binary);
+    child
+        .args(&command.args)
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS_FIRST_FD")
+        .env("LISTEN_FDS", mappings.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env(OWNED_VAR, owned.join(":"))
+        .env(NOTIFY_VAR, notify.dir.join("notify"))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(false);
+    child
+        .fd_mappings(mappings)
+        .map_err(|_| "two sockets for one descriptor".to_owned())?;
+    let child = child
+        .spawn()
+        .map_err(|err| format!("{}: {err}", command.binary.display()))?;
+    Ok((child, notify))
+}
+
+fn notify_socket() -> std::io::Result<NotifySocket> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!(
+        "multi-server-upgrade-{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let socket = tokio::net::UnixDatagram::bind(dir.join("notify"));
+    match socket {
+        Ok(socket) => Ok(NotifySocket { socket, dir }),
+        Err(err) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(err)
+        }
+    }
+}
+
+/// Waits for the successor to be ready, to exit, or to run out of time, and acts on it.
+async fn watch(
+    handle: ManagerHandle,
+    command: UpgradeCommand,
+    mut child: tokio::process::Child,
+    notify: NotifySocket,
+) {
+    let pid = child.id().unwrap_or_default();
+    let started = Instant::now();
+    let failure = tokio::select! {
+        () = ready(&notify.socket) => None,
+        status = child.wait() => Some(match status {
+            Ok(status) => format!("the new process (pid {pid}) exited ({status}) before it was ready"),
+            Err(err) => format!("cannot watch the new process (pid {pid}): {err}"),
+        }),
+        () = tokio::time::sleep(command.timeout) => Some(format!(
+            "the new process (pid {pid}) was not ready within {:?}", command.timeout
+        )),
+        () = handle.shared.shutdown.cancelled() => Some(format!(
+            "this process is shutting down; the new process (pid {pid}) is stopped too"
+        )),
+    };
+    drop(notify);
+    let Some(error) = failure else {
+        let ready_ms = started.elapsed().as_secs_f64() * 1e3;
+        for slot in read(&handle.shared.servers).iter() {
+            if let Some(socket) = slot.listening.get() {
+                socket.handed_over();
+            }
+        }
+        handle.set_upgrade_state("upgraded", Some(pid), &command, None);
+        crate::systemd::send(vec![crate::systemd::Notice::MainPid(pid)], false);
+        handle.request_shutdown(ShutdownReason::Upgraded { pid });
+        tracing::info!(
+            pid,
+            ready_ms,
+            "upgrade: the new process is ready; this one stops accepting and drains"
+        );
+        return;
+    };
+    tracing::error!(error, "upgrade failed; still serving");
+    handle.set_upgrade_state("failed", Some(pid), &command, Some(error));
+    stop(&handle, &mut child, pid).await;
+    handle.shared.upgrading.store(false, Ordering::Release);
+}
+
+/// Resolves once a `READY=1` datagram arrives.
+async fn ready(socket: &tokio::net::UnixDatagram) {
+    let mut buf = vec![0; 4096];
+    loop {
+        let Ok(n) = socket.recv(&mut buf).await else {
+            // A socket that fails cannot say ready: wait for the exit or the timeout.
+            return std::future::pending().await;
+        };
+        if buf[..n]
+            .split(|&b| b == b'\n')
+            .any(|line| line == b"READY=1")
+        {
+            return;
+        }
+    }
+}
+
+/// Asks a successor that will not take over to stop, then kills it if it has not.
+async fn stop(handle: &ManagerHandle, child: &mut tokio::process::Child, pid: u32) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let grace = lock(&handle.shared.settings).drain_deadline + Duration::from_secs(2);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(pid, "the failed new process did not stop; killing it");
+        let _ = child.kill().await;
+    }
+}
