@@ -5,6 +5,7 @@ mod conformance;
 mod devui;
 mod endpoints;
 mod faults;
+mod fleet;
 mod flows_api;
 mod hostile;
 mod kubelet;

@@ -117,6 +117,66 @@ fn ready_status_watchdog_and_stopping_reach_systemd_in_order() {
 }
 
 #[test]
+fn an_upgrade_under_systemd_hands_over_the_main_pid() {
+    let dir = temp_dir("notify-upgrade");
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let (stop_tx, stop_rx) = mpsc::channel();
+    let reader = thread::spawn(move || collect(socket, stop_rx));
+    let path_text = path.to_str().unwrap().to_owned();
+    let mut p = Process::start_with_env(
+        bin(),
+        &["--flows-ports", "0", "--admin-ports", "0"],
+        &[("NOTIFY_SOCKET", &path_text), ("WATCHDOG_USEC", "400000")],
+    );
+    let admin = p.url("admin").to_owned();
+    p.signal("USR2");
+    let new_pid = multi_server_e2e::eventually("the new process answering", || {
+        let pid = multi_server_e2e::get(&format!("{admin}/__serverz")).json["pid"].as_u64()?;
+        (pid != u64::from(p.pid())).then_some(pid)
+    });
+    assert!(
+        p.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        p.stderr()
+    );
+    thread::sleep(Duration::from_millis(500));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &new_pid.to_string()])
+        .status();
+    thread::sleep(Duration::from_millis(500));
+    stop_tx.send(()).unwrap();
+    let lines: Vec<String> = reader
+        .join()
+        .unwrap()
+        .iter()
+        .flat_map(|(_, d)| d.lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let position = |needle: &str| lines.iter().position(|l| l == needle);
+    let main_pid = position(&format!("MAINPID={new_pid}"))
+        .unwrap_or_else(|| panic!("no MAINPID={new_pid}: {lines:#?}"));
+    // Both processes said READY=1 (the new one before the old handed over); the new one
+    // beats after the handover and says STOPPING=1 at its own stop.
+    let readies: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| *l == "READY=1")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(readies.len(), 2, "{lines:#?}");
+    assert!(readies[1] < main_pid, "{lines:#?}");
+    assert!(
+        lines[main_pid..].iter().any(|l| l == "WATCHDOG=1"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[main_pid..].iter().any(|l| l == "STOPPING=1"),
+        "{lines:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_deploy_units_pass_systemd_analyze_verify() {
     // The shipped units, with ExecStart pointing at the binary under test (verify checks that
     // the command exists and is executable).
@@ -130,7 +190,12 @@ fn the_deploy_units_pass_systemd_analyze_verify() {
         units.push(dir.join(name));
     }
     let service = std::fs::read_to_string(&units[0]).unwrap();
-    for line in ["Type=notify", "NotifyAccess=main", "WatchdogSec="] {
+    for line in [
+        "Type=notify",
+        "NotifyAccess=all",
+        "WatchdogSec=",
+        "ExecReload=/bin/kill -USR2 $MAINPID",
+    ] {
         assert!(
             service.lines().any(|l| l.starts_with(line)),
             "{line} in the unit"
