@@ -470,3 +470,32 @@ fn a_fleet_behind_haproxy_restarts_and_upgrades_one_by_one_without_failing_a_req
     drop(successors);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_haproxy_recipe_is_valid() {
+    let dir = temp_dir("haproxy-recipe");
+    // The recipe's stats socket lives in /run/haproxy; check it with one of our own.
+    let recipe = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/haproxy/haproxy.cfg"
+    ))
+    .unwrap();
+    let recipe = recipe.replace(
+        "/run/haproxy/admin.sock",
+        &dir.join("admin.sock").display().to_string(),
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, recipe).unwrap();
+    let check = Command::new(haproxy_bin())
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("run haproxy -c");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

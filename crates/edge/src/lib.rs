@@ -108,11 +108,14 @@ pub async fn accept_or_done<T>(
         () = ctx.stop_accepting().cancelled() => {}
         accepted = &mut accept => return Some(accepted),
     }
-    // What was queued, within four fifths of the lag the manager allows (a flood must not
-    // keep the drain going, and an inherited socket is never stopped under it).
-    let in_time = ctx
-        .since_stop_accepting()
-        .is_none_or(|since| since < ACCEPT_STOP_LAG * 4 / 5);
+        // What was queued, within four fifths of the lag the manager allows (a flood must not
+    // keep the drain going). Not from a socket that goes on listening (an upgrade's
+    // successor, systemd): its queue keeps filling, is the next process's, and a connection
+    // taken now would be closed as idle before its request arrives.
+    let in_time = !ctx.socket_lives_on()
+        && ctx
+            .since_stop_accepting()
+            .is_none_or(|since| since < ACCEPT_STOP_LAG * 4 / 5);
     if in_time {
         // An accept error now (the socket has stopped listening, out of descriptors) ends the
         // drain, as a timeout does (nothing is left): retrying would only delay the stop.

@@ -83,7 +83,8 @@ async fn serve(shared: Arc<Shared>, slot: Arc<Slot>, server: Arc<dyn Server>) {
         close_idle: CancellationToken::new(),
         done_accepting: CancellationToken::new(),
         drain_deadline: settings.drain_deadline,
-        requests: Arc::clone(&slot.tracker),
+                requests: Arc::clone(&slot.tracker),
+        listening: Arc::clone(&listening),
         manager: ManagerHandle {
             shared: Arc::clone(&shared),
         },
