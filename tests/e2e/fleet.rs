@@ -383,8 +383,10 @@ fn a_fleet_behind_haproxy_restarts_and_upgrades_one_by_one_without_failing_a_req
     // HAProxy has it back.
     let restarts_began = Instant::now();
     let mut restart_worst = Vec::new();
+    let mut phases = vec![(Instant::now(), "start".to_owned())];
     for (i, host) in HOSTS.iter().enumerate() {
         let began = Instant::now();
+        phases.push((began, format!("restart of {host}")));
         instances[i].signal("TERM");
         haproxy.wait_status(i, "DOWN");
         let status = instances[i].wait_exit(EXIT_WAIT);
@@ -405,6 +407,7 @@ fn a_fleet_behind_haproxy_restarts_and_upgrades_one_by_one_without_failing_a_req
     let mut upgrade_worst = Vec::new();
     for (i, host) in HOSTS.iter().enumerate() {
         let began = Instant::now();
+        phases.push((began, format!("upgrade of {host}")));
         let admin = fleet.admin(*host);
         let answer = post(&format!("{admin}/__upgradez"), "application/json", "");
         assert_eq!(answer.status, 202, "{host}: {}", answer.json);
@@ -426,7 +429,18 @@ fn a_fleet_behind_haproxy_restarts_and_upgrades_one_by_one_without_failing_a_req
     let outcomes = load.finish();
     let stats = haproxy.stat();
 
-    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_some()).collect();
+    let failed: Vec<(String, &Outcome)> = outcomes
+        .iter()
+        .filter(|o| o.error.is_some())
+        .map(|o| {
+            let phase = phases
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= o.at)
+                .map(|(_, p)| p.clone());
+            (phase.unwrap_or_default(), o)
+        })
+        .collect();
     let total = outcomes.len();
     let shares: Vec<String> = stats
         .iter()

@@ -108,7 +108,7 @@ pub async fn accept_or_done<T>(
         () = ctx.stop_accepting().cancelled() => {}
         accepted = &mut accept => return Some(accepted),
     }
-        // What was queued, within four fifths of the lag the manager allows (a flood must not
+    // What was queued, within four fifths of the lag the manager allows (a flood must not
     // keep the drain going). Not from a socket that goes on listening (an upgrade's
     // successor, systemd): its queue keeps filling, is the next process's, and a connection
     // taken now would be closed as idle before its request arrives.

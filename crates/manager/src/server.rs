@@ -158,7 +158,7 @@ pub struct ServeContext {
     pub(crate) close_idle: CancellationToken,
     pub(crate) done_accepting: CancellationToken,
     pub(crate) drain_deadline: Duration,
-        pub(crate) requests: Arc<RequestTracker>,
+    pub(crate) requests: Arc<RequestTracker>,
     pub(crate) listening: Arc<ListeningSocket>,
     pub(crate) manager: ManagerHandle,
 }
@@ -259,7 +259,7 @@ impl ServeContext {
         self.done_accepting.cancel();
     }
 
-        /// Whether the listening socket goes on listening after this server stops: it was handed
+    /// Whether the listening socket goes on listening after this server stops: it was handed
     /// to an upgrade's successor, or it belongs to a service manager (systemd, watchexec). Then
     /// what the kernel queued is the next process's to accept, and a server told to stop
     /// accepting should stop at once rather than take the queue (which keeps filling).

@@ -130,8 +130,9 @@ pub(crate) struct Shared {
 }
 
 pub(crate) fn fail(shared: &Arc<Shared>, slot: &Arc<Slot>, err: Error) {
-    set_state(slot, ServerState::Failed);
+    // The error first: whoever sees `failed` also sees why.
     record_failure(shared, slot, err);
+    set_state(slot, ServerState::Failed);
     ManagerHandle {
         shared: Arc::clone(shared),
     }

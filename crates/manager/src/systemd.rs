@@ -47,14 +47,20 @@ static SAID: std::sync::Mutex<Said> = std::sync::Mutex::new(Said {
 /// service manager that does not read never holds a thread (sd-notify's own `notify` blocks,
 /// hence this sender). The same status twice, `READY=1` after `STOPPING=1`, and anything
 /// after the `last` word are left out; a failure is logged, never fatal.
-pub(crate) fn send(mut notices: Vec<Notice>, last: bool) {
-    // The predecessor of an upgrade hears only that this process is ready.
-    if notices.contains(&Notice::Ready)
+pub(crate) fn send(notices: Vec<Notice>, last: bool) {
+    let ready = notices.contains(&Notice::Ready);
+    send_to_service_manager(notices, last);
+    // The predecessor of an upgrade hears only that this process is ready, and after systemd
+    // has: it then hands systemd this process's pid (MAINPID=), which is ready already.
+    if ready
         && let Some(path) = std::env::var_os(crate::upgrade::NOTIFY_VAR)
         && let Err(err) = datagram(&path, b"READY=1\n")
     {
         tracing::warn!(error = %err, "cannot tell the process upgraded from that this one is ready");
     }
+}
+
+fn send_to_service_manager(mut notices: Vec<Notice>, last: bool) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
