@@ -329,29 +329,6 @@ fn once(addr: SocketAddr, line: &str, body: &str, expect: &str) -> Result<(), St
     }
 }
 
-/// A successor of an upgrade (not this test's child): stopped by pid at the end.
-struct Successor(u32);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.to_string()])
-            .status();
-        let deadline = Instant::now() + EXIT_WAIT;
-        while Path::new(&format!("/proc/{}", self.0)).exists() && Instant::now() < deadline {
-            let zombie = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z'))
-            });
-            if zombie {
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
 fn worst(outcomes: &[Outcome], from: Instant, to: Instant) -> Duration {
     outcomes
         .iter()
@@ -412,7 +389,7 @@ fn a_fleet_behind_haproxy_restarts_and_upgrades_one_by_one_without_failing_a_req
         let answer = post(&format!("{admin}/__upgradez"), "application/json", "");
         assert_eq!(answer.status, 202, "{host}: {}", answer.json);
         let new_pid = answer.json["new_pid"].as_u64().unwrap();
-        successors.push(Successor(u32::try_from(new_pid).unwrap()));
+        successors.push(multi_server_e2e::Adopted(u32::try_from(new_pid).unwrap()));
         eventually(&format!("{host} upgraded"), || {
             (get(&format!("{admin}/__serverz")).json["pid"] == new_pid).then_some(())
         });

@@ -124,9 +124,19 @@ fn an_upgrade_under_systemd_hands_over_the_main_pid() {
     let (stop_tx, stop_rx) = mpsc::channel();
     let reader = thread::spawn(move || collect(socket, stop_rx));
     let path_text = path.to_str().unwrap().to_owned();
+    // As systemd starts it: WATCHDOG_PID names the service's process (the shell execs the
+    // binary, so `$$` is its pid).
     let mut p = Process::start_with_env(
-        bin(),
-        &["--flows-ports", "0", "--admin-ports", "0"],
+        "sh",
+        &[
+            "-c",
+            r#"WATCHDOG_PID=$$ exec "$0" "$@""#,
+            bin(),
+            "--flows-ports",
+            "0",
+            "--admin-ports",
+            "0",
+        ],
         &[("NOTIFY_SOCKET", &path_text), ("WATCHDOG_USEC", "400000")],
     );
     let admin = p.url("admin").to_owned();
@@ -135,43 +145,58 @@ fn an_upgrade_under_systemd_hands_over_the_main_pid() {
         let pid = multi_server_e2e::get(&format!("{admin}/__serverz")).json["pid"].as_u64()?;
         (pid != u64::from(p.pid())).then_some(pid)
     });
+    let successor = multi_server_e2e::Adopted(u32::try_from(new_pid).unwrap());
     assert!(
         p.wait_exit(Duration::from_secs(20)).success(),
         "{}",
         p.stderr()
     );
-    thread::sleep(Duration::from_millis(500));
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &new_pid.to_string()])
-        .status();
-    thread::sleep(Duration::from_millis(500));
+    let old_gone = Instant::now();
+    // Heartbeats of the new process alone: 200 ms apart.
+    thread::sleep(Duration::from_millis(700));
+    let stopped_new = Instant::now();
+    drop(successor);
+    thread::sleep(Duration::from_millis(200));
     stop_tx.send(()).unwrap();
-    let lines: Vec<String> = reader
-        .join()
-        .unwrap()
+    let got = reader.join().unwrap();
+    let lines: Vec<(Instant, String)> = got
         .iter()
-        .flat_map(|(_, d)| d.lines().map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|(at, d)| d.lines().map(|l| (*at, l.to_owned())).collect::<Vec<_>>())
         .collect();
-    let position = |needle: &str| lines.iter().position(|l| l == needle);
-    let main_pid = position(&format!("MAINPID={new_pid}"))
+    let main_pid = lines
+        .iter()
+        .position(|(_, l)| *l == format!("MAINPID={new_pid}"))
         .unwrap_or_else(|| panic!("no MAINPID={new_pid}: {lines:#?}"));
-    // Both processes said READY=1 (the new one before the old handed over); the new one
-    // beats after the handover and says STOPPING=1 at its own stop.
+    // Both said READY=1, the new one before the old handed over.
     let readies: Vec<usize> = lines
         .iter()
         .enumerate()
-        .filter(|(_, l)| *l == "READY=1")
+        .filter(|(_, (_, l))| l == "READY=1")
         .map(|(i, _)| i)
         .collect();
     assert_eq!(readies.len(), 2, "{lines:#?}");
     assert!(readies[1] < main_pid, "{lines:#?}");
+    // After MAINPID= the old process says nothing (a STOPPING=1 from it would stop the
+    // unit): until the new process is stopped, no stop and no draining status at all.
+    let before_stop: Vec<&String> = lines[main_pid..]
+        .iter()
+        .filter(|(at, _)| *at < stopped_new)
+        .map(|(_, l)| l)
+        .collect();
     assert!(
-        lines[main_pid..].iter().any(|l| l == "WATCHDOG=1"),
+        !before_stop.iter().any(|l| *l == "STOPPING=1"
+            || l.starts_with("STATUS=draining")
+            || l.starts_with("STATUS=stopped")),
         "{lines:#?}"
     );
+    // The new process beats on its own, though WATCHDOG_PID named the old one.
+    let beats = lines[main_pid..]
+        .iter()
+        .filter(|(at, l)| *at > old_gone && *at < stopped_new && l == "WATCHDOG=1")
+        .count();
     assert!(
-        lines[main_pid..].iter().any(|l| l == "STOPPING=1"),
-        "{lines:#?}"
+        beats >= 2,
+        "{beats} heartbeats of the new process: {lines:#?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

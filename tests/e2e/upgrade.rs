@@ -10,43 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use multi_server_e2e::{Process, WAIT, eventually, get, post, temp_dir};
+use multi_server_e2e::{Adopted, Process, WAIT, alive, eventually, get, post, temp_dir};
 use serde_json::Value;
 
 use super::{DEV_ENV, bin, dev_args};
 
 const EXIT_WAIT: Duration = Duration::from_secs(20);
-
-/// A process this test did not start itself (an upgrade's successor): stopped by pid when the
-/// test ends, however it ends.
-struct Successor(u32);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.0.to_string()])
-            .status();
-        let deadline = Instant::now() + EXIT_WAIT;
-        while alive(self.0) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        if alive(self.0) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
-        }
-    }
-}
-
-/// Whether `pid` runs (a zombie nobody reaped yet counts as gone).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-    })
-}
 
 /// Clients that keep asking every server while an upgrade happens: one opening a new
 /// connection per request, one on a keep-alive connection, per server.
@@ -171,7 +140,7 @@ fn an_upgrade_under_load_refuses_nothing_and_the_successor_upgrades_again() {
     let answer = post(&format!("{admin}/__upgradez"), "application/json", "");
     assert_eq!(answer.status, 202, "{}", answer.json);
     let new_pid = answer.json["new_pid"].as_u64().expect("new_pid");
-    let _successor = Successor(u32::try_from(new_pid).unwrap());
+    let _successor = Adopted(u32::try_from(new_pid).unwrap());
     eventually("the new process answering", || {
         (pid_of(&admin) == new_pid).then_some(())
     });
@@ -197,7 +166,7 @@ fn an_upgrade_under_load_refuses_nothing_and_the_successor_upgrades_again() {
         let pid = pid_of(&admin);
         (pid != new_pid && pid != old_pid).then_some(pid)
     });
-    let _third = Successor(u32::try_from(third).unwrap());
+    let _third = Adopted(u32::try_from(third).unwrap());
     eventually("the second process gone", || {
         (!alive(u32::try_from(new_pid).unwrap())).then_some(())
     });
@@ -225,7 +194,17 @@ fn script(label: &str, body: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_new_binary_that_exits_or_hangs_leaves_the_old_process_serving() {
+    // The real binary, never ready in time (a required server's startup hook takes 3 s) while
+    // its other servers serve on the sockets: stopped, it must not shut them under the old
+    // process.
+    let serves_unready = format!("exec '{}' \"$@\" --test-slow-startup 3s", bin());
     for (label, body, timeout, why) in [
+        (
+            "serves but is not ready",
+            serves_unready.as_str(),
+            "1s",
+            "not ready within",
+        ),
         (
             "exits",
             "echo 'cannot open database' >&2; exit 1",
@@ -246,7 +225,7 @@ fn a_new_binary_that_exits_or_hangs_leaves_the_old_process_serving() {
         let answer = post(&format!("{admin}/__upgradez"), "application/json", "");
         assert_eq!(answer.status, 202, "{}", answer.json);
         let child = u32::try_from(answer.json["new_pid"].as_u64().unwrap()).unwrap();
-        let _child = Successor(child);
+        let _child = Adopted(child);
         let state = eventually("the upgrade failing", || {
             let state = upgrade_state(&admin);
             (state["state"] == "failed").then_some(state)
@@ -267,7 +246,7 @@ fn a_new_binary_that_exits_or_hangs_leaves_the_old_process_serving() {
             again.json
         );
         let second = u32::try_from(again.json["new_pid"].as_u64().unwrap()).unwrap();
-        let _second = Successor(second);
+        let _second = Adopted(second);
         eventually("the second failure", || {
             let state = upgrade_state(&admin);
             (state["state"] == "failed" && state["pid"] == second).then_some(())

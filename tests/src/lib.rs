@@ -905,3 +905,39 @@ pub fn once(
     conn.request(method, path, headers, body)
         .unwrap_or_else(|f| panic!("{method} {path} on {addr}: {f:?}"))
 }
+
+/// Whether process `pid` runs (a zombie nobody reaped yet counts as gone).
+pub fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A process a test did not start itself (an upgrade's successor, which the test's own child
+/// started): stopped by pid when the test ends, however it ends — SIGTERM, then SIGKILL if it
+/// is still there after 20 s.
+#[derive(Debug)]
+pub struct Adopted(pub u32);
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        let pid = self.0.to_string();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while alive(self.0) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if alive(self.0) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}

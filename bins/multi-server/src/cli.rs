@@ -133,6 +133,12 @@ pub(crate) struct Cli {
     #[cfg(feature = "test-faults")]
     #[arg(long)]
     pub(crate) test_optional_flows: bool,
+
+    /// Test only: add a server named "slowstart" whose startup hook takes this long, so the
+    /// process is not live (nor ready) until then, while the other servers already serve.
+    #[cfg(feature = "test-faults")]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) test_slow_startup: Option<Duration>,
 }
 
 impl Cli {

@@ -79,11 +79,7 @@ async fn run(
     }
     // The path now, not at the upgrade: by then a new version may have replaced the file
     // (and /proc/self/exe would name the deleted one).
-    match cli
-        .upgrade_binary
-        .clone()
-        .map_or_else(std::env::current_exe, Ok)
-    {
+    match cli.upgrade_binary.clone().map_or_else(invoked_binary, Ok) {
         Ok(binary) => {
             manager = manager.upgrade_command(manager::upgrade::UpgradeCommand {
                 binary,
@@ -184,6 +180,33 @@ fn add_servers(
         admin_axum::AdminApi::new().limits(limits),
     );
     let _ = (manager, config, registry, dev, limits, loopback);
+}
+
+/// The binary this process was started as, for an upgrade to start again: the path it was
+/// invoked by (argv[0], made absolute, or found on `PATH`), so that a deployment switching a
+/// symlink (`current -> releases/v2`) upgrades to what the link names then. Taken at start,
+/// not at the upgrade: the working directory may change. Else /proc/self/exe (links
+/// resolved).
+fn invoked_binary() -> std::io::Result<std::path::PathBuf> {
+    let invoked = std::env::args_os().next().map(std::path::PathBuf::from);
+    if let Some(path) = invoked {
+        if path.components().count() > 1 {
+            return if path.is_absolute() {
+                Ok(path)
+            } else {
+                Ok(std::env::current_dir()?.join(path))
+            };
+        }
+        let on_path = std::env::var_os("PATH").and_then(|dirs| {
+            std::env::split_paths(&dirs)
+                .map(|dir| dir.join(&path))
+                .find(|candidate| candidate.is_file())
+        });
+        if let Some(found) = on_path {
+            return Ok(found);
+        }
+    }
+    std::env::current_exe()
 }
 
 /// The Reflection API v2 client, when the genkit CLI gave its WebSocket (`target`: in dev mode
@@ -357,6 +380,39 @@ mod faults {
         }
         if cli.test_optional_flows {
             manager.add(config("flows-optional").optional(), api());
+        }
+        if let Some(delay) = cli.test_slow_startup {
+            manager.add(config("slowstart"), SlowStartup(Arc::new(api()), delay));
+        }
+    }
+
+    /// A server whose startup hook takes a while, then serves as `S` does.
+    pub(crate) struct SlowStartup<S>(pub(crate) Arc<S>, pub(crate) std::time::Duration);
+
+    impl<S: Server> Server for SlowStartup<S> {
+        fn framework(&self) -> &'static str {
+            self.0.framework()
+        }
+
+        fn serve(
+            self: Arc<Self>,
+            listener: TcpListener,
+            ctx: ServeContext,
+        ) -> BoxFuture<'static, anyhow::Result<()>> {
+            Arc::clone(&self.0).serve(listener, ctx)
+        }
+
+        fn on_startup<'a>(&'a self, ctx: &'a ServeContext) -> BoxFuture<'a, anyhow::Result<()>> {
+            Box::pin(async move {
+                tokio::time::sleep(self.1).await;
+                self.0.on_startup(ctx).await
+            })
+        }
+    }
+    impl<S: Server> WithTestRoutes for SlowStartup<S> {
+        type Served = Self;
+        fn with_test_routes(self) -> Self {
+            self
         }
     }
     /// A server whose startup hook fails.

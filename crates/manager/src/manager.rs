@@ -70,6 +70,7 @@ impl ServerManager {
             servers_changed: Arc::new(watch::Sender::new(0)),
             extensions: RwLock::default(),
             upgrading: Default::default(),
+            adoption: Mutex::default(),
             upgrade_state: Mutex::default(),
         };
         ServerManager {

@@ -213,6 +213,12 @@ impl ListeningSocket {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// The socket is this process's alone now: stopping makes it refuse connections.
+    pub(crate) fn adopt(&self) {
+        self.refuses_at_stop
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// The socket lives on in a successor: stopping must not make it refuse connections.
     pub(crate) fn handed_over(&self) {
         self.refuses_at_stop

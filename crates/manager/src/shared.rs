@@ -123,6 +123,8 @@ pub(crate) struct Shared {
     pub(crate) servers_changed: Arc<watch::Sender<u64>>,
     /// An upgrade is under way (one at a time).
     pub(crate) upgrading: std::sync::atomic::AtomicBool,
+    /// Sockets an upgrade's predecessor had bound, adopted once it is gone.
+    pub(crate) adoption: Mutex<crate::upgrade::Adoption>,
     /// The last upgrade's state, for `/__serverz`.
     pub(crate) upgrade_state: Mutex<Option<crate::upgrade::UpgradeState>>,
     /// Values the program attached for its servers to find (see `ServerManager::extension`).

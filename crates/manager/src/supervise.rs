@@ -54,9 +54,11 @@ async fn serve(shared: Arc<Shared>, slot: Arc<Slot>, server: Arc<dyn Server>) {
         let mut sockets = lock(&shared.inherited);
         (sockets.take(slot.index), sockets.owns(slot.name()))
     };
-    // A socket from a service manager stays listening for its next process; one bound here,
-    // or by the process this one upgraded, refuses connections once this one stops.
-    let bound_here = inherited.is_none() || owned;
+    // A socket from a service manager stays listening for its next process; one bound here
+    // refuses connections once this one stops, and so does one the process this one upgraded
+    // had bound, but only once that process is gone: until then it serves on it too (a
+    // successor that fails must not shut the socket under it).
+    let bound_here = inherited.is_none();
     let listener = match inherited {
         Some(Ok(listener)) => Ok(listener),
         Some(Err(source)) => Err(Error::Inherited {
@@ -78,8 +80,13 @@ async fn serve(shared: Arc<Shared>, slot: Arc<Slot>, server: Arc<dyn Server>) {
         Err(err) => return fail(&shared, &slot, err),
     };
     let _ = slot.addr.set(local_addr);
-    let listening = Arc::new(ListeningSocket::of(&listener, bound_here));
-    let _ = slot.listening.set(Arc::clone(&listening));
+    // Whichever way this function returns (a failed startup hook too), our handle on the
+    // socket goes, so the port is released.
+    let listening = ReleaseOnDrop(Arc::new(ListeningSocket::of(&listener, bound_here)));
+    let _ = slot.listening.set(Arc::clone(&listening.0));
+    if owned {
+        crate::upgrade::adopt_when_predecessor_gone(&shared, &listening.0);
+    }
 
     let settings = lock(&shared.settings).clone();
     let ctx = ServeContext {
@@ -90,7 +97,7 @@ async fn serve(shared: Arc<Shared>, slot: Arc<Slot>, server: Arc<dyn Server>) {
         done_accepting: CancellationToken::new(),
         drain_deadline: settings.drain_deadline,
         requests: Arc::clone(&slot.tracker),
-        listening: Arc::clone(&listening),
+        listening: Arc::clone(&listening.0),
         manager: ManagerHandle {
             shared: Arc::clone(&shared),
         },
@@ -132,8 +139,6 @@ async fn serve(shared: Arc<Shared>, slot: Arc<Slot>, server: Arc<dyn Server>) {
     }
     .update_liveness();
 
-    // Whichever way serve ends, our handle on the socket goes too, so the port is released.
-    let listening = ReleaseOnDrop(listening);
     let close_idle = ctx.close_idle.clone();
     let done_accepting = ctx.done_accepting.clone();
     let accept_stop_lag = server.accept_stop_lag();

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use command_fds::{CommandFdExt, FdMapping};
 use serde::Serialize;
 
+use crate::server::ListeningSocket;
 use crate::shared::{Shared, lock, read};
 use crate::{ManagerHandle, ServerState, ShutdownReason};
 
@@ -97,11 +98,11 @@ impl ManagerHandle {
             return Err(UpgradeRefused::InProgress);
         }
         match spawn_successor(shared, &command) {
-            Ok((child, notify)) => {
+            Ok((child, notify, passed)) => {
                 let pid = child.id().unwrap_or_default();
                 self.set_upgrade_state("upgrading", Some(pid), &command, None);
                 tracing::info!(pid, binary = %command.binary.display(), "upgrade: the new process is starting");
-                tokio::spawn(watch(self.clone(), command, child, notify));
+                tokio::spawn(watch(self.clone(), command, child, notify, passed));
                 Ok(pid)
             }
             Err(err) => {
@@ -143,15 +144,19 @@ impl Drop for NotifySocket {
     }
 }
 
+/// The sockets handed to a successor.
+type Passed = Vec<Arc<ListeningSocket>>;
+
 fn spawn_successor(
     shared: &Arc<Shared>,
     command: &UpgradeCommand,
-) -> Result<(tokio::process::Child, NotifySocket), String> {
+) -> Result<(tokio::process::Child, NotifySocket, Passed), String> {
     let notify =
         notify_socket().map_err(|err| format!("cannot make the readiness socket: {err}"))?;
     let mut names = Vec::new();
     let mut owned = Vec::new();
     let mut mappings = Vec::new();
+    let mut passed = Vec::new();
     for slot in read(&shared.servers).iter() {
         let Some(listening) = slot.listening.get() else {
             continue;
@@ -166,6 +171,7 @@ fn spawn_successor(
         if listening.refuses_at_stop() {
             owned.push(slot.name().to_owned());
         }
+        passed.push(Arc::clone(listening));
         let child_fd = 3 + i32::try_from(mappings.len()).unwrap_or(i32::MAX - 3);
         mappings.push(FdMapping {
             parent_fd: fd,
@@ -177,6 +183,9 @@ fn spawn_successor(
         .args(&command.args)
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDS_FIRST_FD")
+        // systemd's, naming this process: with it the successor would think the watchdog
+        // is someone else's and never beat (sd_watchdog_enabled(3)).
+        .env_remove("WATCHDOG_PID")
         .env("LISTEN_FDS", mappings.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
         .env(OWNED_VAR, owned.join(":"))
@@ -189,7 +198,7 @@ fn spawn_successor(
     let child = child
         .spawn()
         .map_err(|err| format!("{}: {err}", command.binary.display()))?;
-    Ok((child, notify))
+    Ok((child, notify, passed))
 }
 
 fn notify_socket() -> std::io::Result<NotifySocket> {
@@ -219,32 +228,36 @@ async fn watch(
     command: UpgradeCommand,
     mut child: tokio::process::Child,
     notify: NotifySocket,
+    passed: Passed,
 ) {
     let pid = child.id().unwrap_or_default();
     let started = Instant::now();
     let failure = tokio::select! {
+        // A stop requested meanwhile wins over a successor that gets ready at the same
+        // moment: the operator asked for no process at all.
+        biased;
+        () = handle.shared.shutdown.cancelled() => Some(format!(
+            "this process is shutting down; the new process (pid {pid}) is stopped too"
+        )),
         () = ready(&notify.socket) => None,
         status = child.wait() => Some(match status {
             Ok(status) => format!("the new process (pid {pid}) exited ({status}) before it was ready"),
             Err(err) => format!("cannot watch the new process (pid {pid}): {err}"),
         }),
-        () = tokio::time::sleep(command.timeout) => Some(format!(
+                () = tokio::time::sleep(command.timeout) => Some(format!(
             "the new process (pid {pid}) was not ready within {:?}", command.timeout
-        )),
-        () = handle.shared.shutdown.cancelled() => Some(format!(
-            "this process is shutting down; the new process (pid {pid}) is stopped too"
         )),
     };
     drop(notify);
     let Some(error) = failure else {
         let ready_ms = started.elapsed().as_secs_f64() * 1e3;
-        for slot in read(&handle.shared.servers).iter() {
-            if let Some(socket) = slot.listening.get() {
-                socket.handed_over();
-            }
+        for socket in &passed {
+            socket.handed_over();
         }
         handle.set_upgrade_state("upgraded", Some(pid), &command, None);
-        crate::systemd::send(vec![crate::systemd::Notice::MainPid(pid)], false);
+        // The last word to systemd: the service is the successor now, and a STOPPING=1 or a
+        // status from this process would be taken for its own (NotifyAccess=all).
+        crate::systemd::send(vec![crate::systemd::Notice::MainPid(pid)], true);
         handle.request_shutdown(ShutdownReason::Upgraded { pid });
         tracing::info!(
             pid,
@@ -287,9 +300,54 @@ async fn stop(handle: &ManagerHandle, child: &mut tokio::process::Child, pid: u3
     {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
-    let grace = lock(&handle.shared.settings).drain_deadline + Duration::from_secs(2);
+    // Its stop, as it would take it: the drain delay, the deadline, its hooks (two of the
+    // hook timeout, as a rule), and a margin.
+    let grace = {
+        let settings = lock(&handle.shared.settings);
+        settings.drain_delay
+            + settings.drain_deadline
+            + 2 * settings.hook_timeout
+            + Duration::from_secs(2)
+    };
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         tracing::warn!(pid, "the failed new process did not stop; killing it");
         let _ = child.kill().await;
     }
+}
+
+/// Makes `socket` (handed over by the process this one upgraded, which had bound it) refuse
+/// connections at this process's stop, once that process is gone: until then it serves on
+/// the same socket, and a successor that fails and stops must not shut it under it.
+pub(crate) fn adopt_when_predecessor_gone(shared: &Arc<Shared>, socket: &Arc<ListeningSocket>) {
+    let mut adoption = lock(&shared.adoption);
+    if adoption.predecessor_gone {
+        socket.adopt();
+        return;
+    }
+    adoption.waiting.push(Arc::clone(socket));
+    if adoption.watching {
+        return;
+    }
+    adoption.watching = true;
+    let predecessor = std::os::unix::process::parent_id();
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        // Its exit reparents this process: poll for that (50 ms; this ends with it).
+        while std::os::unix::process::parent_id() == predecessor {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut adoption = lock(&shared.adoption);
+        adoption.predecessor_gone = true;
+        for socket in adoption.waiting.drain(..) {
+            socket.adopt();
+        }
+    });
+}
+
+/// Sockets waiting for the predecessor to be gone (see [`adopt_when_predecessor_gone`]).
+#[derive(Debug, Default)]
+pub(crate) struct Adoption {
+    predecessor_gone: bool,
+    watching: bool,
+    waiting: Vec<Arc<ListeningSocket>>,
 }
