@@ -255,6 +255,177 @@ impl<S: tracing::Subscriber> Layer<S> for RequestLines {
 
 const REQUEST_TARGET: &str = "request";
 
+/// The request lines the manager writes (`manager::requests::set_request_log`), formatted
+/// here with no `tracing` field machinery at all: a cached second for the timestamp, `itoa`
+/// for the numbers, plain text copied when it needs no escaping. The same bytes as
+/// [`RequestLines`] writes for the `tracing` event (checked by a test).
+struct DirectRequestLog {
+    writer: LogWriter,
+    json: bool,
+    enabled: bool,
+}
+
+thread_local! {
+    static DIRECT: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
+    /// The second last formatted, and its `YYYY-MM-DDTHH:MM:SS.` (20 bytes).
+    static SECOND: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((u64::MAX, [0; 20])) };
+}
+
+impl manager::requests::RequestLog for DirectRequestLog {
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn write(&self, line: &manager::requests::RequestLine<'_>) {
+        DIRECT.with_borrow_mut(|buf| {
+            buf.clear();
+            format_request_line(buf, line, self.json, std::time::SystemTime::now());
+            let _ = (&self.writer).write_all(buf);
+        });
+    }
+}
+
+fn format_request_line(
+    buf: &mut Vec<u8>,
+    line: &manager::requests::RequestLine<'_>,
+    json: bool,
+    now: std::time::SystemTime,
+) {
+    let mut numbers = itoa::Buffer::new();
+    let micros = (line.latency.as_nanos() + 500) / 1000;
+    if json {
+        buf.extend_from_slice(b"{\"timestamp\":\"");
+        push_timestamp(buf, now);
+        buf.extend_from_slice(b"\",\"level\":\"INFO\",\"server\":");
+        push_json_str(buf, line.server);
+        buf.extend_from_slice(b",\"id\":");
+        buf.extend_from_slice(numbers.format(line.id).as_bytes());
+        buf.extend_from_slice(b",\"method\":");
+        push_json_str(buf, line.method);
+        buf.extend_from_slice(b",\"path\":");
+        push_json_str(buf, line.path);
+        buf.extend_from_slice(b",\"status\":");
+        buf.extend_from_slice(numbers.format(line.status).as_bytes());
+        buf.extend_from_slice(b",\"latency_ms\":");
+        push_millis(buf, micros);
+        buf.extend_from_slice(b",\"target\":\"request\"}\n");
+    } else {
+        push_timestamp(buf, now);
+        buf.extend_from_slice(b"  INFO request: server=");
+        push_debug_str(buf, line.server);
+        buf.extend_from_slice(b" id=");
+        buf.extend_from_slice(numbers.format(line.id).as_bytes());
+        buf.extend_from_slice(b" method=");
+        push_debug_str(buf, line.method);
+        buf.extend_from_slice(b" path=");
+        push_debug_str(buf, line.path);
+        buf.extend_from_slice(b" status=");
+        buf.extend_from_slice(numbers.format(line.status).as_bytes());
+        buf.extend_from_slice(b" latency_ms=");
+        push_millis(buf, micros);
+        buf.push(b'\n');
+    }
+}
+
+/// Milliseconds with three decimals, from microseconds (what `{:.3}` prints of the f64).
+fn push_millis(buf: &mut Vec<u8>, micros: u128) {
+    let mut numbers = itoa::Buffer::new();
+    buf.extend_from_slice(numbers.format(micros / 1000).as_bytes());
+    let fraction = u16::try_from(micros % 1000).unwrap_or(0);
+    buf.extend_from_slice(&[
+        b'.',
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ]);
+}
+
+/// Text that needs no escaping: printable ASCII without quotes or backslashes, within the
+/// field limit.
+fn plain(value: &str) -> bool {
+    value.len() <= MAX_FIELD
+        && value
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+fn push_debug_str(buf: &mut Vec<u8>, value: &str) {
+    if plain(value) {
+        buf.push(b'"');
+        buf.extend_from_slice(value.as_bytes());
+        buf.push(b'"');
+    } else {
+        buf.extend_from_slice(format!("{:?}", truncated(value)).as_bytes());
+    }
+}
+
+fn push_json_str(buf: &mut Vec<u8>, value: &str) {
+    if plain(value) {
+        buf.push(b'"');
+        buf.extend_from_slice(value.as_bytes());
+        buf.push(b'"');
+    } else {
+        buf.extend_from_slice(
+            serde_json::Value::from(truncated(value).as_ref())
+                .to_string()
+                .as_bytes(),
+        );
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds), as `tracing_subscriber`'s `SystemTime`
+/// prints it; the date and time of the second are computed once a second per thread.
+fn push_timestamp(buf: &mut Vec<u8>, now: std::time::SystemTime) {
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let second = since.as_secs();
+    let prefix = SECOND.with(|cached| {
+        let (at, prefix) = cached.get();
+        if at == second {
+            return prefix;
+        }
+        let prefix = civil_second(second);
+        cached.set((second, prefix));
+        prefix
+    });
+    buf.extend_from_slice(&prefix);
+    let micros = since.subsec_micros();
+    let mut digits = [b'0'; 6];
+    let mut rest = micros;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    buf.extend_from_slice(&digits);
+    buf.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of a Unix second (Howard Hinnant's `civil_from_days`).
+fn civil_second(second: u64) -> [u8; 20] {
+    let days = (second / 86_400) as i64;
+    let of_day = second % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let text = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    );
+    let mut prefix = [0; 20];
+    let bytes = text.as_bytes();
+    prefix[..bytes.len().min(20)].copy_from_slice(&bytes[..bytes.len().min(20)]);
+    prefix
+}
+
 struct TextFields<'a>(&'a mut String);
 
 /// `value` cut at [`MAX_FIELD`] bytes (on a character boundary), with a marker saying how
@@ -337,6 +508,7 @@ pub(crate) fn init(format: LogFormat) -> LogGuard {
         })
         .ok();
     let writer = LogWriter(Arc::clone(&shared));
+    let writer_for_direct = writer.clone();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let not_requests = filter_fn(|meta| meta.target() != REQUEST_TARGET);
     let general = match format {
@@ -356,11 +528,19 @@ pub(crate) fn init(format: LogFormat) -> LogGuard {
         writer,
         json: format == LogFormat::Json,
     };
+    let direct = DirectRequestLog {
+        writer: writer_for_direct,
+        json: format == LogFormat::Json,
+        enabled: false,
+    };
     tracing_subscriber::registry()
         .with(filter)
         .with(requests)
         .with(general)
         .init();
+    // The filter is fixed from here on (RUST_LOG, read once): ask it once.
+    let enabled = tracing::enabled!(target: "request", tracing::Level::INFO);
+    manager::requests::set_request_log(DirectRequestLog { enabled, ..direct });
     LogGuard { shared, thread }
 }
 
@@ -411,6 +591,82 @@ mod tests {
                 assert!(text.contains(expected), "{text}");
                 assert!(text.ends_with("latency_ms=1.235\n"));
             }
+        }
+    }
+
+    /// The line of the `tracing` event and of the direct writer, without the timestamp.
+    fn both_lines(json: bool, path: &str, latency: Duration) -> (String, String, String) {
+        let shared = Arc::new(Shared::default());
+        let layer = RequestLines {
+            writer: LogWriter(Arc::clone(&shared)),
+            json,
+        };
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "request", server = "flows", id = 7u64, method = "GET",
+                path = path, status = 200u16, latency_ms = latency.as_secs_f64() * 1e3);
+        });
+        let event = String::from_utf8(shared.lock().buffer.clone()).unwrap();
+        let mut direct = Vec::new();
+        let line = manager::requests::RequestLine {
+            server: "flows",
+            id: 7,
+            method: "GET",
+            path,
+            status: 200,
+            latency,
+        };
+        format_request_line(&mut direct, &line, json, std::time::SystemTime::now());
+        let direct = String::from_utf8(direct).unwrap();
+        let cut = |line: &str| {
+            if json {
+                line.split_once("\",\"level")
+                    .map(|(_, rest)| rest.to_owned())
+                    .unwrap()
+            } else {
+                line.split_once(' ')
+                    .map(|(_, rest)| rest.to_owned())
+                    .unwrap()
+            }
+        };
+        let stamp = direct.clone();
+        (cut(&event), cut(&direct), stamp)
+    }
+
+    #[test]
+    fn the_direct_request_line_is_the_event_line_byte_for_byte() {
+        let long = "/x".repeat(400);
+        for json in [false, true] {
+            for path in ["/greet", "/a\"b\\c", "/caf\u{e9}/\u{7}", long.as_str()] {
+                for latency in [
+                    Duration::from_micros(91),
+                    Duration::from_nanos(1_234_567),
+                    Duration::from_millis(12_345),
+                ] {
+                    let (event, direct, _) = both_lines(json, path, latency);
+                    assert_eq!(
+                        event, direct,
+                        "json={json} path={path:?} latency={latency:?}"
+                    );
+                }
+            }
+        }
+        // The timestamp: as tracing_subscriber's SystemTime prints it.
+        let now = std::time::SystemTime::now();
+        let mut ours = Vec::new();
+        push_timestamp(&mut ours, now);
+        let mut theirs = String::new();
+        let _ = SystemTime.format_time(&mut Writer::new(&mut theirs));
+        let ours = String::from_utf8(ours).unwrap();
+        assert_eq!(ours.len(), theirs.len(), "{ours} vs {theirs}");
+        assert_eq!(ours[..17], theirs[..17], "{ours} vs {theirs}");
+        for (second, text) in [
+            (0, "1970-01-01T00:00:00."),
+            (951_782_400, "2000-02-29T00:00:00."),
+            (1_796_139_523, "2026-12-01T15:38:43."),
+            (4_102_444_799, "2099-12-31T23:59:59."),
+        ] {
+            assert_eq!(&civil_second(second), text.as_bytes(), "{second}");
         }
     }
 
