@@ -59,34 +59,28 @@ pub(crate) async fn track<B: MessageBody + 'static>(
     }
 }
 
-/// The edge's proxy headers as actix's (`http` 0.2) header names, made once: a lookup by
-/// `&str` parses the name on every request.
-static PROXY_HEADER_NAMES: [header::HeaderName; 3] = [
-    header::FORWARDED,
-    header::HeaderName::from_static(edge::policy::PROXY_HEADERS[1]),
-    header::HeaderName::from_static(edge::policy::PROXY_HEADERS[2]),
-];
-
-static SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
-
 /// The request facts the edge looks at, borrowed from actix's request.
 fn head(req: &ServiceRequest) -> RequestHead<'_> {
-    let headers = req.headers();
-    RequestHead {
+    let mut head = RequestHead {
         method: req.method().as_str(),
         path: req.path(),
-        host: text(headers.get(header::HOST)).or_else(|| req.uri().authority().map(|a| a.as_str())),
-        origin: text(headers.get(header::ORIGIN)),
-        fetch_site: text(headers.get(&SEC_FETCH_SITE)),
-        proxied: PROXY_HEADER_NAMES
-            .iter()
-            .any(|name| headers.contains_key(name)),
+        host: None,
+        origin: None,
+        fetch_site: None,
+        proxied: false,
         peer: req.peer_addr().map(|addr| addr.ip()),
-        authorization: text(headers.get(header::AUTHORIZATION)),
-        accept: (req.path() == edge::admin::METRICS)
-            .then(|| text(headers.get(header::ACCEPT)))
-            .flatten(),
+        authorization: None,
+        accept: None,
+    };
+    head.read_headers(
+        req.headers()
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes())),
+    );
+    if head.host.is_none() {
+        head.host = req.uri().authority().map(|a| a.as_str());
     }
+    head
 }
 
 /// The routes' answer, made to keep the edge's rules: a JSON body on an error actix answered
@@ -169,10 +163,6 @@ fn stamp<B>(scope: &RequestScope, res: &mut HttpResponse<B>) {
     if scope.closes_connection() {
         res.head_mut().set_connection_type(ConnectionType::Close);
     }
-}
-
-fn text(value: Option<&HeaderValue>) -> Option<&str> {
-    value.and_then(|v| v.to_str().ok())
 }
 
 /// An answer the edge built (`http` 1.x) as an actix-web response.
