@@ -538,8 +538,13 @@ pub(crate) fn init(format: LogFormat) -> LogGuard {
         .with(requests)
         .with(general)
         .init();
-    // The filter is fixed from here on (RUST_LOG, read once): ask it once.
-    let enabled = tracing::enabled!(target: "request", tracing::Level::INFO);
+    // The filter is fixed from here on (RUST_LOG, read once): ask it once. On a thread of its
+    // own: with per-layer filters, an `enabled!` that no event follows leaves the thread's
+    // filter state set, and the next event on that thread (here: main's first) would be
+    // dropped by a layer that has not been asked.
+    let enabled = std::thread::spawn(|| tracing::enabled!(target: "request", tracing::Level::INFO))
+        .join()
+        .unwrap_or(true);
     manager::requests::set_request_log(DirectRequestLog { enabled, ..direct });
     LogGuard { shared, thread }
 }
