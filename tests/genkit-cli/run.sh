@@ -210,6 +210,8 @@ grep -q '^Hello from multi-server, Zed!$' <<<"$out"
 check "v2: flow:run from a second shell reaches the same process (through v1, beside v2)" $?
 kill -INT -- "-$start_pid"
 for _ in $(seq 1 100); do kill -0 "$start_pid" 2>/dev/null || break; sleep 0.1; done
+# The CLI may be gone before the runtime has drained (it does not wait for it): up to 15 s.
+for _ in $(seq 1 150); do ours_running || break; sleep 0.1; done
 ! kill -0 "$start_pid" 2>/dev/null && ! ours_running && no_runtime_file
 check "v2: Ctrl+C stops genkit start and the runtime; no runtime file is left" $?
 start_pid=""
