@@ -98,6 +98,8 @@ check "flow:batchRun multi_server_flow batch.json runs each input" $?
 kill -INT -- "-$start_pid"
 for _ in $(seq 1 100); do kill -0 "$start_pid" 2>/dev/null || break; sleep 0.1; done
 ! kill -0 "$start_pid" 2>/dev/null; check "Ctrl+C stops genkit start and the runtime" $?
+# The runtime may still be draining when the CLI is gone: its file goes at its very end.
+for _ in $(seq 1 150); do [[ -z "$(runtime_file)" ]] && break; sleep 0.1; done
 [[ -z "$(runtime_file)" ]]; check "no runtime file is left after Ctrl+C" $?
 grep -q 'runtime file removed' "$work/start.log"; check "the runtime removed its own file on the way out" $?
 start_pid=""
