@@ -94,6 +94,22 @@ fn haproxy_bin() -> &'static str {
     }
 }
 
+/// `haproxy -c`: the configuration at `path` is valid.
+fn haproxy_check(path: &Path) {
+    let check = Command::new(haproxy_bin())
+        .arg("-c")
+        .arg("-f")
+        .arg(path)
+        .output()
+        .expect("run haproxy -c");
+    assert!(
+        check.status.success(),
+        "haproxy -c {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
 /// HAProxy in the foreground, stopped when dropped.
 struct Haproxy {
     child: Child,
@@ -129,17 +145,7 @@ impl Haproxy {
         );
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
-        let check = Command::new(haproxy_bin())
-            .arg("-c")
-            .arg("-f")
-            .arg(&path)
-            .output()
-            .expect("run haproxy -c");
-        assert!(
-            check.status.success(),
-            "haproxy -c: {}",
-            String::from_utf8_lossy(&check.stderr)
-        );
+        haproxy_check(&path);
         let child = Command::new(haproxy_bin())
             .arg("-db")
             .arg("-f")
@@ -477,16 +483,6 @@ fn the_haproxy_recipe_is_valid() {
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, recipe).unwrap();
-    let check = Command::new(haproxy_bin())
-        .arg("-c")
-        .arg("-f")
-        .arg(&path)
-        .output()
-        .expect("run haproxy -c");
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    haproxy_check(&path);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -36,14 +36,44 @@ fn collect(socket: UnixDatagram, stop: mpsc::Receiver<()>) -> Vec<(Instant, Stri
     got
 }
 
+/// A stand-in for systemd's notify socket, read on a thread of its own.
+struct Notifications {
+    dir: std::path::PathBuf,
+    path: String,
+    stop: mpsc::Sender<()>,
+    reader: thread::JoinHandle<Vec<(Instant, String)>>,
+}
+
+impl Notifications {
+    fn listen(label: &str) -> Notifications {
+        let dir = temp_dir(label);
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        let (stop, stop_rx) = mpsc::channel();
+        let reader = thread::spawn(move || collect(socket, stop_rx));
+        Notifications {
+            path: path.to_str().unwrap().to_owned(),
+            dir,
+            stop,
+            reader,
+        }
+    }
+
+    /// Every line received, with when its datagram came.
+    fn finish(self) -> Vec<(Instant, String)> {
+        self.stop.send(()).unwrap();
+        let got = self.reader.join().unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        got.iter()
+            .flat_map(|(at, d)| d.lines().map(|l| (*at, l.to_owned())).collect::<Vec<_>>())
+            .collect()
+    }
+}
+
 #[test]
 fn ready_status_watchdog_and_stopping_reach_systemd_in_order() {
-    let dir = temp_dir("notify");
-    let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    let (stop_tx, stop_rx) = mpsc::channel();
-    let reader = thread::spawn(move || collect(socket, stop_rx));
-    let path_text = path.to_str().unwrap().to_owned();
+    let notify = Notifications::listen("notify");
+    let path_text = notify.path.clone();
     // A 400 ms watchdog: a heartbeat every 200 ms.
     let mut p = Process::start_with_env(
         bin(),
@@ -55,12 +85,7 @@ fn ready_status_watchdog_and_stopping_reach_systemd_in_order() {
     p.signal("TERM");
     assert!(p.wait_exit(Duration::from_secs(20)).success());
     thread::sleep(Duration::from_millis(100));
-    stop_tx.send(()).unwrap();
-    let got = reader.join().unwrap();
-    let lines: Vec<String> = got
-        .iter()
-        .flat_map(|(_, d)| d.lines().map(str::to_owned).collect::<Vec<_>>())
-        .collect();
+    let lines: Vec<String> = notify.finish().into_iter().map(|(_, l)| l).collect();
     let position = |needle: &str| lines.iter().position(|l| l == needle);
     let ready = position("READY=1").unwrap_or_else(|| panic!("no READY=1 in {lines:#?}"));
     let stopping = position("STOPPING=1").unwrap_or_else(|| panic!("no STOPPING=1 in {lines:#?}"));
@@ -113,17 +138,12 @@ fn ready_status_watchdog_and_stopping_reach_systemd_in_order() {
         .find(|l| l.starts_with("STATUS="))
         .unwrap();
     assert!(last.starts_with("STATUS=stopped: "), "{last}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn an_upgrade_under_systemd_hands_over_the_main_pid() {
-    let dir = temp_dir("notify-upgrade");
-    let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    let (stop_tx, stop_rx) = mpsc::channel();
-    let reader = thread::spawn(move || collect(socket, stop_rx));
-    let path_text = path.to_str().unwrap().to_owned();
+    let notify = Notifications::listen("notify-upgrade");
+    let path_text = notify.path.clone();
     // As systemd starts it: WATCHDOG_PID names the service's process (the shell execs the
     // binary, so `$$` is its pid).
     let mut p = Process::start_with_env(
@@ -157,12 +177,7 @@ fn an_upgrade_under_systemd_hands_over_the_main_pid() {
     let stopped_new = Instant::now();
     drop(successor);
     thread::sleep(Duration::from_millis(200));
-    stop_tx.send(()).unwrap();
-    let got = reader.join().unwrap();
-    let lines: Vec<(Instant, String)> = got
-        .iter()
-        .flat_map(|(at, d)| d.lines().map(|l| (*at, l.to_owned())).collect::<Vec<_>>())
-        .collect();
+    let lines = notify.finish();
     let main_pid = lines
         .iter()
         .position(|(_, l)| *l == format!("MAINPID={new_pid}"))
@@ -198,7 +213,6 @@ fn an_upgrade_under_systemd_hands_over_the_main_pid() {
         beats >= 2,
         "{beats} heartbeats of the new process: {lines:#?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
