@@ -285,58 +285,48 @@ impl manager::requests::RequestLog for DirectRequestLog {
     }
 }
 
+/// Two straight-line formats, not one loop over a field table: the table (a match per field,
+/// names copied from a slice) cost ~390 instructions more per line (callgrind).
 fn format_request_line(
     buf: &mut Vec<u8>,
     line: &manager::requests::RequestLine<'_>,
     json: bool,
     now: std::time::SystemTime,
 ) {
-    /// A field's value, as each format writes it.
-    enum Value<'a> {
-        Text(&'a str),
-        Number(u64),
-        Millis(u128),
-    }
+    let mut numbers = itoa::Buffer::new();
     let micros = (line.latency.as_nanos() + 500) / 1000;
-    let fields = [
-        ("server", Value::Text(line.server)),
-        ("id", Value::Number(line.id)),
-        ("method", Value::Text(line.method)),
-        ("path", Value::Text(line.path)),
-        ("status", Value::Number(u64::from(line.status))),
-        ("latency_ms", Value::Millis(micros)),
-    ];
     if json {
         buf.extend_from_slice(b"{\"timestamp\":\"");
         push_timestamp(buf, now);
-        buf.extend_from_slice(b"\",\"level\":\"INFO\"");
+        buf.extend_from_slice(b"\",\"level\":\"INFO\",\"server\":");
+        push_json_str(buf, line.server);
+        buf.extend_from_slice(b",\"id\":");
+        buf.extend_from_slice(numbers.format(line.id).as_bytes());
+        buf.extend_from_slice(b",\"method\":");
+        push_json_str(buf, line.method);
+        buf.extend_from_slice(b",\"path\":");
+        push_json_str(buf, line.path);
+        buf.extend_from_slice(b",\"status\":");
+        buf.extend_from_slice(numbers.format(line.status).as_bytes());
+        buf.extend_from_slice(b",\"latency_ms\":");
+        push_millis(buf, micros);
+        buf.extend_from_slice(b",\"target\":\"request\"}\n");
     } else {
         push_timestamp(buf, now);
-        buf.extend_from_slice(b"  INFO request:");
+        buf.extend_from_slice(b"  INFO request: server=");
+        push_debug_str(buf, line.server);
+        buf.extend_from_slice(b" id=");
+        buf.extend_from_slice(numbers.format(line.id).as_bytes());
+        buf.extend_from_slice(b" method=");
+        push_debug_str(buf, line.method);
+        buf.extend_from_slice(b" path=");
+        push_debug_str(buf, line.path);
+        buf.extend_from_slice(b" status=");
+        buf.extend_from_slice(numbers.format(line.status).as_bytes());
+        buf.extend_from_slice(b" latency_ms=");
+        push_millis(buf, micros);
+        buf.push(b'\n');
     }
-    let mut numbers = itoa::Buffer::new();
-    for (name, value) in fields {
-        if json {
-            buf.extend_from_slice(b",\"");
-            buf.extend_from_slice(name.as_bytes());
-            buf.extend_from_slice(b"\":");
-        } else {
-            buf.push(b' ');
-            buf.extend_from_slice(name.as_bytes());
-            buf.push(b'=');
-        }
-        match value {
-            Value::Text(text) if json => push_json_str(buf, text),
-            Value::Text(text) => push_debug_str(buf, text),
-            Value::Number(n) => buf.extend_from_slice(numbers.format(n).as_bytes()),
-            Value::Millis(micros) => push_millis(buf, micros),
-        }
-    }
-    buf.extend_from_slice(if json {
-        b",\"target\":\"request\"}\n"
-    } else {
-        b"\n"
-    });
 }
 
 /// Milliseconds with three decimals, from microseconds (what `{:.3}` prints of the f64).
