@@ -14,7 +14,9 @@ Exit statuses:
   3    the drain deadline cut in-flight requests
   129  forced exit: a second SIGHUP during shutdown (130 SIGINT, 143 SIGTERM)
 
-Signals: SIGTERM, SIGINT and SIGHUP start a graceful shutdown; a second one forces exit.";
+Signals: SIGTERM, SIGINT and SIGHUP start a graceful shutdown; a second one forces exit.
+SIGUSR2 upgrades in place: the binary at this one's path starts with its sockets and takes
+over once ready (see --upgrade-binary, --upgrade-timeout).";
 
 /// Runs several HTTP servers, each on a different Rust web framework, in one process.
 #[derive(Debug, Parser)]
