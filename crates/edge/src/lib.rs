@@ -2,7 +2,7 @@
 //! framework: each behaviour a managed server owes its users, written once.
 //!
 //! - [`admin`]: `GET /__healthz`, `GET /__readyz`, `GET /__serverz` and the changes
-//!   (`POST /__quitquitquitz`, `/__readyz/fail`, `/__readyz/ok`), answered from the manager's
+//!   (`POST /__quitquitquitz`, `/__readyz/fail`, `/__readyz/ok`, `/__upgradez`), answered from the manager's
 //!   data, with their method, peer and token rules;
 //! - [`scope`]: the request scope — begun on the request head, finished on the response head
 //!   (`x-request-id`, `Connection: close` once the server drains, the status, the one log
