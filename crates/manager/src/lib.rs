@@ -13,8 +13,17 @@
 //! [`ManagerHandle::readiness`], [`ManagerHandle::server_info`]) comes from here; the
 //! `multi-server-edge` crate serves it, with every other HTTP behaviour the servers share.
 //!
+//! Besides servers it runs clients ([`Client`], [`ServerManager::add_client`]): something that
+//! binds nothing but dials a peer (the Genkit tools' WebSocket), shown, counted and drained
+//! like a server.
+//!
 //! Under systemd (`NOTIFY_SOCKET` set, a `Type=notify` unit) it reports readiness, each
 //! server's state, the stop and a watchdog heartbeat (`sd_notify`); otherwise it sends nothing.
+//!
+//! It upgrades in place when the program allows it ([`ServerManager::upgrade_command`];
+//! `SIGUSR2` or [`ManagerHandle::start_upgrade`]): the new binary starts with every listening
+//! socket, and this process stops accepting and drains once the new one is ready (see
+//! [`upgrade`]).
 //!
 //! It is not a process supervisor: it does not restart a server that died. A required
 //! server's failure stops the process, so the supervisor above (systemd, Kubernetes) can.
