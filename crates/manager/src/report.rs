@@ -3,7 +3,7 @@
 use crate::admin::ServerEntry;
 use crate::{Error, ShutdownReason};
 
-/// What [`ServerManager::run`] returns: why it stopped and what went wrong.
+/// What [`ServerManager::run`](crate::ServerManager::run) returns: why it stopped and what went wrong.
 #[derive(Debug)]
 #[must_use = "the report says whether the stop was clean; turn it into an exit status"]
 pub struct Report {

@@ -61,7 +61,7 @@ pub enum ShutdownReason {
         /// The successor's process id.
         pid: u32,
     },
-    /// Code asked for it through [`ManagerHandle::request_shutdown`].
+    /// Code asked for it through [`ManagerHandle::request_shutdown`](crate::ManagerHandle::request_shutdown).
     Requested {
         /// What the caller said.
         why: String,
