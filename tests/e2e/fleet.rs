@@ -6,8 +6,8 @@
 //! interval) and started again, then upgraded in place. Every request is accounted for.
 //! The figures are printed (`cargo test ... fleet -- --nocapture`).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -266,10 +266,11 @@ impl Load {
                                         Err(b)
                                     }
                                 }),
-                            "get new connection" => once(addr, "GET /greet HTTP/1.1", "", "Hello"),
+                            "get new connection" => once(addr, "GET", "/greet", "", "Hello"),
                             _ => once(
                                 addr,
-                                "POST /flow/multi_server_flow HTTP/1.1",
+                                "POST",
+                                "/flow/multi_server_flow",
                                 "\"Fleet\"",
                                 "Fleet!",
                             ),
@@ -301,36 +302,30 @@ impl Load {
     }
 }
 
-/// One request on a connection of its own, read to its end.
-fn once(addr: SocketAddr, line: &str, body: &str, expect: &str) -> Result<(), String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let request = format!(
-        "{line}\r\nHost: fleet\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    reader
-        .read_line(&mut status)
-        .map_err(|e| format!("read: {e}"))?;
-    let mut rest = String::new();
-    reader
-        .read_to_string(&mut rest)
-        .map_err(|e| format!("read: {e}"))?;
-    if status.starts_with("HTTP/1.1 200") && rest.contains(expect) {
+/// One request on a connection of its own: a 200 whose body holds `expect`, or what went wrong.
+fn once(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    expect: &str,
+) -> Result<(), String> {
+    let mut conn = multi_server_e2e::Conn::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let headers = [
+        ("Connection", "close"),
+        ("Content-Type", "application/json"),
+    ];
+    let answer = conn
+        .request(method, path, &headers, body.as_bytes())
+        .map_err(|failure| format!("{failure:?}"))?;
+    let text = answer.text();
+    if answer.status == 200 && text.contains(expect) {
         Ok(())
     } else {
         Err(format!(
             "{} {}",
-            status.trim(),
-            rest.lines().last().unwrap_or_default()
+            answer.status,
+            text.lines().last().unwrap_or_default()
         ))
     }
 }

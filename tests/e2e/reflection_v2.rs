@@ -225,15 +225,6 @@ fn a_cli_that_is_not_there_holds_up_nothing_and_the_stop_is_prompt() {
     assert!(p.wait_exit(EXIT_WAIT).success());
 }
 
-/// Whether process `pid` is gone (or a zombie nobody reaped yet).
-fn gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-        stat.rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-    })
-}
-
 #[test]
 fn an_orphan_whose_cli_is_gone_stops_by_itself_and_cleans_up() {
     // As `genkit flow:run ... -- <binary>` leaves it when the CLI dies first: the binary's
@@ -264,10 +255,10 @@ fn an_orphan_whose_cli_is_gone_stops_by_itself_and_cleans_up() {
         .parse()
         .expect("a pid");
     let deadline = Instant::now() + EXIT_WAIT;
-    while !gone(pid) && Instant::now() < deadline {
+    while multi_server_e2e::alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let stopped = gone(pid);
+    let stopped = !multi_server_e2e::alive(pid);
     if !stopped {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])

@@ -3,8 +3,6 @@
 //! server, new connections and keep-alive), a slow request finishes on the old process, and
 //! a new binary that fails (exits, or never gets ready) leaves the old one serving.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -81,23 +79,10 @@ impl Probes {
 /// `GET /__healthz` on a connection of its own (refused and reset connections show here).
 fn fresh_get(url: &str) -> Result<u16, String> {
     let addr = multi_server_e2e::addr(url);
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let request = format!("GET /__healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .map_err(|e| format!("read: {e}"))?;
-    let head = String::from_utf8_lossy(&answer[..answer.len().min(12)]).to_string();
-    head.strip_prefix("HTTP/1.1 ")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status line: {head:?}"))
+    let mut conn = multi_server_e2e::Conn::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    conn.request("GET", "/__healthz", &[("Connection", "close")], b"")
+        .map(|answer| answer.status)
+        .map_err(|failure| format!("{failure:?}"))
 }
 
 fn pid_of(admin: &str) -> u64 {
