@@ -17,8 +17,14 @@ pub enum StatusCode {
     InvalidArgument = 3,
     /// No action has that key.
     NotFound = 5,
+    /// Too much at once (a server's limit of runs in flight).
+    ResourceExhausted = 8,
+    /// A method or feature the runtime does not have.
+    Unimplemented = 12,
     /// Anything else: the flow failed or panicked.
     Internal = 13,
+    /// The runtime is shutting down.
+    Unavailable = 14,
 }
 
 impl StatusCode {
@@ -33,7 +39,24 @@ impl StatusCode {
             Self::Cancelled => "CANCELLED",
             Self::InvalidArgument => "INVALID_ARGUMENT",
             Self::NotFound => "NOT_FOUND",
+            Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Self::Unimplemented => "UNIMPLEMENTED",
             Self::Internal => "INTERNAL",
+            Self::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    /// The HTTP status a plain JSON API (not the reflection API, which answers 200) answers
+    /// it with: 400 bad input, 404 unknown, 409 cancelled, 429, 501, 503, 500 for the rest.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidArgument => 400,
+            Self::NotFound => 404,
+            Self::Cancelled => 409,
+            Self::ResourceExhausted => 429,
+            Self::Unimplemented => 501,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
         }
     }
 }
@@ -126,14 +149,8 @@ impl FlowError {
         json!({ "code": self.code, "message": self.message, "details": details })
     }
 
-    /// The HTTP status a plain JSON API (not the reflection API, which answers 200) should use:
-    /// 400 for bad input, 404 for unknown, 409 for cancelled, 500 for the rest.
+    /// The HTTP status a plain JSON API should answer it with ([`StatusCode::http_status`]).
     pub fn http_status(&self) -> u16 {
-        match self.code {
-            StatusCode::InvalidArgument => 400,
-            StatusCode::NotFound => 404,
-            StatusCode::Cancelled => 409,
-            StatusCode::Internal => 500,
-        }
+        self.code.http_status()
     }
 }

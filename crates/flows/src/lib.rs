@@ -72,6 +72,10 @@ pub use trace::{
     InstrumentationLibrary, SpanData, SpanStatus, TRACE_STORE_BYTES, TRACE_VALUE_BYTES, TraceData,
 };
 
+/// The Reflection API version the runtime reports (v1's `/api/notify` and discovery file, v2's
+/// `register`): Genkit's tools exit on a higher one; the v2 CLI does not check it.
+pub const REFLECTION_API_SPEC_VERSION: u32 = 1;
+
 /// What this runtime reports to Genkit's tools as its Genkit version (`<language>/<version>`,
 /// as Genkit's own runtimes do).
 pub const GENKIT_VERSION: &str = concat!("rust/", env!("CARGO_PKG_VERSION"));

@@ -73,7 +73,7 @@ pub use discovery::{RuntimeFile, discovery_root};
 pub use server::ReflectionApi;
 
 /// The Reflection API version this runtime speaks (the CLI exits on a higher one).
-pub const REFLECTION_API_SPEC_VERSION: u32 = 1;
+pub use flows::REFLECTION_API_SPEC_VERSION;
 
 /// What this runtime reports as its Genkit version (`x-genkit-version`, discovery file).
 pub use flows::GENKIT_VERSION;

@@ -20,7 +20,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::rpc::{self, Incoming, RpcError, status};
+use flows::StatusCode;
+
+use crate::rpc::{self, Incoming, RpcError};
 use crate::{MAX_RUNS_IN_FLIGHT, ReflectionV2, SEND_TIMEOUT};
 
 /// How long dialing (TCP and the WebSocket handshake) may take.
@@ -347,7 +349,7 @@ impl Connection {
         if message.len() > limit {
             let error = RpcError::new(
                 rpc::INVALID_REQUEST,
-                status::INVALID_ARGUMENT,
+                StatusCode::InvalidArgument,
                 format!(
                     "a message of {} bytes is over this runtime's limit of {limit} bytes",
                     message.len()
@@ -397,7 +399,7 @@ impl Connection {
                 } else {
                     Err(RpcError::new(
                         rpc::ACTION_ERROR,
-                        flows::StatusCode::NotFound.as_u16(),
+                        StatusCode::NotFound,
                         "Action not found or already completed",
                     ))
                 }
@@ -412,7 +414,7 @@ impl Connection {
             },
             _ => Err(RpcError::new(
                 rpc::METHOD_NOT_FOUND,
-                status::UNIMPLEMENTED,
+                StatusCode::Unimplemented,
                 format!("Method not found: {shown}"),
             )),
         };
@@ -431,21 +433,21 @@ impl Connection {
         if stopping {
             return Err(RpcError::new(
                 rpc::ACTION_ERROR,
-                status::UNAVAILABLE,
+                StatusCode::Unavailable,
                 "the runtime is shutting down",
             ));
         }
         if params.stream_input {
             return Err(RpcError::new(
                 rpc::ACTION_ERROR,
-                status::UNIMPLEMENTED,
+                StatusCode::Unimplemented,
                 "input streams (bidi actions) are not supported by this runtime's flows",
             ));
         }
         if self.runs.len() >= MAX_RUNS_IN_FLIGHT {
             return Err(RpcError::new(
                 rpc::ACTION_ERROR,
-                status::RESOURCE_EXHAUSTED,
+                StatusCode::ResourceExhausted,
                 format!("{MAX_RUNS_IN_FLIGHT} runs are in flight on this connection already"),
             ));
         }
@@ -608,7 +610,7 @@ async fn answer_run(
         None => {
             let err = RpcError::new(
                 rpc::ACTION_ERROR,
-                status::UNAVAILABLE,
+                StatusCode::Unavailable,
                 format!("the runtime stopped before {key} finished (drain deadline)"),
             );
             (rpc::error_response(&id, &err), None)
@@ -624,18 +626,11 @@ async fn answer_run(
 
 /// The status a call's answer is logged and counted with, as an HTTP server would answer it.
 fn http_status(error: &RpcError) -> u16 {
-    match error.code {
-        rpc::METHOD_NOT_FOUND => 404,
-        rpc::INVALID_PARAMS | rpc::INVALID_REQUEST | rpc::PARSE_ERROR => 400,
-        _ => match error.data.get("code").and_then(Value::as_u64) {
-            Some(3) => 400,
-            Some(5) => 404,
-            Some(1) => 409,
-            Some(8) => 429,
-            Some(12) => 501,
-            Some(14) => 503,
-            _ => 500,
-        },
+    // An unknown method is an unknown path to an HTTP server, not a missing feature.
+    if error.code == rpc::METHOD_NOT_FOUND {
+        404
+    } else {
+        error.status.http_status()
     }
 }
 

@@ -1,6 +1,7 @@
 //! JSON-RPC 2.0 framing as genkit-cli 1.43 speaks it: one object per WebSocket message, no
 //! batches, ids echoed exactly (the CLI's are strings, and `2` does not answer `"2"`).
 
+use flows::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -14,18 +15,6 @@ pub(crate) const METHOD_NOT_FOUND: i64 = -32601;
 pub(crate) const INVALID_PARAMS: i64 = -32602;
 /// An action failed, or could not run: `data` is its Genkit `Status` (as the JS runtime does).
 pub(crate) const ACTION_ERROR: i64 = -32000;
-
-/// Genkit (gRPC) status codes this layer answers with, besides those of flows' own errors.
-pub(crate) mod status {
-    /// Too many runs in flight on this connection.
-    pub(crate) const RESOURCE_EXHAUSTED: u16 = 8;
-    /// A method or a feature this runtime does not have.
-    pub(crate) const UNIMPLEMENTED: u16 = 12;
-    /// The runtime is shutting down.
-    pub(crate) const UNAVAILABLE: u16 = 14;
-    /// Bad params, bad frames.
-    pub(crate) const INVALID_ARGUMENT: u16 = 3;
-}
 
 /// One message from the CLI.
 #[derive(Debug)]
@@ -55,16 +44,19 @@ pub(crate) struct RpcError {
     pub(crate) code: i64,
     pub(crate) message: String,
     pub(crate) data: Value,
+    /// The Genkit status in `data`: what the call is counted and logged as.
+    pub(crate) status: StatusCode,
 }
 
 impl RpcError {
     /// An error of this layer, with a Genkit status in `data`.
-    pub(crate) fn new(code: i64, status: u16, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: i64, status: StatusCode, message: impl Into<String>) -> Self {
         let message = message.into();
         RpcError {
             code,
             data: json!({ "code": status, "message": message }),
             message,
+            status,
         }
     }
 
@@ -74,11 +66,12 @@ impl RpcError {
             code: ACTION_ERROR,
             message: err.message.clone(),
             data: err.to_status(),
+            status: err.code,
         }
     }
 
     pub(crate) fn invalid_params(message: impl Into<String>) -> Self {
-        RpcError::new(INVALID_PARAMS, status::INVALID_ARGUMENT, message)
+        RpcError::new(INVALID_PARAMS, StatusCode::InvalidArgument, message)
     }
 }
 
@@ -98,7 +91,7 @@ pub(crate) struct Refused {
 pub(crate) fn parse(message: &[u8]) -> Result<Incoming, Refused> {
     let refused = |id: Value, code, message: String| Refused {
         id,
-        error: RpcError::new(code, status::INVALID_ARGUMENT, message),
+        error: RpcError::new(code, StatusCode::InvalidArgument, message),
     };
     let value: Value = serde_json::from_slice(message)
         .map_err(|err| refused(Value::Null, PARSE_ERROR, format!("Parse error: {err}")))?;
