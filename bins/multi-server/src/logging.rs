@@ -351,28 +351,31 @@ fn plain(value: &str) -> bool {
             .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
-fn push_debug_str(buf: &mut Vec<u8>, value: &str) {
+/// `value` quoted: copied when it is [`plain`], else escaped by `escape` (cut at
+/// [`MAX_FIELD`] first), straight into `buf`.
+fn push_quoted(buf: &mut Vec<u8>, value: &str, escape: fn(&mut Vec<u8>, &str)) {
     if plain(value) {
         buf.push(b'"');
         buf.extend_from_slice(value.as_bytes());
         buf.push(b'"');
     } else {
-        buf.extend_from_slice(format!("{:?}", truncated(value)).as_bytes());
+        escape(buf, &truncated(value));
     }
 }
 
+/// As `{:?}` prints a `str` (the text format).
+fn push_debug_str(buf: &mut Vec<u8>, value: &str) {
+    push_quoted(buf, value, |buf, text| {
+        use std::io::Write as _;
+        let _ = write!(buf, "{text:?}");
+    });
+}
+
+/// As a JSON string.
 fn push_json_str(buf: &mut Vec<u8>, value: &str) {
-    if plain(value) {
-        buf.push(b'"');
-        buf.extend_from_slice(value.as_bytes());
-        buf.push(b'"');
-    } else {
-        buf.extend_from_slice(
-            serde_json::Value::from(truncated(value).as_ref())
-                .to_string()
-                .as_bytes(),
-        );
-    }
+    push_quoted(buf, value, |buf, text| {
+        let _ = serde_json::to_writer(&mut *buf, text);
+    });
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds), as `tracing_subscriber`'s `SystemTime`
@@ -530,11 +533,6 @@ pub(crate) fn init(format: LogFormat) -> LogGuard {
         writer,
         json: format == LogFormat::Json,
     };
-    let direct = DirectRequestLog {
-        writer: writer_for_direct,
-        json: format == LogFormat::Json,
-        enabled: false,
-    };
     tracing_subscriber::registry()
         .with(filter)
         .with(requests)
@@ -547,7 +545,11 @@ pub(crate) fn init(format: LogFormat) -> LogGuard {
     let enabled = std::thread::spawn(|| tracing::enabled!(target: "request", tracing::Level::INFO))
         .join()
         .unwrap_or(true);
-    manager::requests::set_request_log(DirectRequestLog { enabled, ..direct });
+    manager::requests::set_request_log(DirectRequestLog {
+        writer: writer_for_direct,
+        json: format == LogFormat::Json,
+        enabled,
+    });
     LogGuard { shared, thread }
 }
 

@@ -36,9 +36,30 @@ impl<'a> RequestHead<'a> {
         headers: &'a http::HeaderMap,
         peer: Option<IpAddr>,
     ) -> Self {
+        Self::from_parts(
+            method.as_str(),
+            uri.path(),
+            peer,
+            headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes())),
+            || uri.authority().map(|a| a.as_str()),
+        )
+    }
+
+    /// The facts of a request given as its parts, for a framework on other `http` types
+    /// (actix): `headers` with lower-case names, `authority` the request URI's (the `Host`
+    /// when the request has no `Host` header).
+    pub fn from_parts(
+        method: &'a str,
+        path: &'a str,
+        peer: Option<IpAddr>,
+        headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+        authority: impl FnOnce() -> Option<&'a str>,
+    ) -> Self {
         let mut head = RequestHead {
-            method: method.as_str(),
-            path: uri.path(),
+            method,
+            path,
             host: None,
             origin: None,
             fetch_site: None,
@@ -47,13 +68,9 @@ impl<'a> RequestHead<'a> {
             authorization: None,
             accept: None,
         };
-        head.read_headers(
-            headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_bytes())),
-        );
+        head.read_headers(headers);
         if head.host.is_none() {
-            head.host = uri.authority().map(|a| a.as_str());
+            head.host = authority();
         }
         head
     }
@@ -62,7 +79,7 @@ impl<'a> RequestHead<'a> {
     /// usually; a map lookup per header wanted cost ~100 instructions each, callgrind): the
     /// first value of each, as text when it is, whether any proxy header is present.
     /// `headers` gives lower-case names, as `http` and actix hold them.
-    pub fn read_headers(&mut self, headers: impl Iterator<Item = (&'a str, &'a [u8])>) {
+    fn read_headers(&mut self, headers: impl Iterator<Item = (&'a str, &'a [u8])>) {
         let metrics = self.path == crate::admin::METRICS;
         let mut seen = 0_u8;
         for (name, value) in headers {

@@ -61,26 +61,15 @@ pub(crate) async fn track<B: MessageBody + 'static>(
 
 /// The request facts the edge looks at, borrowed from actix's request.
 fn head(req: &ServiceRequest) -> RequestHead<'_> {
-    let mut head = RequestHead {
-        method: req.method().as_str(),
-        path: req.path(),
-        host: None,
-        origin: None,
-        fetch_site: None,
-        proxied: false,
-        peer: req.peer_addr().map(|addr| addr.ip()),
-        authorization: None,
-        accept: None,
-    };
-    head.read_headers(
+    RequestHead::from_parts(
+        req.method().as_str(),
+        req.path(),
+        req.peer_addr().map(|addr| addr.ip()),
         req.headers()
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_bytes())),
-    );
-    if head.host.is_none() {
-        head.host = req.uri().authority().map(|a| a.as_str());
-    }
-    head
+        || req.uri().authority().map(|a| a.as_str()),
+    )
 }
 
 /// The routes' answer, made to keep the edge's rules: a JSON body on an error actix answered

@@ -25,6 +25,9 @@ use flows::StatusCode;
 use crate::rpc::{self, Incoming, RpcError};
 use crate::{MAX_RUNS_IN_FLIGHT, ReflectionV2, SEND_TIMEOUT};
 
+/// The methods the CLI calls.
+const METHODS: [&str; 4] = ["listActions", "listValues", "runAction", "cancelAction"];
+
 /// How long dialing (TCP and the WebSocket handshake) may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first wait before dialing again; it doubles up to [`BACKOFF_MAX`].
@@ -46,7 +49,7 @@ type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 
 /// Dials, serves and dials again until the stop.
 pub(crate) async fn run(client: Arc<ReflectionV2>, ctx: ClientContext) -> anyhow::Result<()> {
-    let target = client.target.to_string();
+    let target = client.target.as_str();
 
     let mut backoff = BACKOFF_FIRST;
     let mut failures = 0_u32;
@@ -140,7 +143,7 @@ async fn dial(client: &ReflectionV2) -> Result<WebSocketStream<TcpStream>, Strin
             .max_message_size(Some(hard))
             .max_frame_size(Some(hard));
         let (socket, _response) =
-            tokio_tungstenite::client_async_with_config(target.to_string(), stream, Some(config))
+            tokio_tungstenite::client_async_with_config(target.as_str(), stream, Some(config))
                 .await
                 .map_err(|err| format!("WebSocket handshake failed: {err}"))?;
         Ok(socket)
@@ -231,8 +234,8 @@ impl Connection {
         }
     }
 
-    fn target(&self) -> String {
-        self.client.target.to_string()
+    fn target(&self) -> &str {
+        self.client.target.as_str()
     }
 
     async fn serve(mut self) -> Ended {
@@ -378,14 +381,18 @@ impl Connection {
 
     /// A request: answered here, or (`runAction`) by a run task.
     async fn call(&mut self, id: Value, method: &str, params: Option<Value>, stopping: bool) {
-        let route = match method {
-            "listActions" => "listActions",
-            "listValues" => "listValues",
-            "runAction" => "runAction",
-            "cancelAction" => "cancelAction",
-            _ => "",
+        // The method's name as a `'static` route label (the metrics' `http_route`); an unknown
+        // one, which the peer chose, is logged cut short and labelled with no route.
+        let route = METHODS
+            .iter()
+            .copied()
+            .find(|known| *known == method)
+            .unwrap_or("");
+        let shown: std::borrow::Cow<'_, str> = if route.is_empty() {
+            method.chars().take(64).collect::<String>().into()
+        } else {
+            method.into()
         };
-        let shown: String = method.chars().take(64).collect();
         let mut guard = self.ctx.begin_request(&shown, "");
         guard.set_route(route);
         let answer = match route {

@@ -24,6 +24,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// The URL as given.
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
     /// The host to resolve: a name or an IP address, without brackets.
     pub(crate) fn host(&self) -> &str {
         &self.host
