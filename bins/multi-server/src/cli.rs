@@ -203,29 +203,31 @@ impl Cli {
     /// used (one line naming the flag and the variable: the CLI sets the variable, and a user
     /// may never have typed the flag). Empty counts as unset, as it does for the CLI. Outside
     /// dev mode it is not read at all: a stray variable must not stop a production server.
-    pub(crate) fn reflection_v2_server(&self) -> Result<Option<reflection_v2::Target>, String> {
+    pub(crate) fn reflection_v2_server(&self) -> Result<V2Server, String> {
         match self.reflection_v2_server.as_deref() {
-            None | Some("") => Ok(None),
-            Some(_) if !self.is_dev() => Ok(None),
-            Some(url) => url.parse().map(Some).map_err(|err| {
+            None | Some("") => Ok(V2Server::Off),
+            Some(_) if !self.is_dev() => Ok(V2Server::IgnoredOutsideDev),
+            Some(url) => url.parse().map(V2Server::Dial).map_err(|err| {
                 format!("--reflection-v2-server (or GENKIT_REFLECTION_V2_SERVER): {err}")
             }),
         }
-    }
-
-    /// Whether a v2 URL was given that dev mode being off leaves unused.
-    pub(crate) fn reflection_v2_server_ignored(&self) -> bool {
-        !self.is_dev()
-            && self
-                .reflection_v2_server
-                .as_deref()
-                .is_some_and(|u| !u.is_empty())
     }
 
     /// Dev mode from the flag or from Genkit's own variable, as the original sample did.
     pub(crate) fn is_dev(&self) -> bool {
         self.dev || std::env::var("GENKIT_ENV").is_ok_and(|v| v == "dev")
     }
+}
+
+/// What the v2 URL, if any, asks for.
+#[derive(Debug, Clone)]
+pub(crate) enum V2Server {
+    /// None given.
+    Off,
+    /// Given, but dev mode is off: warned about, not dialed.
+    IgnoredOutsideDev,
+    /// Dial this.
+    Dial(reflection_v2::Target),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

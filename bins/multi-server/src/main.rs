@@ -61,7 +61,7 @@ fn main() -> ExitCode {
 async fn run(
     cli: Cli,
     admin_token: Option<manager::admin::AdminToken>,
-    v2_server: Option<reflection_v2::Target>,
+    v2_server: cli::V2Server,
     inherited: InheritedSockets,
 ) -> u8 {
     let dev = cli.is_dev();
@@ -209,28 +209,30 @@ fn invoked_binary() -> std::io::Result<std::path::PathBuf> {
     std::env::current_exe()
 }
 
-/// The Reflection API v2 client, when the genkit CLI gave its WebSocket (`target`: in dev mode
-/// only).
+/// The Reflection API v2 client, when the genkit CLI gave its WebSocket (in dev mode only).
 fn add_v2_client(
     manager: &mut ManagerBuilder<'_>,
     cli: &Cli,
-    target: Option<reflection_v2::Target>,
+    v2_server: cli::V2Server,
     registry: &std::sync::Arc<::flows::Registry>,
 ) {
-    if cli.reflection_v2_server_ignored() {
-        tracing::warn!(
-            "GENKIT_REFLECTION_V2_SERVER is set but dev mode is off (GENKIT_ENV=dev or --dev): \
-             not dialing the genkit CLI"
-        );
-    }
-    if let Some(target) = target {
-        // Required like the v1 server: the genkit CLI that set the URL drives the process
-        // through it alone. Not reaching the CLI, or losing it, is no failure: it dials again.
-        let client = reflection_v2::ReflectionV2::new(std::sync::Arc::clone(registry), target)
-            .max_message_bytes(cli.limits().body_bytes);
-        let config = ServerConfig::new("reflection-v2").version(VERSION);
-        manager.0.add_client(config, client);
-    }
+    let target = match v2_server {
+        cli::V2Server::Off => return,
+        cli::V2Server::IgnoredOutsideDev => {
+            tracing::warn!(
+                "GENKIT_REFLECTION_V2_SERVER is set but dev mode is off (GENKIT_ENV=dev or --dev): \
+                 not dialing the genkit CLI"
+            );
+            return;
+        }
+        cli::V2Server::Dial(target) => target,
+    };
+    // Required like the v1 server: the genkit CLI that set the URL drives the process through
+    // it alone. Not reaching the CLI, or losing it, is no failure: it dials again.
+    let client = reflection_v2::ReflectionV2::new(std::sync::Arc::clone(registry), target)
+        .max_message_bytes(cli.limits().body_bytes);
+    let config = ServerConfig::new("reflection-v2").version(VERSION);
+    manager.0.add_client(config, client);
 }
 
 /// Adds servers to the manager; with `test-faults`, each with its test-only routes.

@@ -35,12 +35,14 @@ impl InheritedSockets {
     /// A descriptor that is not a listening TCP socket becomes an error for the server it
     /// was meant for, so the mistake is reported where it matters.
     pub fn from_env() -> Self {
-        let names = std::env::var("LISTEN_FDNAMES")
-            .map(|names| names.split(':').map(str::to_owned).collect())
-            .unwrap_or_default();
-        let owned = std::env::var(crate::upgrade::OWNED_VAR)
-            .map(|names| names.split(':').map(str::to_owned).collect())
-            .unwrap_or_default();
+        // Colon-separated names, as systemd's LISTEN_FDNAMES.
+        let names_in = |var: &str| -> Vec<String> {
+            std::env::var(var)
+                .map(|names| names.split(':').map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        let names = names_in("LISTEN_FDNAMES");
+        let owned = names_in(crate::upgrade::OWNED_VAR);
         let mut fds = listenfd::ListenFd::from_env();
         let sockets = (0..fds.len())
             .map(|i| {

@@ -60,6 +60,7 @@ impl ServerManager {
             stop_accepting: CancellationToken::new(),
             reason: OnceLock::new(),
             deadline: OnceLock::new(),
+            stop_plan: OnceLock::new(),
             stopped_accepting_at: OnceLock::new(),
             add_tx,
             inherited: Mutex::new(InheritedSockets::none()),
@@ -262,12 +263,11 @@ impl ServerManager {
             ],
             false,
         );
-        tracing::info!(%reason, drain_delay = ?settings.drain_delay, drain_deadline = ?settings.drain_deadline, "shutting down");
+        let plan = crate::shared::StopPlan::for_reason(&reason, settings.drain_delay);
+        let _ = shared.stop_plan.set(plan);
+        tracing::info!(%reason, drain_delay = ?plan.drain_delay, drain_deadline = ?settings.drain_deadline, "shutting down");
 
-        // After an upgrade the sockets live on in the successor, which accepts already: no
-        // balancer needs the time to move away.
-        let upgraded = matches!(reason, ShutdownReason::Upgraded { .. });
-        if !settings.drain_delay.is_zero() && !upgraded {
+        if !plan.drain_delay.is_zero() {
             // Through the drain delay answers ask keep-alive clients to close, so pooled
             // clients move away while the listener still accepts their reconnects, instead of
             // staying until it stops. (Without a delay, not before the socket stops listening:
@@ -275,7 +275,7 @@ impl ServerManager {
             for slot in read(&shared.servers).iter() {
                 slot.tracker.close_connections();
             }
-            tokio::time::sleep(settings.drain_delay).await;
+            tokio::time::sleep(plan.drain_delay).await;
         }
         let deadline = tokio::time::Instant::now() + settings.drain_deadline;
         let _ = shared.deadline.set(deadline);

@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub(crate) stop_accepting: CancellationToken,
     pub(crate) reason: OnceLock<ShutdownReason>,
     pub(crate) deadline: OnceLock<tokio::time::Instant>,
+    /// How this stop goes, fixed when it starts (set before `stop_accepting`).
+    pub(crate) stop_plan: OnceLock<StopPlan>,
     /// When servers were told to stop accepting.
     pub(crate) stopped_accepting_at: OnceLock<Instant>,
     pub(crate) add_tx: mpsc::UnboundedSender<Registration>,
@@ -129,6 +131,43 @@ pub(crate) struct Shared {
     pub(crate) upgrade_state: Mutex<Option<crate::upgrade::UpgradeState>>,
     /// Values the program attached for its servers to find (see `ServerManager::extension`).
     pub(crate) extensions: RwLock<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
+}
+
+/// The shape of one stop, decided once from its reason: every step that depends on why the
+/// process stops reads it here.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StopPlan {
+    /// How long to keep serving, readiness failing, before servers stop accepting.
+    pub(crate) drain_delay: Duration,
+    /// How long after the stop servers close idle keep-alive connections.
+    pub(crate) idle_settle: Duration,
+}
+
+/// After the stop, how long before idle connections close: a connection accepted just before
+/// it gets its first request served.
+const ACCEPTED_SETTLE: Duration = Duration::from_millis(20);
+
+/// After an in-place upgrade, how long keep-alive connections stay open (at least; the drain
+/// delay if longer), every answer saying `Connection: close`: a pooling client (a load
+/// balancer) that reuses one gets its answer and moves to the new process, instead of racing a
+/// close of the idle connection with a request it cannot retry (a POST).
+const UPGRADE_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+impl StopPlan {
+    pub(crate) fn for_reason(reason: &ShutdownReason, drain_delay: Duration) -> Self {
+        match reason {
+            // The sockets live on in the successor, which accepts already: no balancer needs
+            // time to move away, but pooled connections do.
+            ShutdownReason::Upgraded { .. } => StopPlan {
+                drain_delay: Duration::ZERO,
+                idle_settle: UPGRADE_IDLE_GRACE.max(drain_delay),
+            },
+            _ => StopPlan {
+                drain_delay,
+                idle_settle: ACCEPTED_SETTLE,
+            },
+        }
+    }
 }
 
 pub(crate) fn fail(shared: &Arc<Shared>, slot: &Arc<Slot>, err: Error) {

@@ -10,16 +10,7 @@ use crate::error::Error;
 use crate::server::Server;
 use crate::server::{ListeningSocket, ServeContext};
 use crate::shared::{Registration, Role, Shared, Slot, Started, fail, lock, set_state};
-use crate::{ManagerHandle, ServerState, ShutdownReason};
-
-/// How long after the stop a server closes idle connections (see `ServeContext::close_idle`).
-const ACCEPTED_SETTLE: Duration = Duration::from_millis(20);
-
-/// After an in-place upgrade, how long keep-alive connections stay open (at least; the drain
-/// delay if longer), every answer saying `Connection: close`: a pooling client (a load
-/// balancer) that reuses one gets its answer and moves to the new process, instead of racing a
-/// close of the idle connection with a request it cannot retry (a POST).
-const UPGRADE_IDLE_GRACE: Duration = Duration::from_secs(1);
+use crate::{ManagerHandle, ServerState};
 
 /// How long a framework may take to unwind after the drain deadline before it is abandoned:
 /// enough for one whose timers count whole seconds (actix) to drop what the deadline cut.
@@ -152,12 +143,11 @@ async fn serve(shared: Arc<Shared>, slot: Arc<Slot>, server: Arc<dyn Server>) {
     // responses ask keep-alive clients to close (not earlier: a client told to close
     // reconnects at once, and before the socket stops listening it would land in the
     // backlog); a moment later, idle connections close.
-    let upgraded = matches!(shared.reason.get(), Some(ShutdownReason::Upgraded { .. }));
-    let settle = if upgraded {
-        UPGRADE_IDLE_GRACE.max(lock(&shared.settings).drain_delay)
-    } else {
-        ACCEPTED_SETTLE
-    };
+    let settle = shared
+        .stop_plan
+        .get()
+        .expect("set before stop_accepting")
+        .idle_settle;
     tokio::spawn({
         let tracker = Arc::clone(&slot.tracker);
         async move {
