@@ -345,11 +345,19 @@ fn push_millis(buf: &mut Vec<u8>, micros: u128) {
 /// Text that needs no escaping: printable ASCII without quotes or backslashes, within the
 /// field limit.
 fn plain(value: &str) -> bool {
-    value.len() <= MAX_FIELD
-        && value
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    value.len() <= MAX_FIELD && value.bytes().all(|b| PLAIN[usize::from(b)])
 }
+
+/// [`plain`]'s bytes, as a table: one load a byte instead of three comparisons.
+static PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        table[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    table
+};
 
 /// `value` quoted: copied when it is [`plain`], else escaped by `escape` (cut at
 /// [`MAX_FIELD`] first), straight into `buf`.

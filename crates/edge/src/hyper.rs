@@ -22,7 +22,7 @@ use manager::ServeContext;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Begun, Edge, Limits, RequestHead, RequestScope, errors};
+use crate::{Begun, Edge, Limits, RequestScope, errors};
 
 /// Serves HTTP/1.1 on `listener` until the manager's stop sequence has run, one service per
 /// connection from `make_service(peer)`.
@@ -135,7 +135,9 @@ where
     type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let head = RequestHead::of(req.method(), req.uri(), req.headers(), Some(self.peer.ip()));
+        let head = self
+            .edge
+            .head_of(req.method(), req.uri(), req.headers(), Some(self.peer.ip()));
         let scope = match self.edge.begin(&head) {
             Begun::Answered(scope, reply) => {
                 let res = reply.map(|bytes| EdgeBody::Reply(Some(bytes)));

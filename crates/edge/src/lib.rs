@@ -286,6 +286,61 @@ impl Edge {
             })
     }
 
+    /// Whether [`Edge::begin`] looks at a request's headers, for its method and path: on a
+    /// loopback-only server always (`Host`, `Origin`), elsewhere only for `/__metrics`
+    /// (`Accept`) and for a change the edge guards (an admin change, or any change under
+    /// [`ChangePolicy::SameOriginLoopback`]). A public API's plain request needs none, and
+    /// reading them cost ~700 instructions a request on actix (callgrind).
+    pub fn reads_headers(&self, method: &str, path: &str) -> bool {
+        let config = &self.inner.config;
+        config.hosts == HostPolicy::Loopback
+            || path == admin::METRICS
+            || (policy::is_change(method)
+                && (config.changes == ChangePolicy::SameOriginLoopback || path.starts_with("/__")))
+    }
+
+    /// The facts [`Edge::begin`] needs of a request: [`RequestHead::from_parts`], the headers
+    /// read only when [`Edge::reads_headers`] says so. A route that checks a change itself
+    /// (a framework's own quit endpoint) builds its full head with [`RequestHead::of`].
+    pub fn head<'a>(
+        &self,
+        method: &'a str,
+        path: &'a str,
+        peer: Option<std::net::IpAddr>,
+        headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+        authority: impl FnOnce() -> Option<&'a str>,
+    ) -> RequestHead<'a> {
+        if self.reads_headers(method, path) {
+            RequestHead::from_parts(method, path, peer, headers, authority)
+        } else {
+            RequestHead {
+                method,
+                path,
+                peer,
+                ..RequestHead::default()
+            }
+        }
+    }
+
+    /// [`Edge::head`] of an `http` 1.x request.
+    pub fn head_of<'a>(
+        &self,
+        method: &'a http::Method,
+        uri: &'a http::Uri,
+        headers: &'a http::HeaderMap,
+        peer: Option<std::net::IpAddr>,
+    ) -> RequestHead<'a> {
+        self.head(
+            method.as_str(),
+            uri.path(),
+            peer,
+            headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes())),
+            || uri.authority().map(|a| a.as_str()),
+        )
+    }
+
     /// Begins a request: its scope (counted and logged from now on) and, when the edge
     /// answers the request itself, the answer: a refused `Host` or change (403), or an admin
     /// endpoint.

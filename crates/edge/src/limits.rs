@@ -263,17 +263,27 @@ impl<T> HeadDeadline<T> {
         let Phase::Head { mut newlines } = self.phase else {
             return;
         };
-        for &byte in bytes {
-            match byte {
-                b'\n' => {
-                    newlines += 1;
-                    if newlines == 2 {
+        // The head ends at a line end, any `\r`s, and another line end. Line ends are found with
+        // memchr: a loop over every byte cost ~8 instructions a byte of each head (callgrind).
+        let mut rest = bytes;
+        loop {
+            if newlines == 1 {
+                let after = rest.iter().position(|&b| b != b'\r');
+                match after.map(|at| rest[at]) {
+                    None => break,
+                    Some(b'\n') => {
                         self.phase = Phase::Request { answered: false };
                         return;
                     }
+                    Some(_) => newlines = 0,
                 }
-                b'\r' => {}
-                _ => newlines = 0,
+            }
+            match memchr::memchr(b'\n', rest) {
+                Some(at) => {
+                    newlines = 1;
+                    rest = &rest[at + 1..];
+                }
+                None => break,
             }
         }
         self.phase = Phase::Head { newlines };
@@ -449,6 +459,24 @@ mod tests {
         assert_eq!(conn.phase, Phase::Head { newlines: 1 });
         conn.saw(b"\n");
         assert_eq!(conn.phase, Phase::Request { answered: false });
+
+        // The blank line split anywhere, `\r`s between the line ends, a line that only looks
+        // like an end.
+        for reads in [
+            &[&b"GET / HTTP/1.1\r\nA: b\r"[..], b"\n\r", b"\n"][..],
+            &[b"GET / HTTP/1.1\n\r", b"\r", b"\r\n"],
+            &[b"GET / HTTP/1.1\r\n", b"\r", b"X: y\r\n\r\n"],
+        ] {
+            let mut conn = HeadDeadline::new((), Duration::from_secs(10));
+            for (i, read) in reads.iter().enumerate() {
+                conn.saw(read);
+                let ended = conn.phase == (Phase::Request { answered: false });
+                assert_eq!(ended, i == reads.len() - 1, "{reads:?} after read {i}");
+            }
+        }
+        let mut conn = HeadDeadline::new((), Duration::from_secs(10));
+        conn.saw(b"GET / HTTP/1.1\r\nA: \rb\r\n");
+        assert_eq!(conn.phase, Phase::Head { newlines: 1 });
 
         let mut h2 = HeadDeadline::new((), Duration::from_secs(10));
         h2.saw(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");

@@ -18,9 +18,12 @@ pub fn matched(routes: &'static [&'static str], path: &str) -> &'static str {
 }
 
 fn matches(template: &str, path: &str) -> bool {
-    // Most templates have no parameter: one comparison (a length first).
+    // Most templates have no parameter: one comparison (a length first), before any scan.
+    if template == path {
+        return true;
+    }
     if !template.contains('{') {
-        return template == path;
+        return false;
     }
     let mut want = template.split('/');
     let mut got = path.split('/');

@@ -31,7 +31,7 @@ pub(crate) async fn track<B: MessageBody + 'static>(
         req.app_data()
             .expect("the server's Edge is registered as app data"),
     );
-    let scope = match edge.begin(&head(&req)) {
+    let scope = match edge.begin(&head(&edge, &req)) {
         Begun::Route(scope) => scope,
         Begun::Answered(scope, answer) => {
             let res = finished(scope, reply(answer));
@@ -60,8 +60,8 @@ pub(crate) async fn track<B: MessageBody + 'static>(
 }
 
 /// The request facts the edge looks at, borrowed from actix's request.
-fn head(req: &ServiceRequest) -> RequestHead<'_> {
-    RequestHead::from_parts(
+fn head<'a>(edge: &Edge, req: &'a ServiceRequest) -> RequestHead<'a> {
+    edge.head(
         req.method().as_str(),
         req.path(),
         req.peer_addr().map(|addr| addr.ip()),
@@ -147,8 +147,11 @@ fn finished(scope: RequestScope, mut res: HttpResponse) -> HttpResponse {
 /// The headers every answer carries: `x-request-id`, and `Connection: close` once the server
 /// drains (actix's own way, so that it also closes the connection after the answer).
 fn stamp<B>(scope: &RequestScope, res: &mut HttpResponse<B>) {
-    res.headers_mut()
-        .insert(REQUEST_ID.clone(), HeaderValue::from(scope.id()));
+    // From the digits: `HeaderValue::from(u64)` goes through a growing `BytesMut`, ~150
+    // instructions more (callgrind).
+    let mut digits = itoa::Buffer::new();
+    let id = HeaderValue::from_str(digits.format(scope.id())).expect("digits are a valid value");
+    res.headers_mut().insert(REQUEST_ID.clone(), id);
     if scope.closes_connection() {
         res.head_mut().set_connection_type(ConnectionType::Close);
     }

@@ -7,7 +7,7 @@
 //! shard of their own, so no cache line bounces between cores on the request path (more
 //! threads share, correctly, behind the shard's lock). A scrape locks each shard in turn and merges them. The
 //! per-server totals of `/__serverz` (served, 5xx, latency quantiles) live in the same shards;
-//! only the in-flight count, which the drain waits on, is one shared atomic.
+//! the in-flight counts the drain waits on are sharded the same way (in `requests`).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -23,7 +23,7 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 /// Shards per server: enough that threads rarely share one (they are handed out in turn).
-const SHARDS: usize = 16;
+pub(crate) const SHARDS: usize = 16;
 
 /// One series' labels. The method is a standard one or `_OTHER` and the route a template
 /// the server declared (or empty): both bounded, whatever clients send.
@@ -182,7 +182,7 @@ thread_local! {
     static MY_SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-fn my_shard() -> usize {
+pub(crate) fn my_shard() -> usize {
     MY_SHARD.with(|shard| {
         if shard.get() == usize::MAX {
             shard.set(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS);

@@ -11,15 +11,48 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
 use tokio::sync::Notify;
 
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Request ids a thread takes from [`NEXT_REQUEST_ID`] at a time, so that the shared counter's
+/// cache line is touched once per this many requests instead of bouncing between the cores on
+/// every one (ids stay process-unique; across threads they are no longer in order).
+const ID_BLOCK: u64 = 1024;
+
+thread_local! {
+    /// This thread's next request id and the end of its block.
+    static IDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+fn next_request_id() -> u64 {
+    IDS.with(|ids| {
+        let (next, end) = ids.get();
+        if next < end {
+            ids.set((next + 1, end));
+            return next;
+        }
+        let start = NEXT_REQUEST_ID.fetch_add(ID_BLOCK, Ordering::Relaxed);
+        ids.set((start + 1, start + ID_BLOCK));
+        start
+    })
+}
+
+/// One thread's count of requests begun and not yet finished, on a cache line of its own.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct InFlight(AtomicUsize);
 
 /// Counts the requests of one server. Shared by the server's middleware and the manager.
 #[derive(Debug)]
 pub struct RequestTracker {
     server: Arc<str>,
-    in_flight: AtomicUsize,
+    /// Per-thread shards (the metrics' [`my_shard`](crate::metrics::my_shard)): a request is
+    /// counted in the shard of the thread that began it and uncounted there, wherever it
+    /// ends, so no shard goes below zero and a sum read shard by shard is never zero while a
+    /// request is in flight.
+    in_flight: Box<[InFlight]>,
     aborted: AtomicU64,
     cut_by_deadline: AtomicU64,
     drain_started: AtomicBool,
@@ -40,7 +73,9 @@ impl RequestTracker {
         RequestTracker {
             feed,
             server,
-            in_flight: AtomicUsize::new(0),
+            in_flight: (0..crate::metrics::SHARDS)
+                .map(|_| InFlight::default())
+                .collect(),
             aborted: AtomicU64::new(0),
             cut_by_deadline: AtomicU64::new(0),
             drain_started: AtomicBool::new(false),
@@ -55,13 +90,15 @@ impl RequestTracker {
     /// Starts accounting for one request; call [`RequestGuard::finish`] with the status when the
     /// response is ready. A guard dropped without `finish` is logged as aborted.
     pub fn begin(self: &Arc<Self>, method: &str, path: &str) -> RequestGuard {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let shard = crate::metrics::my_shard();
+        self.in_flight[shard].0.fetch_add(1, Ordering::SeqCst);
         RequestGuard {
             tracker: Arc::clone(self),
-            id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+            shard,
+            id: next_request_id(),
             method: static_method(method)
                 .map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed),
-            path: path.to_owned(),
+            path: CompactString::new(path),
             route: "",
             started: Instant::now(),
             finished: false,
@@ -70,7 +107,10 @@ impl RequestTracker {
 
     /// Requests that have begun and not yet finished.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.in_flight
+            .iter()
+            .map(|shard| shard.0.load(Ordering::SeqCst))
+            .sum()
     }
 
     /// Requests answered (any status).
@@ -162,12 +202,12 @@ impl RequestTracker {
         }
     }
 
-    fn end(&self) {
+    fn end(&self, shard: usize) {
         // SeqCst on both sides pairs with start_draining + wait_idle: either the waiter sees
-        // the count reach zero or this side sees the draining flag and wakes it.
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.drain_started.load(Ordering::SeqCst)
-        {
+        // the count reach zero or this side sees the draining flag and wakes it. The sum is
+        // read only while draining.
+        self.in_flight[shard].0.fetch_sub(1, Ordering::SeqCst);
+        if self.drain_started.load(Ordering::SeqCst) && self.in_flight() == 0 {
             self.idle.notify_waiters();
         }
     }
@@ -216,9 +256,12 @@ pub fn set_request_log(log: impl RequestLog) -> bool {
 #[must_use = "a guard dropped at once logs the request as aborted"]
 pub struct RequestGuard {
     tracker: Arc<RequestTracker>,
+    /// The in-flight shard that counts it.
+    shard: usize,
     id: u64,
     method: Cow<'static, str>,
-    path: String,
+    /// Inline up to 24 bytes (most paths): no allocation per request.
+    path: CompactString,
     route: &'static str,
     started: Instant,
     finished: bool,
@@ -287,7 +330,7 @@ impl RequestGuard {
             server: tracker.server.to_string(),
             id: self.id,
             method: std::mem::take(&mut self.method).into_owned(),
-            path: feed_path(std::mem::take(&mut self.path)),
+            path: feed_path(&self.path),
             status: Some(status),
             aborted: None,
             latency_ms: latency.as_secs_f64() * 1e3,
@@ -313,7 +356,7 @@ impl Drop for RequestGuard {
                 server = &*tracker.server,
                 id = self.id,
                 method = &*self.method,
-                path = self.path,
+                path = &*self.path,
                 status = "aborted",
                 reason,
                 latency_ms,
@@ -322,14 +365,14 @@ impl Drop for RequestGuard {
                 server: tracker.server.to_string(),
                 id: self.id,
                 method: std::mem::take(&mut self.method).into_owned(),
-                path: feed_path(std::mem::take(&mut self.path)),
+                path: feed_path(&self.path),
                 status: None,
                 aborted: Some(reason),
                 latency_ms,
                 at_ms: epoch_ms(),
             });
         }
-        self.tracker.end();
+        self.tracker.end(self.shard);
     }
 }
 
@@ -338,16 +381,12 @@ impl Drop for RequestGuard {
 const FEED_PATH_BYTES: usize = 512;
 
 /// `path`, cut to [`FEED_PATH_BYTES`] on a character boundary with a `…` marker.
-fn feed_path(mut path: String) -> String {
-    if path.len() > FEED_PATH_BYTES {
-        let mut end = FEED_PATH_BYTES;
-        while !path.is_char_boundary(end) {
-            end -= 1;
-        }
-        path.truncate(end);
-        path.push('…');
+fn feed_path(path: &str) -> String {
+    if path.len() <= FEED_PATH_BYTES {
+        return path.to_owned();
     }
-    path
+    let end = path.floor_char_boundary(FEED_PATH_BYTES);
+    format!("{}…", &path[..end])
 }
 
 /// The standard methods as `&'static str`, so the common case allocates nothing.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edge::{Admitted, Begun, ConnectionLimit, Edge, EdgeConfig, HeadDeadline, Limits, RequestHead};
+use edge::{Admitted, Begun, ConnectionLimit, Edge, EdgeConfig, HeadDeadline, Limits};
 use flows::Registry;
 use futures_util::FutureExt;
 use manager::{BoxFuture, ServeContext, Server};
@@ -143,12 +143,7 @@ impl<E: Endpoint> Endpoint for Edged<E> {
 /// request in flight until its last byte.
 async fn around<E: Endpoint>(edge: &Edge, inner: &E, req: Request) -> Response {
     let peer = req.remote_addr().as_socket_addr().map(SocketAddr::ip);
-    let begun = edge.begin(&RequestHead::of(
-        req.method(),
-        req.uri(),
-        req.headers(),
-        peer,
-    ));
+    let begun = edge.begin(&edge.head_of(req.method(), req.uri(), req.headers(), peer));
     let (scope, mut res) = match begun {
         Begun::Answered(scope, reply) => (scope, api::reply(reply)),
         Begun::Route(scope) => {
