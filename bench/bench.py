@@ -49,27 +49,30 @@ def http_get(addr, path, timeout=2.0):
 
 
 class Ours:
-    """multi-server in dev mode (all three servers), delays 0, logs to a file."""
+    """multi-server in dev mode (flows, reflection, devui; admin too with admin=True), delays
+    0, logging at `log` (info: every request) to a file."""
 
-    def __init__(self, workdir, extra=()):
+    def __init__(self, workdir, extra=(), log="info", admin=False):
         self.log = open(Path(workdir) / f"multi-server-{time.monotonic_ns()}.log", "w")
         self.started = time.perf_counter()
-        env = dict(os.environ, RUST_LOG="info")
+        env = dict(os.environ, RUST_LOG=log)
         env.pop("GENKIT_TELEMETRY_SERVER", None)
+        admin_args = ["--admin-ports", "0"] if admin else []
+        want = 4 if admin else 3
         self.proc = subprocess.Popen(
             [str(BINARY), "--dev", "--flows-ports", "0", "--reflection-ports", "0",
-             "--devui-ports", "0", "--reflection-delay", "0s", *extra],
+             "--devui-ports", "0", "--reflection-delay", "0s", *admin_args, *extra],
             cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.urls = {}
         deadline = time.time() + 20
-        while len(self.urls) < 3 and time.time() < deadline:
+        while len(self.urls) < want and time.time() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 break
             m = re.match(r"\s+(\w+)\s+\S+\s+http://([\d.]+):(\d+)", line)
             if m:
                 self.urls[m.group(1)] = (m.group(2), int(m.group(3)))
-        if len(self.urls) < 3:
+        if len(self.urls) < want:
             self.stop()
             sys.exit(f"multi-server did not start: {self.urls}")
 
@@ -91,10 +94,16 @@ class Ours:
 
 
 class Bare:
-    """A bench-only bare server (no manager, no middleware) on an ephemeral port."""
+    """A bench-only bare server (no manager, no middleware) on an ephemeral port; with
+    log_to (a path), the peer: the same server with its framework's own request logging
+    (`--log`, RUST_LOG=info), written to that file."""
 
-    def __init__(self, name):
-        self.proc = subprocess.Popen([str(RELEASE / name), "0"], stdout=subprocess.PIPE, text=True)
+    def __init__(self, name, log_to=None):
+        env = dict(os.environ, RUST_LOG="info")
+        self.log = open(log_to, "w") if log_to else subprocess.DEVNULL
+        args = [str(RELEASE / name), "0"] + (["--log"] if log_to else [])
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, env=env,
+                                     text=True)
         line = self.proc.stdout.readline()
         m = re.match(r"http://([\d.]+):(\d+)", line)
         if not m:
@@ -111,6 +120,9 @@ class Bare:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        if self.log is not subprocess.DEVNULL:
+            self.log.close()
 
 
 def parse_ms(text):
@@ -145,36 +157,52 @@ def median_of(runs, key):
     return statistics.median(values) if values else None
 
 
+# The contenders of the overhead table, in the order each round runs them.
+CONTENDERS = ("bare", "peer", "ours", "ours_quiet")
+
+
 def overhead(workdir, seconds, rounds):
-    """Ours against a bare server of the same framework, alternating, same machine, same run."""
-    cases = [("flows", "/greet", "bare-actix", "/greet", "actix-web"),
-             ("reflection", "/api/__health", "bare-poem", "/api/__health", "poem"),
-             ("devui", "/__healthz", "bare-salvo", "/__healthz", "salvo")]
-    ours = Ours(workdir)
+    """Per framework: the bare server, its peer (the bare server with the framework's own
+    request logging), ours with every request logged and ours with RUST_LOG=warn, taking
+    turns in every round, same machine, same run."""
+    cases = [("flows", "/greet", "bare-actix", "actix-web"),
+             ("reflection", "/api/__health", "bare-poem", "poem"),
+             ("devui", "/__healthz", "bare-salvo", "salvo"),
+             ("admin", "/__healthz", "bare-axum", "axum")]
+    ours = Ours(workdir, admin=True)
+    quiet = Ours(workdir, log="warn", admin=True)
     rss_start = rss_mib(ours.proc.pid)
     results = []
     try:
-        for server, path, bare_name, bare_path, framework in cases:
-            bare = Bare(bare_name)
+        for server, path, bare_name, framework in cases:
+            peer_log = Path(workdir) / f"peer-{bare_name}.log"
+            bare, peer = Bare(bare_name), Bare(bare_name, log_to=peer_log)
+            urls = {"bare": bare.url(path), "peer": peer.url(path),
+                    "ours": ours.url(server, path), "ours_quiet": quiet.url(server, path)}
+            runs = {c: [] for c in CONTENDERS}
             try:
-                wrk(bare.url(bare_path), 1)  # warm-up
-                wrk(ours.url(server, path), 1)
-                mine, base = [], []
+                for c in CONTENDERS:
+                    wrk(urls[c], 1)  # warm-up
                 for _ in range(rounds):
-                    base.append(wrk(bare.url(bare_path), seconds))
-                    mine.append(wrk(ours.url(server, path), seconds))
+                    for c in CONTENDERS:
+                        runs[c].append(wrk(urls[c], seconds))
             finally:
                 bare.stop()
+                peer.stop()
             row = {"framework": framework, "endpoint": f"GET {path}",
-                   "ours": {k: median_of(mine, k) for k in ("rps", "p50_ms", "p99_ms")},
-                   "bare": {k: median_of(base, k) for k in ("rps", "p50_ms", "p99_ms")},
-                   "errors": sum(sum(r["socket_errors"].values()) + r["non_2xx"] for r in mine)}
-            row["ratio"] = row["ours"]["rps"] / row["bare"]["rps"]
+                   "peer_log_lines": sum(1 for _ in open(peer_log)),
+                   "errors": sum(sum(r["socket_errors"].values()) + r["non_2xx"]
+                                 for c in ("ours", "ours_quiet") for r in runs[c])}
+            for c in CONTENDERS:
+                row[c] = {k: median_of(runs[c], k) for k in ("rps", "p50_ms", "p99_ms")}
+                row[c]["ratio"] = row[c]["rps"] / row["bare"]["rps"]
+            row["ratio"] = row["ours"]["ratio"]
             results.append(row)
         rss_loaded = rss_mib(ours.proc.pid)
         log_lines = sum(1 for _ in open(ours.log.name))
     finally:
         code, _ = ours.stop()
+        quiet.stop()
     return results, {"rss_after_start_mib": rss_start, "rss_after_load_mib": rss_loaded,
                      "log_lines": log_lines, "exit": code}
 
@@ -334,15 +362,18 @@ def main():
 
     print(f"## multi-server benchmarks ({os.cpu_count()} CPUs; wrk -t2 -c50, "
           f"{args.seconds}s x {args.rounds} alternating rounds, medians)\n")
-    print("### 1. Manager overhead: ours (manager + middleware + per-request logging to a file) vs bare\n")
-    print("| server | endpoint | ours req/s | bare req/s | ratio (goal >= 0.95) | ours p50/p99 ms | bare p50/p99 ms |")
+    print("### 1. Manager overhead: bare, peer (bare + the framework's own request logger, to a file), "
+          "ours (manager + edge + every request logged to a file), ours with RUST_LOG=warn\n")
+    print("| server | endpoint | bare req/s | peer req/s (ratio) | ours req/s (ratio, goal >= 0.95) "
+          "| ours quiet req/s (ratio) | p99 ms bare / peer / ours / quiet |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in over:
-        print(f"| {r['framework']} | {r['endpoint']} | {fmt(r['ours']['rps'])} | {fmt(r['bare']['rps'])} "
-              f"| {r['ratio']:.3f} | {fmt(r['ours']['p50_ms'], 2)}/{fmt(r['ours']['p99_ms'], 2)} "
-              f"| {fmt(r['bare']['p50_ms'], 2)}/{fmt(r['bare']['p99_ms'], 2)} |")
+        cells = " | ".join(f"{fmt(r[c]['rps'])} ({r[c]['ratio']:.3f})" for c in CONTENDERS[1:])
+        p99 = " / ".join(fmt(r[c]["p99_ms"], 2) for c in CONTENDERS)
+        print(f"| {r['framework']} | {r['endpoint']} | {fmt(r['bare']['rps'])} | {cells} | {p99} |")
     print(f"\nErrors during our load runs: {sum(r['errors'] for r in over)}; "
-          f"request log lines written: {memory['log_lines']:,}\n")
+          f"request log lines written: ours {memory['log_lines']:,}, peers "
+          f"{sum(r['peer_log_lines'] for r in over):,}\n")
     print("### 2-4. Startup, shutdown, memory (original Python sample in brackets)\n")
     print("| measure | figure | goal |")
     print("|---|---:|---|")

@@ -19,7 +19,8 @@
 # one worker), in dev mode reflection (poem, `GET /api/__health`) and devui (salvo,
 # `GET /__healthz`), and admin (axum, `GET /__healthz`) when the binary's banner lists it; each
 # with logging on (RUST_LOG=info, to a file) and off (RUST_LOG=warn), next to a bare server of
-# the same framework (bench/src/bin/bare-*.rs: no manager, no middleware).
+# the same framework (bench/src/bin/bare-*.rs: no manager, no middleware) and its peer (the
+# bare server with `--log`: the framework's idiomatic request logging, to a file).
 #
 # --binary: the multi-server binary; --bench-bins: the directory with seq-client and bare-*
 # (both default to ${CARGO_TARGET_DIR:-target}/release, built first with cargo; give both to
@@ -237,7 +238,7 @@ for name in flows reflection devui admin; do
 done
 
 started=$SECONDS
-declare -A on off bare raw
+declare -A on off bare peer raw
 bare_order=()
 for name in "${targets[@]}"; do
   read -ra args <<<"$(mode_args "${mode_of[$name]}")"
@@ -250,6 +251,8 @@ for name in "${targets[@]}"; do
     read -ra args <<<"${bare_args[$fw]}"
     per_request bare "${bare_path[$fw]}" warn -- "$bench_bins/${bare_bin[$fw]}" "${args[@]}"
     bare[$fw]=$ir raw[bare.$fw]=$totals
+    per_request bare "${bare_path[$fw]}" info -- "$bench_bins/${bare_bin[$fw]}" "${args[@]}" --log
+    peer[$fw]=$ir raw[peer.$fw]=$totals
     bare_order+=("$fw")
   fi
 done
@@ -263,14 +266,15 @@ workers_note="tokio workers: ${tokio_workers:-default (one per CPU, $(nproc) her
 echo "## Instructions per request (callgrind Ir; ($n2 - $n1) requests difference, median of $repeat; $vg_version)"
 echo
 echo "One keep-alive connection, one request at a time; release build; actix with one worker; $workers_note."
-echo "Logging on: RUST_LOG=info (every request logged, to a file); off: RUST_LOG=warn."
+echo "Logging on: RUST_LOG=info (every request logged, to a file); off: RUST_LOG=warn. Peer: the bare"
+echo "server with its framework's own request logging (\`bare-* --log\`), RUST_LOG=info, to a file."
 echo
-echo "| target | framework | path | Ir/request logging on | Ir/request logging off | bare baseline | ratio to bare (on / off) |"
-echo "|---|---|---|---:|---:|---:|---:|"
+echo "| target | framework | path | bare | peer with its logger | ours, logging on | ours, logging off | ratio to bare: peer / on / off (goal on <= 1.15) |"
+echo "|---|---|---|---:|---:|---:|---:|---:|"
 for name in "${targets[@]}"; do
   fw=${framework_of[$name]}
-  b=${bare[$fw]:-}
-  echo "| $name | $fw | GET ${path_of[$name]} | $(commas "${on[$name]}") | $(commas "${off[$name]}") | $(commas "$b")${bare_bin[$fw]:+ (${bare_bin[$fw]})} | $(ratio "${on[$name]}" "$b") / $(ratio "${off[$name]}" "$b") |"
+  b=${bare[$fw]:-} p=${peer[$fw]:-}
+  echo "| $name | $fw | GET ${path_of[$name]} | $(commas "$b")${bare_bin[$fw]:+ (${bare_bin[$fw]})} | $(commas "$p") | $(commas "${on[$name]}") | $(commas "${off[$name]}") | $(ratio "$p" "$b") / $(ratio "${on[$name]}" "$b") / $(ratio "${off[$name]}" "$b") |"
 done
 echo
 echo "$runs valgrind runs in ${elapsed} s."
@@ -298,8 +302,10 @@ mkdir -p "$(dirname "$json")"
   echo "  \"bare\": {"
   sep=""
   for fw in "${bare_order[@]+"${bare_order[@]}"}"; do
-    printf '%s    "%s": {"binary": "%s", "path": "%s", "ir_per_request": %s, "totals": %s}' \
+    printf '%s    "%s": {"binary": "%s", "path": "%s", "ir_per_request": %s, "totals": %s,\n' \
       "$sep" "$fw" "${bare_bin[$fw]}" "${bare_path[$fw]}" "${bare[$fw]}" "${raw[bare.$fw]}"
+    printf '     "peer": {"args": "--log", "ir_per_request": %s, "totals": %s}}' \
+      "${peer[$fw]}" "${raw[peer.$fw]}"
     sep=$',\n'
   done
   echo

@@ -7,13 +7,13 @@
 #
 # Needs wrk (apt-get install wrk) and python3. Prints a markdown table and writes JSON to
 # target/bench/results.json (CARGO_TARGET_DIR is honoured: binaries and JSON live under it).
-# Takes about 4 minutes with the defaults.
+# Takes about 7 minutes with the defaults (the overhead table alone about 4).
 #
-# For a figure that does not move with the machine's load, bench/callgrind.sh counts
-# instructions per request (valgrind's callgrind, one sequential keep-alive client) for the
-# same servers and bare baselines: repeatable to 0.1-3% where req/s moves by 10%, so it shows
-# small per-request costs (a middleware, a log line) that wrk's noise hides. It takes about
-# 75 s and needs valgrind.
+# Then, when valgrind is installed, the figure that does not move with the machine's load:
+# bench/callgrind.sh counts instructions per request (valgrind's callgrind, one sequential
+# keep-alive client, one tokio worker) for the same servers, their bare baselines and peers:
+# repeatable to 0.1-3% where req/s moves by 10%, so it shows small per-request costs (a
+# middleware, a log line) that wrk's noise hides. About 2 more minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v wrk >/dev/null; then
@@ -22,4 +22,12 @@ if ! command -v wrk >/dev/null; then
 fi
 cargo build --release -q --bin multi-server -p multi-server
 cargo build --release -q -p multi-server-bench
-exec python3 bench/bench.py "$@"
+python3 bench/bench.py "$@"
+if command -v valgrind >/dev/null; then
+  echo
+  target_dir=${CARGO_TARGET_DIR:-target}
+  bench/callgrind.sh --binary "$target_dir/release/multi-server" \
+    --bench-bins "$target_dir/release" --tokio-workers 1 --n1 1000 --n2 5000
+else
+  echo "(no valgrind: the instruction counts of bench/callgrind.sh are left out)"
+fi

@@ -1,33 +1,57 @@
 //! Baseline for `bench/run.sh`: actix-web answering `GET /greet` with the same bytes as the
-//! flows API, with no manager and no middleware. Usage: `bare-actix <port> [workers]`.
+//! flows API, with no manager and no middleware. Usage: `bare-actix <port> [workers] [--log]`.
+//!
+//! With `--log`, the peer a user would write instead: actix's own `middleware::Logger`
+//! through `env_logger` (`RUST_LOG`, default `info`), every request logged to stderr.
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpResponse, HttpServer, middleware::Logger, web};
 
 const GREETING: &str = r#"{"greeting":"Hello from greeting endpoints app!"}"#;
 
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/greet",
+        web::get().to(|| async {
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(GREETING)
+        }),
+    );
+}
+
+fn print_addrs(addrs: Vec<std::net::SocketAddr>) {
+    for addr in addrs {
+        println!("http://{addr}");
+    }
+}
+
 fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let log = std::env::args().any(|a| a == "--log");
+    if log {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    }
+    let mut args = std::env::args().skip(1).filter(|a| a != "--log");
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let workers: usize = args.next().and_then(|w| w.parse().ok()).unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(async move {
-            let server = HttpServer::new(|| {
-                App::new().route(
-                    "/greet",
-                    web::get().to(|| async {
-                        HttpResponse::Ok()
-                            .content_type("application/json")
-                            .body(GREETING)
-                    }),
-                )
-            })
-            .workers(workers)
-            .bind(("127.0.0.1", port))?;
-            for addr in server.addrs() {
-                println!("http://{addr}");
-            }
-            server.run().await
+            // Two servers, not `Condition`: the bare one must not pay for a wrapper either.
+            let server = if log {
+                let server =
+                    HttpServer::new(|| App::new().wrap(Logger::default()).configure(routes))
+                        .workers(workers)
+                        .bind(("127.0.0.1", port))?;
+                print_addrs(server.addrs());
+                server.run()
+            } else {
+                let server = HttpServer::new(|| App::new().configure(routes))
+                    .workers(workers)
+                    .bind(("127.0.0.1", port))?;
+                print_addrs(server.addrs());
+                server.run()
+            };
+            server.await
         })
 }

@@ -1,8 +1,11 @@
 //! Baseline for `bench/run.sh`: poem answering `GET /api/__health` with the same bytes as the
-//! reflection server, with no manager and no middleware. Usage: `bare-poem <port>`.
+//! reflection server, with no manager and no middleware. Usage: `bare-poem <port> [--log]`.
+//!
+//! With `--log`, the peer a user would write instead: poem's own `middleware::Tracing`
+//! through `tracing_subscriber::fmt` (`RUST_LOG`, default `info`), to stderr.
 
 use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{Response, Route, get, handler};
+use poem::{EndpointExt, Response, Route, get, handler};
 
 #[handler]
 fn health() -> Response {
@@ -12,10 +15,8 @@ fn health() -> Response {
 }
 
 fn main() -> std::io::Result<()> {
-    let port: u16 = std::env::args()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let log = multi_server_bench::peer_logging();
+    let port = multi_server_bench::port_arg();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -29,6 +30,11 @@ fn main() -> std::io::Result<()> {
                 }
             }
             let app = Route::new().at("/api/__health", get(health));
-            poem::Server::new_with_acceptor(acceptor).run(app).await
+            let server = poem::Server::new_with_acceptor(acceptor);
+            if log {
+                server.run(app.with(poem::middleware::Tracing)).await
+            } else {
+                server.run(app).await
+            }
         })
 }

@@ -1,5 +1,9 @@
 //! Baseline for `bench/run.sh`: salvo answering `GET /__healthz` with a body of the same
-//! shape and size as the Dev UI's, with no manager and no middleware. Usage: `bare-salvo <port>`.
+//! shape and size as the Dev UI's, with no manager and no middleware. Usage:
+//! `bare-salvo <port> [--log]`.
+//!
+//! With `--log`, the peer a user would write instead: salvo's own `logging::Logger`
+//! through `tracing_subscriber::fmt` (`RUST_LOG`, default `info`), to stderr.
 
 use salvo::prelude::*;
 
@@ -12,10 +16,8 @@ async fn healthz(res: &mut Response) {
 }
 
 fn main() -> std::io::Result<()> {
-    let port: u16 = std::env::args()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let log = multi_server_bench::peer_logging();
+    let port = multi_server_bench::port_arg();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -26,7 +28,12 @@ fn main() -> std::io::Result<()> {
             let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(
                 tokio::net::TcpListener::from_std(std_listener)?,
             )?;
-            let router = Router::with_path("__healthz").get(healthz);
+            let mut router = Router::with_path("__healthz").get(healthz);
+            if log {
+                router = Router::new()
+                    .hoop(salvo::logging::Logger::new())
+                    .push(router);
+            }
             Server::new(acceptor).try_serve(router).await
         })
 }
