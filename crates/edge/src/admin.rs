@@ -44,7 +44,7 @@ pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
         }
     };
     let reply = match head.path {
-        "/__healthz" => get(&|| errors::json(StatusCode::OK, &manager.health())),
+        "/__healthz" => get(&|| errors::json_bytes(StatusCode::OK, health_body(&manager.health()))),
         "/__readyz" => get(&|| {
             let readiness = manager.readiness();
             let status = if readiness.ready {
@@ -66,6 +66,21 @@ pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
         _ => return None,
     };
     Some(reply)
+}
+
+/// `/__healthz`'s body, written field by field: the liveness probe is the request a process
+/// gets most, and serde's generic path (escaping every key) cost ~550 instructions of it
+/// (callgrind). The same bytes as serializing [`manager::admin::Health`] (a test says so).
+fn health_body(health: &manager::admin::Health) -> Vec<u8> {
+    let mut body = Vec::with_capacity(96);
+    body.extend_from_slice(b"{\"status\":");
+    let _ = serde_json::to_writer(&mut body, health.status);
+    body.extend_from_slice(b",\"timestamp\":");
+    let _ = serde_json::to_writer(&mut body, &health.timestamp);
+    body.extend_from_slice(b",\"uptime_seconds\":");
+    let _ = serde_json::to_writer(&mut body, &health.uptime_seconds);
+    body.push(b'}');
+    body
 }
 
 /// Why an admin change is refused, as the answer to send, if it is: 403 when
@@ -164,6 +179,21 @@ pub fn force_readiness_fail(ctx: &ServeContext, head: &RequestHead<'_>, fail: bo
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_health_body_is_the_serialized_health() {
+        for (timestamp, uptime_seconds) in [(1_795_700_000.123_456, 12.345_678), (0.0, 1e-7)] {
+            let health = manager::admin::Health {
+                status: "ok",
+                timestamp,
+                uptime_seconds,
+            };
+            assert_eq!(
+                String::from_utf8(super::health_body(&health)).unwrap(),
+                serde_json::to_string(&health).unwrap()
+            );
+        }
+    }
+
     use super::bearer;
 
     #[test]

@@ -17,8 +17,15 @@ pub fn error_body(status: StatusCode, message: &str) -> Value {
 /// A JSON answer with `status`. Serialized straight to bytes (no `Value` built on the way):
 /// the admin endpoints answer probes many times a second.
 pub fn json(status: StatusCode, body: &impl serde::Serialize) -> Reply {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec());
-    let mut res = Response::new(Bytes::from(bytes));
+    json_bytes(
+        status,
+        serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec()),
+    )
+}
+
+/// `status` with `body`, already JSON.
+pub fn json_bytes(status: StatusCode, body: Vec<u8>) -> Reply {
+    let mut res = Response::new(Bytes::from(body));
     *res.status_mut() = status;
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
