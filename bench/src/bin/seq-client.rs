@@ -2,7 +2,9 @@
 //! time, each response read in full (Content-Length or chunked) before the next is sent, so
 //! the server under callgrind does the same work for every request and nothing overlaps.
 //!
-//! Usage: `seq-client <host:port> <path> <count> [--timeout <secs>] [--deadline <secs>]`
+//! Usage: `seq-client <host:port> <path> <count> [--post <json>] [--timeout <secs>] [--deadline <secs>]`
+//!
+//! `--post` sends each request as a `POST` with that JSON body (a flow run, `runAction`).
 //!
 //! `--timeout` bounds every socket read and write (default 30 s: the server may run under
 //! valgrind), `--deadline` the whole run (default 600 s). Exits 0 after `count` 2xx
@@ -20,14 +22,15 @@ struct Args {
     count: u64,
     timeout: Duration,
     deadline: Duration,
+    post: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let usage =
-        "usage: seq-client <host:port> <path> <count> [--timeout <secs>] [--deadline <secs>]";
+    let usage = "usage: seq-client <host:port> <path> <count> [--post <json>] [--timeout <secs>] [--deadline <secs>]";
     let mut positional = Vec::new();
     let mut timeout = Duration::from_secs(30);
     let mut deadline = Duration::from_secs(600);
+    let mut post = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut secs = |name: &str| -> Result<Duration, String> {
@@ -42,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--timeout" => timeout = secs("--timeout")?,
             "--deadline" => deadline = secs("--deadline")?,
+            "--post" => post = Some(args.next().ok_or(format!("--post needs a body\n{usage}"))?),
             "-h" | "--help" => return Err(usage.into()),
             _ => positional.push(arg),
         }
@@ -58,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         path,
         count,
         timeout,
+        post,
         deadline,
     })
 }
@@ -211,10 +216,19 @@ fn run(args: &Args) -> Result<(), String> {
     stream
         .set_write_timeout(Some(args.timeout))
         .map_err(|e| e.to_string())?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: seq-client\r\nAccept: */*\r\n\r\n",
-        args.path, args.addr
-    );
+    let request = match &args.post {
+        None => format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: seq-client\r\nAccept: */*\r\n\r\n",
+            args.path, args.addr
+        ),
+        Some(body) => format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: seq-client\r\nAccept: */*\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            args.path,
+            args.addr,
+            body.len()
+        ),
+    };
     let mut conn = Conn {
         stream,
         buf: Vec::with_capacity(16 << 10),
