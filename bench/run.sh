@@ -13,7 +13,7 @@
 # bench/callgrind.sh counts instructions per request (valgrind's callgrind, one sequential
 # keep-alive client, one tokio worker) for the same servers, their bare baselines and peers:
 # repeatable to 0.1-3% where req/s moves by 10%, so it shows small per-request costs (a
-# middleware, a log line) that wrk's noise hides. About 2 more minutes.
+# middleware, a log line) that wrk's noise hides. About a minute more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v wrk >/dev/null; then

@@ -10,7 +10,7 @@
 /// `tracing` frameworks (poem, salvo, axum) log through: `tracing_subscriber::fmt` to stderr,
 /// filtered by `RUST_LOG` (default `info`).
 pub fn peer_logging() -> bool {
-    let log = std::env::args().any(|a| a == "--log");
+    let log = log_flag();
     if log {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -21,6 +21,11 @@ pub fn peer_logging() -> bool {
             .init();
     }
     log
+}
+
+/// Whether `--log` was given (the peer, not the bare server).
+pub fn log_flag() -> bool {
+    std::env::args().any(|a| a == "--log")
 }
 
 /// The port: the first argument that is not a flag (0, any free port, if none parses).

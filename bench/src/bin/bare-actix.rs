@@ -26,7 +26,7 @@ fn print_addrs(addrs: Vec<std::net::SocketAddr>) {
 }
 
 fn main() -> std::io::Result<()> {
-    let log = std::env::args().any(|a| a == "--log");
+    let log = multi_server_bench::log_flag();
     if log {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     }

@@ -69,8 +69,8 @@ pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
 }
 
 /// `/__healthz`'s body, written field by field: the liveness probe is the request a process
-/// gets most, and serde's generic path (escaping every key) cost ~550 instructions of it
-/// (callgrind). The same bytes as serializing [`manager::admin::Health`] (a test says so).
+/// gets most, and serde's generic path (escaping every key) cost ~700 instructions more per
+/// probe (callgrind: salvo 27,244 to 26,490, axum 17,526 to 16,848). The same bytes as serializing [`manager::admin::Health`] (a test says so).
 fn health_body(health: &manager::admin::Health) -> Vec<u8> {
     let mut body = Vec::with_capacity(96);
     body.extend_from_slice(b"{\"status\":");

@@ -313,12 +313,7 @@ impl Edge {
         if self.reads_headers(method, path) {
             RequestHead::from_parts(method, path, peer, headers, authority)
         } else {
-            RequestHead {
-                method,
-                path,
-                peer,
-                ..RequestHead::default()
-            }
+            RequestHead::without_headers(method, path, peer)
         }
     }
 
@@ -330,15 +325,11 @@ impl Edge {
         headers: &'a http::HeaderMap,
         peer: Option<std::net::IpAddr>,
     ) -> RequestHead<'a> {
-        self.head(
-            method.as_str(),
-            uri.path(),
-            peer,
-            headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_bytes())),
-            || uri.authority().map(|a| a.as_str()),
-        )
+        if self.reads_headers(method.as_str(), uri.path()) {
+            RequestHead::of(method, uri, headers, peer)
+        } else {
+            RequestHead::without_headers(method.as_str(), uri.path(), peer)
+        }
     }
 
     /// Begins a request: its scope (counted and logged from now on) and, when the edge

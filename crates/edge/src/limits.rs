@@ -205,13 +205,14 @@ impl<T: std::fmt::Debug> std::fmt::Debug for HeadDeadline<T> {
 impl<T> HeadDeadline<T> {
     /// Wraps a freshly accepted connection: its first head is due within `timeout`.
     pub fn new(inner: T, timeout: Duration) -> Self {
+        let deadline = Instant::now() + timeout;
         HeadDeadline {
             inner,
             timeout,
             phase: Phase::Head { newlines: 0 },
             first_read: true,
-            deadline: Instant::now() + timeout,
-            timer: Box::pin(tokio::time::sleep(timeout)),
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
             busy: None,
         }
     }

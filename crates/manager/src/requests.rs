@@ -525,6 +525,47 @@ mod tests {
         Arc::new(RequestTracker::new("t".into(), Arc::default()))
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_that_end_on_another_thread_are_counted_once_and_wake_the_drain() {
+        let tracker = tracker();
+        // Begun on threads of their own (each its own in-flight shard and id block), ended
+        // here.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let tracker = Arc::clone(&tracker);
+                std::thread::spawn(move || -> Vec<RequestGuard> {
+                    (0..3).map(|_| tracker.begin("GET", "/x")).collect()
+                })
+            })
+            .collect();
+        let guards: Vec<RequestGuard> = threads
+            .into_iter()
+            .flat_map(|thread| thread.join().unwrap())
+            .collect();
+        assert_eq!(tracker.in_flight(), 12);
+        let ids: std::collections::BTreeSet<u64> = guards.iter().map(RequestGuard::id).collect();
+        assert_eq!(ids.len(), 12, "ids are unique across threads: {ids:?}");
+        tracker.start_draining();
+        let idle = tokio::spawn({
+            let tracker = Arc::clone(&tracker);
+            async move { tracker.wait_idle().await }
+        });
+        let mut guards = guards.into_iter();
+        for guard in guards.by_ref().take(11) {
+            guard.finish(200);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!idle.is_finished(), "one request is still in flight");
+        assert_eq!(tracker.in_flight(), 1);
+        guards.for_each(|guard| guard.finish(200));
+        tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .expect("the last request to end wakes the drain")
+            .unwrap();
+        assert_eq!(tracker.in_flight(), 0);
+        assert_eq!(tracker.served(), 12);
+    }
+
     #[test]
     fn a_histogram_since_an_earlier_snapshot_holds_only_the_new_observations() {
         let mut h = LatencyHistogram::default();
