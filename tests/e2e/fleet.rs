@@ -310,14 +310,11 @@ fn once(
     body: &str,
     expect: &str,
 ) -> Result<(), String> {
-    let mut conn = multi_server_e2e::Conn::connect(addr).map_err(|e| format!("connect: {e}"))?;
     let headers = [
         ("Connection", "close"),
         ("Content-Type", "application/json"),
     ];
-    let answer = conn
-        .request(method, path, &headers, body.as_bytes())
-        .map_err(|failure| format!("{failure:?}"))?;
+    let answer = multi_server_e2e::try_once(addr, method, path, &headers, body.as_bytes())?;
     let text = answer.text();
     if answer.status == 200 && text.contains(expect) {
         Ok(())
@@ -472,6 +469,28 @@ fn the_haproxy_recipe_is_valid() {
         "/../../deploy/haproxy/haproxy.cfg"
     ))
     .unwrap();
+    // The same settings as the template the fleet test runs, filled in for three hosts, so
+    // the two files cannot drift apart.
+    let filled = format!(
+        include_str!("../../deploy/haproxy/haproxy.cfg.in"),
+        stats = "/run/haproxy/admin.sock",
+        frontend = ":80",
+        servers = (1..=3)
+            .map(|i| format!("    server host{i} 10.0.0.1{i}:3400 check\n"))
+            .collect::<String>(),
+    );
+    let settings = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(str::trim_end)
+            .filter(|line| !line.is_empty() && !line.trim_start().starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        settings(&recipe),
+        settings(&filled),
+        "deploy/haproxy/haproxy.cfg is haproxy.cfg.in filled in for three hosts"
+    );
     let recipe = recipe.replace(
         "/run/haproxy/admin.sock",
         &dir.join("admin.sock").display().to_string(),

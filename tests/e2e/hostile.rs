@@ -183,7 +183,7 @@ fn no_web_page_nor_proxied_client_can_change_the_process() {
     ];
     for server in SERVERS {
         let base = p.url(server);
-        for path in ["/__quitquitquitz", "/__readyz/fail"] {
+        for path in edge::admin::CHANGES {
             for headers in hostile {
                 let answer = change(base, path, headers);
                 assert_eq!(
@@ -292,7 +292,7 @@ fn changes_can_be_left_to_the_admin_listener_and_a_bad_token_is_a_clear_error() 
     let file = token_file.to_str().unwrap();
     let mut p = start(&["--changes-on-admin-only", "--admin-token-file", file]);
     let bearer = format!("Bearer {TOKEN}");
-    for path in ["/__quitquitquitz", "/__readyz/fail", "/__readyz/ok"] {
+    for path in edge::admin::CHANGES {
         let answer = change(p.url("flows"), path, &[("authorization", &bearer)]);
         assert_eq!(answer.status, 403, "{path}: {}", answer.text);
         assert!(answer.text.contains("admin listener"), "{}", answer.text);

@@ -6,12 +6,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use multi_server_e2e::{Adopted, Process, WAIT, alive, eventually, get, post, temp_dir};
 use serde_json::Value;
 
-use super::{DEV_ENV, bin, dev_args};
+use super::bin;
 
 const EXIT_WAIT: Duration = Duration::from_secs(20);
 
@@ -79,10 +79,8 @@ impl Probes {
 /// `GET /__healthz` on a connection of its own (refused and reset connections show here).
 fn fresh_get(url: &str) -> Result<u16, String> {
     let addr = multi_server_e2e::addr(url);
-    let mut conn = multi_server_e2e::Conn::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    conn.request("GET", "/__healthz", &[("Connection", "close")], b"")
+    multi_server_e2e::try_once(addr, "GET", "/__healthz", &[("Connection", "close")], b"")
         .map(|answer| answer.status)
-        .map_err(|failure| format!("{failure:?}"))
 }
 
 fn pid_of(admin: &str) -> u64 {
@@ -95,11 +93,9 @@ fn upgrade_state(admin: &str) -> Value {
     get(&format!("{admin}/__serverz")).json["upgrade"].clone()
 }
 
+/// The dev servers and the admin listener.
 fn start_dev(extra: &[&str]) -> Process {
-    let mut args = dev_args();
-    args.extend_from_slice(&["--admin-ports", "0", "--devui-ports", "0"]);
-    args.extend_from_slice(extra);
-    Process::start_with_env(bin(), &args, DEV_ENV)
+    super::start_dev(&[&["--admin-ports", "0"][..], extra].concat())
 }
 
 #[test]
@@ -121,7 +117,6 @@ fn an_upgrade_under_load_refuses_nothing_and_the_successor_upgrades_again() {
         move || get(&format!("{flows}/__test/slow?ms=1500"))
     });
     thread::sleep(Duration::from_millis(100));
-    let started = Instant::now();
     let answer = post(&format!("{admin}/__upgradez"), "application/json", "");
     assert_eq!(answer.status, 202, "{}", answer.json);
     let new_pid = answer.json["new_pid"].as_u64().expect("new_pid");
@@ -129,7 +124,6 @@ fn an_upgrade_under_load_refuses_nothing_and_the_successor_upgrades_again() {
     eventually("the new process answering", || {
         (pid_of(&admin) == new_pid).then_some(())
     });
-    let took_over = started.elapsed();
     let slow = slow.join().unwrap();
     assert_eq!(slow.status, 200, "the slow request was cut: {}", slow.json);
     let status = p.wait_exit(EXIT_WAIT);
@@ -164,7 +158,6 @@ fn an_upgrade_under_load_refuses_nothing_and_the_successor_upgrades_again() {
         ok + failures.len() as u64
     );
     assert!(ok > 100, "only {ok} probe requests");
-    assert!(took_over < WAIT, "{took_over:?}");
 }
 
 /// A script standing in for a new binary that fails.

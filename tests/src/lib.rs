@@ -901,9 +901,25 @@ pub fn once(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Answer {
-    let mut conn = Conn::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    try_once(addr, method, path, headers, body)
+        .unwrap_or_else(|failure| panic!("{method} {path} on {addr}: {failure}"))
+}
+
+/// [`once`], with what went wrong (a refused or reset connection, a bad answer) as the error,
+/// for load and probe clients that count failures instead of failing.
+///
+/// # Errors
+/// The connection or the request failed.
+pub fn try_once(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Answer, String> {
+    let mut conn = Conn::connect(addr).map_err(|e| format!("connect: {e}"))?;
     conn.request(method, path, headers, body)
-        .unwrap_or_else(|f| panic!("{method} {path} on {addr}: {f:?}"))
+        .map_err(|failure| format!("{failure:?}"))
 }
 
 /// Whether process `pid` runs (a zombie nobody reaped yet counts as gone).

@@ -67,14 +67,10 @@ impl AdminApi {
 async fn index(Extension(edge): Extension<Edge>) -> Json<Value> {
     Json(json!({
         "server": edge.ctx().name(),
-        "endpoints": {
-            "GET /__healthz": "liveness of the process",
-            "GET /__readyz": "readiness: 200 when every required server serves, 503 with the reason otherwise",
-            "GET /__serverz": "the process and every server, live",
-            "POST /__quitquitquitz": "graceful shutdown (loopback peers only, never cross-site, with the admin token if one is set)",
-            "POST /__readyz/fail": "force readiness to fail (same rules)",
-            "POST /__readyz/ok": "let readiness follow the servers again (same rules)",
-        },
+        "endpoints": edge::admin::ENDPOINTS
+            .iter()
+            .map(|(endpoint, what)| (endpoint.to_string(), json!(what)))
+            .collect::<serde_json::Map<_, _>>(),
     }))
 }
 

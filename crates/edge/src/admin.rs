@@ -22,6 +22,36 @@ pub const PATHS: [&str; 8] = [
     "/__upgradez",
 ];
 
+/// Every admin endpoint as `METHOD path` with what it does, for a listener's index page.
+pub const ENDPOINTS: [(&str, &str); 8] = [
+    ("GET /__healthz", "liveness of the process"),
+    (
+        "GET /__readyz",
+        "readiness: 200 when every required server serves, 503 with the reason otherwise",
+    ),
+    ("GET /__serverz", "the process and every server, live"),
+    (
+        "GET /__metrics",
+        "request and flow metrics (Prometheus text, or OpenMetrics when asked)",
+    ),
+    (
+        "POST /__quitquitquitz",
+        "graceful shutdown (loopback peers only, never cross-site, with the admin token if one is set)",
+    ),
+    (
+        "POST /__readyz/fail",
+        "force readiness to fail (same rules)",
+    ),
+    (
+        "POST /__readyz/ok",
+        "let readiness follow the servers again (same rules)",
+    ),
+    (
+        "POST /__upgradez",
+        "replace this process with a new binary on the same sockets (same rules)",
+    ),
+];
+
 /// The metrics endpoint (Prometheus, OpenMetrics).
 pub const METRICS: &str = "/__metrics";
 
@@ -179,6 +209,23 @@ pub fn force_readiness_fail(ctx: &ServeContext, head: &RequestHead<'_>, fail: bo
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_index_lists_every_admin_endpoint_with_its_method() {
+        let listed: Vec<&str> = super::ENDPOINTS.iter().map(|(e, _)| *e).collect();
+        for path in super::PATHS {
+            let method = if super::CHANGES.contains(&path) {
+                "POST"
+            } else {
+                "GET"
+            };
+            assert!(
+                listed.contains(&format!("{method} {path}").as_str()),
+                "{path}: {listed:?}"
+            );
+        }
+        assert_eq!(listed.len(), super::PATHS.len());
+    }
+
     #[test]
     fn the_health_body_is_the_serialized_health() {
         for (timestamp, uptime_seconds) in [(1_795_700_000.123_456, 12.345_678), (0.0, 1e-7)] {

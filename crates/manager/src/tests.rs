@@ -1291,6 +1291,7 @@ async fn a_client_past_the_drain_deadline_is_cut_and_one_that_dies_is_a_failure(
         let report = report_of(run).await;
         // Abandoned after the deadline and the grace: its call counts as cut.
         assert_eq!(report.outcome(), Outcome::Failed);
+        assert_eq!(report.requests_cut, 1, "{report:?}");
         assert!(
             matches!(&report.failures[0], Error::Unresponsive { server, .. } if server == "slow"),
             "{:?}",
