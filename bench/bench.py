@@ -141,6 +141,11 @@ def wrk(url, seconds, connections=50, script=None):
     if script:
         cmd += ["-s", script]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 30).stdout
+    return wrk_summary(out)
+
+
+def wrk_summary(out):
+    """The figures of one wrk run's output (`--latency` for p50/p99)."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = {p: parse_ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)

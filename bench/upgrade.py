@@ -16,7 +16,6 @@ import ctypes
 import http.client
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,26 +23,19 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "multi-server")
+import bench
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
 def start(extra=()):
-    env = dict(os.environ, MULTI_SERVER_DEVUI_PORTS="0", GENKIT_TELEMETRY_SERVER="")
-    args = [BINARY, "--dev", "--flows-ports", "0", "--reflection-ports", "0", "--reflection-delay", "0s",
-            "--admin-ports", "0", "--log-format", "json", *extra]
-    log = tempfile.NamedTemporaryFile(prefix="upgrade-bench-", suffix=".log", delete=False)
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
-    urls = {}
-    deadline = time.time() + 20
-    while time.time() < deadline and len(urls) < 4:
-        line = proc.stdout.readline()
-        m = re.match(r"\s+(\S+)\s+\S+\s+(http://\S+)", line)
-        if m:
-            urls[m.group(1)] = m.group(2)
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
-    return proc, urls, log.name
+    """The release binary in dev mode with the admin listener (bench.Ours), JSON logs; its
+    stdout drained from then on (successors print their banner there too)."""
+    ours = bench.Ours(tempfile.mkdtemp(prefix="upgrade-bench-"),
+                      extra=["--log-format", "json", *extra], admin=True)
+    threading.Thread(target=ours.proc.stdout.read, daemon=True).start()
+    urls = {name: ours.url(name, "") for name in ours.urls}
+    return ours.proc, urls
 
 
 def request(url, method="GET", path="/__healthz", body=None, keep=None, timeout=15):
@@ -132,16 +124,8 @@ def wait_exit(pid, timeout=30):
     return None
 
 
-def wrk_totals(text):
-    requests = int(re.search(r"(\d+) requests in", text).group(1))
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    e = [int(x) for x in errors.groups()] if errors else [0, 0, 0, 0]
-    return requests, e, int(non2xx.group(1)) if non2xx else 0
-
-
 def five_in_a_row():
-    proc, urls, log = start()
+    proc, urls = start()
     admin, flows = urls["admin"], urls["flows"]
     print(" servers:", urls)
     probes = Probes(list(urls.values()))
@@ -182,7 +166,10 @@ def five_in_a_row():
     print(" n  answer  old pid -> new pid   trigger->new serving   slow request (status, complete)   old exit")
     for n, status, old, new, took, slow_result, code in rows:
         print(f" {n}  {status}     {old:>7} -> {new:<7}  {took:8.1f} ms            {str(slow_result):<30}   {code}")
-    requests, (connect, read, write, timeout), non2xx = wrk_totals(wrk_out)
+    summary = bench.wrk_summary(wrk_out)
+    requests, non2xx = summary["requests"], summary["non_2xx"]
+    connect, read, write, timeout = (summary["socket_errors"].get(k, 0)
+                                     for k in ("connect", "read", "write", "timeout"))
     print(f" wrk: {requests} requests, socket errors connect {connect} read {read} write {write} timeout {timeout}, non-2xx {non2xx}")
     print(f" probes: {counts}  {errors[:5]}")
     print(f" last process exit: {last}")
@@ -194,7 +181,7 @@ def failing(label, script, timeout):
     with open(path, "w") as f:
         f.write(f"#!/bin/sh\n{script}\n")
     os.chmod(path, 0o755)
-    proc, urls, log = start(["--upgrade-binary", path, "--upgrade-timeout", timeout])
+    proc, urls = start(["--upgrade-binary", path, "--upgrade-timeout", timeout])
     admin = urls["admin"]
     probes = Probes(list(urls.values()))
     time.sleep(0.5)

@@ -20,19 +20,13 @@ struct Cli {
 }
 
 impl Cli {
-    /// Accepts the binary's connection (within 10 s) and reads its `register`.
+    /// Accepts the binary's connection (within [`multi_server_e2e::WAIT`]) and reads its
+    /// `register`.
     fn accept(listener: &TcpListener) -> (Cli, Value) {
         listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let stream = loop {
-            match listener.accept() {
-                Ok((stream, _)) => break stream,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(err) => panic!("the binary never dialed: {err}"),
-            }
-        };
+        let stream = eventually("the binary dialed", || {
+            listener.accept().ok().map(|(stream, _)| stream)
+        });
         stream.set_nonblocking(false).unwrap();
         stream.set_nodelay(true).unwrap(); // as the CLI's `ws` server does
         stream
@@ -194,9 +188,7 @@ fn a_url_that_is_not_a_loopback_ws_url_is_one_line_and_exit_2() {
 
 #[test]
 fn a_cli_that_is_not_there_holds_up_nothing_and_the_stop_is_prompt() {
-    let unused = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://127.0.0.1:{}", unused.local_addr().unwrap().port());
-    drop(unused);
+    let url = format!("ws://127.0.0.1:{}", multi_server_e2e::free_ports(1)[0]);
     let mut p = start_dev_env(&[], &[("GENKIT_REFLECTION_V2_SERVER", &url)]);
     assert!(
         p.stdout().contains(&format!("dials {url}")),
@@ -229,9 +221,7 @@ fn a_cli_that_is_not_there_holds_up_nothing_and_the_stop_is_prompt() {
 fn an_orphan_whose_cli_is_gone_stops_by_itself_and_cleans_up() {
     // As `genkit flow:run ... -- <binary>` leaves it when the CLI dies first: the binary's
     // parent (here a shell) is gone, and so is the CLI's WebSocket.
-    let unused = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://127.0.0.1:{}", unused.local_addr().unwrap().port());
-    drop(unused);
+    let url = format!("ws://127.0.0.1:{}", multi_server_e2e::free_ports(1)[0]);
     let dir = multi_server_e2e::temp_dir("v2-orphan");
     let log = dir.join("stderr");
     let mut command = std::process::Command::new("sh");
@@ -254,16 +244,13 @@ fn an_orphan_whose_cli_is_gone_stops_by_itself_and_cleans_up() {
         .trim()
         .parse()
         .expect("a pid");
+    // Stopped by pid when the test ends, whatever happens below.
+    let _orphan = multi_server_e2e::Adopted(pid);
     let deadline = Instant::now() + EXIT_WAIT;
     while multi_server_e2e::alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let stopped = !multi_server_e2e::alive(pid);
-    if !stopped {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(stopped, "the orphan kept running:\n{stderr}");
     assert!(stderr.contains("the genkit CLI is gone"), "{stderr}");

@@ -7,11 +7,10 @@
 //! (same pid, so `LISTEN_PID` fits), passing on only `PATH`, `HOME`, `TERM`, `USER` and `-E`
 //! variables.
 
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use multi_server_e2e::{Process, get, try_get};
+use multi_server_e2e::{Process, free_ports, get, try_get};
 
 use super::bin;
 
@@ -28,16 +27,6 @@ fn require_tool() {
         "{TOOL} not found: install Debian's `systemd` package (apt-get install -y systemd); \
          CI installs it in .ci/run"
     );
-}
-
-/// `n` distinct loopback ports that were free a moment ago.
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
 }
 
 /// The dev-mode flags: three servers (flows, reflection, devui), the reflection one at once.

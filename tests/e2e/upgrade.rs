@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use multi_server_e2e::{Adopted, Process, WAIT, alive, eventually, get, post, temp_dir};
+use multi_server_e2e::{Adopted, Process, alive, eventually, get, post, temp_dir};
 use serde_json::Value;
 
 use super::bin;

@@ -922,6 +922,20 @@ pub fn try_once(
         .map_err(|failure| format!("{failure:?}"))
 }
 
+/// `n` distinct loopback ports that were free a moment ago (held together while picked, so
+/// they differ); a URL on one of them is one nothing answers.
+///
+/// # Panics
+/// When loopback cannot be bound.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
 /// Whether process `pid` runs (a zombie nobody reaped yet counts as gone).
 pub fn alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {

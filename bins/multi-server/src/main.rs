@@ -105,8 +105,11 @@ async fn run(
     let report = manager.run().await;
     // The genkit CLI stops the runtime as soon as it has a run's result: the run's final trace
     // state must still reach its telemetry server.
-    if !registry.flush_telemetry(Duration::from_secs(2)).await {
-        tracing::warn!("traces still queued for the telemetry server were not sent within 2s");
+    const TELEMETRY_FLUSH: Duration = Duration::from_secs(2);
+    if !registry.flush_telemetry(TELEMETRY_FLUSH).await {
+        tracing::warn!(
+            "traces still queued for the telemetry server were not sent within {TELEMETRY_FLUSH:?}"
+        );
     }
     for failure in &report.failures {
         eprintln!("error: {}", failure.chain());
@@ -263,30 +266,20 @@ async fn print_banner(handle: ManagerHandle, dev: bool) {
         info.pid,
         if dev { ", dev mode" } else { "" }
     );
-    let name_width = info
-        .servers
-        .iter()
-        .map(|s| s.name.len())
-        .max()
-        .unwrap_or(0)
-        .max(12);
-    let framework_width = info
-        .servers
-        .iter()
-        .map(|s| s.framework.len())
-        .max()
-        .unwrap_or(0)
-        .max(10);
+    // A column as wide as its longest text, and at least as wide as the default names.
+    let width = |len: fn(&manager::admin::ServerEntry) -> usize, least: usize| {
+        info.servers.iter().map(len).max().unwrap_or(0).max(least)
+    };
+    let name_width = width(|s| s.name.len(), 12);
+    let framework_width = width(|s| s.framework.len(), 10);
     for server in &info.servers {
-        let place = match (&server.url, server.state) {
-            (Some(url), _) => url.clone(),
-            (None, _) if server.dials.is_some() => {
-                format!("dials {}", server.dials.as_deref().unwrap_or_default())
-            }
-            (None, manager::ServerState::Pending) => {
+        let place = match (&server.url, &server.dials, server.state) {
+            (Some(url), _, _) => url.clone(),
+            (None, Some(dials), _) => format!("dials {dials}"),
+            (None, None, manager::ServerState::Pending) => {
                 format!("starting soon on ports {}", server.ports)
             }
-            (None, state) => format!("{state:?} (ports {})", server.ports).to_lowercase(),
+            (None, None, state) => format!("{state:?} (ports {})", server.ports).to_lowercase(),
         };
         text.push_str(&format!(
             "  {:<name_width$} {:<framework_width$} {place}\n",

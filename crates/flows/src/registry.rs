@@ -64,13 +64,24 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// Telemetry labels from a request's `telemetryLabels` object, whose values Genkit's tools
-    /// send as strings (`flow:batchRun --label`): a string as is, anything else as its JSON.
-    pub fn labels_of(labels: BTreeMap<String, Value>) -> BTreeMap<String, String> {
-        labels
+    /// The options of a `runAction` (v1's body, v2's params): its `context`, whether to
+    /// stream, and its `telemetryLabels`, whose values Genkit's tools send as strings
+    /// (`flow:batchRun --label`): a string as is, anything else as its JSON.
+    pub fn of_request(
+        context: Value,
+        stream: bool,
+        telemetry_labels: Option<BTreeMap<String, Value>>,
+    ) -> Self {
+        let labels = telemetry_labels
+            .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
-            .collect()
+            .collect();
+        RunOptions {
+            context,
+            stream,
+            labels,
+        }
     }
 }
 

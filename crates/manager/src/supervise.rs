@@ -122,13 +122,8 @@ async fn serve(shared: Arc<Shared>, slot: Arc<Slot>, server: Arc<dyn Server>) {
         ctx: ctx.clone(),
     });
 
-    let _ = slot.serving_since.set(Instant::now());
-    set_state(&slot, ServerState::Serving);
+    mark_serving(&shared, &slot);
     tracing::info!(server = name, framework = slot.framework, url = %format!("http://{local_addr}"), "serving");
-    ManagerHandle {
-        shared: Arc::clone(&shared),
-    }
-    .update_liveness();
 
     let close_idle = ctx.close_idle.clone();
     let done_accepting = ctx.done_accepting.clone();
@@ -182,20 +177,26 @@ async fn run_client(shared: Arc<Shared>, slot: Arc<Slot>, client: Arc<dyn Client
             shared: Arc::clone(&shared),
         },
     };
-    let _ = slot.serving_since.set(Instant::now());
-    set_state(&slot, ServerState::Serving);
+    mark_serving(&shared, &slot);
     let dials = slot.dials.as_deref().unwrap_or_default();
     tracing::info!(server = name, framework = slot.framework, dials, "running");
-    ManagerHandle {
-        shared: Arc::clone(&shared),
-    }
-    .update_liveness();
 
     let run = tokio::spawn(client.run(ctx));
     let Some(run) = until_stop(&shared, &slot, run).await else {
         return;
     };
     finish_draining(&shared, &slot, run, Instant::now()).await;
+}
+
+/// The slot serves from now on (a server listening, a client running): shown so, and the
+/// process's liveness looked at again.
+fn mark_serving(shared: &Arc<Shared>, slot: &Slot) {
+    let _ = slot.serving_since.set(Instant::now());
+    set_state(slot, ServerState::Serving);
+    ManagerHandle {
+        shared: Arc::clone(shared),
+    }
+    .update_liveness();
 }
 
 /// Waits for the stop, then marks the slot draining and hands its task back. A task that ends

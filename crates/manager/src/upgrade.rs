@@ -351,3 +351,32 @@ pub(crate) struct Adoption {
     watching: bool,
     waiting: Vec<Arc<ListeningSocket>>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// Only a whole `READY=1` line says ready: not a longer or prefixed word, nor one past
+    /// the 4 KiB a datagram is read into (cut off, it cannot be seen).
+    #[tokio::test]
+    async fn only_a_ready_line_within_a_datagram_says_ready() {
+        let (ours, theirs) = tokio::net::UnixDatagram::pair().unwrap();
+        let mut oversized = vec![b'x'; 8192];
+        oversized.extend_from_slice(b"\nREADY=1\n");
+        for hostile in [
+            &b"READY=10"[..],
+            b"XREADY=1",
+            b"READY=1 ",
+            b"STATUS=READY=1",
+            &oversized,
+        ] {
+            theirs.send(hostile).await.unwrap();
+        }
+        let waited = tokio::time::timeout(Duration::from_millis(200), super::ready(&ours)).await;
+        assert!(waited.is_err(), "a hostile datagram said ready");
+        theirs.send(b"STATUS=up\nREADY=1\n").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), super::ready(&ours))
+            .await
+            .expect("READY=1 on a line of its own says ready");
+    }
+}

@@ -172,12 +172,7 @@ async fn run_action(
         return bad_request("key is required");
     };
     let stream = query.stream.as_deref() == Some("true");
-    let labels = RunOptions::labels_of(body.telemetry_labels.unwrap_or_default());
-    let options = RunOptions {
-        context: body.context,
-        stream,
-        labels,
-    };
+    let options = RunOptions::of_request(body.context, stream, body.telemetry_labels);
     let run = match state.registry.start(&key, body.input, options) {
         Ok(run) => run,
         Err(err) if err.code == FlowCode::NotFound => {

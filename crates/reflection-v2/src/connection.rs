@@ -26,7 +26,36 @@ use crate::rpc::{self, Incoming, RpcError};
 use crate::{MAX_RUNS_IN_FLIGHT, ReflectionV2, SEND_TIMEOUT};
 
 /// The methods the CLI calls.
-const METHODS: [&str; 4] = ["listActions", "listValues", "runAction", "cancelAction"];
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    ListActions,
+    ListValues,
+    RunAction,
+    CancelAction,
+}
+
+impl Method {
+    const ALL: [Method; 4] = [
+        Method::ListActions,
+        Method::ListValues,
+        Method::RunAction,
+        Method::CancelAction,
+    ];
+
+    /// Its name on the wire, also its route label (the metrics' `http_route`).
+    fn name(self) -> &'static str {
+        match self {
+            Method::ListActions => "listActions",
+            Method::ListValues => "listValues",
+            Method::RunAction => "runAction",
+            Method::CancelAction => "cancelAction",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|known| known.name() == name)
+    }
+}
 
 /// How long dialing (TCP and the WebSocket handshake) may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -268,7 +297,7 @@ impl Connection {
             "pid": std::process::id(),
             "name": self.client.name,
             "genkitVersion": flows::GENKIT_VERSION,
-            "reflectionApiSpecVersion": crate::REFLECTION_API_SPEC_VERSION,
+            "reflectionApiSpecVersion": flows::REFLECTION_API_SPEC_VERSION,
             "envs": ["dev"],
         });
         let register = rpc::request(&self.register_id, "register", params);
@@ -383,35 +412,34 @@ impl Connection {
     async fn call(&mut self, id: Value, method: &str, params: Option<Value>, stopping: bool) {
         // The method's name as a `'static` route label (the metrics' `http_route`); an unknown
         // one, which the peer chose, is logged cut short and labelled with no route.
-        let route = METHODS
-            .iter()
-            .copied()
-            .find(|known| *known == method)
-            .unwrap_or("");
-        let shown: std::borrow::Cow<'_, str> = if route.is_empty() {
-            method.chars().take(64).collect::<String>().into()
-        } else {
-            method.into()
+        let known = Method::parse(method);
+        let shown: std::borrow::Cow<'_, str> = match known {
+            Some(known) => known.name().into(),
+            None => method.chars().take(64).collect::<String>().into(),
         };
         let mut guard = self.ctx.begin_request(&shown, "");
-        guard.set_route(route);
-        let answer = match route {
-            "listActions" => Ok(json!({ "actions": self.client.registry.actions_by_key() })),
-            "listValues" => rpc::params::<ValuesParams>(method, params)
+        guard.set_route(known.map_or("", Method::name));
+        let answer = match known {
+            Some(Method::ListActions) => {
+                Ok(json!({ "actions": self.client.registry.actions_by_key() }))
+            }
+            Some(Method::ListValues) => rpc::params::<ValuesParams>(method, params)
                 // No values (prompts, default models) are registered by this runtime.
                 .map(|_| json!({ "values": {} })),
-            "cancelAction" => rpc::params::<CancelParams>(method, params).and_then(|p| {
-                if self.client.registry.cancel(&p.trace_id) {
-                    Ok(json!({ "message": "Action cancelled" }))
-                } else {
-                    Err(RpcError::new(
-                        rpc::ACTION_ERROR,
-                        StatusCode::NotFound,
-                        "Action not found or already completed",
-                    ))
-                }
-            }),
-            "runAction" => match self.start_run(params, stopping) {
+            Some(Method::CancelAction) => {
+                rpc::params::<CancelParams>(method, params).and_then(|p| {
+                    if self.client.registry.cancel(&p.trace_id) {
+                        Ok(json!({ "message": "Action cancelled" }))
+                    } else {
+                        Err(RpcError::new(
+                            rpc::ACTION_ERROR,
+                            StatusCode::NotFound,
+                            "Action not found or already completed",
+                        ))
+                    }
+                })
+            }
+            Some(Method::RunAction) => match self.start_run(params, stopping) {
                 // The run answers, and finishes the guard, when it ends.
                 Ok(run) => {
                     self.spawn_run(id, run, guard);
@@ -419,7 +447,7 @@ impl Connection {
                 }
                 Err(error) => Err(error),
             },
-            _ => Err(RpcError::new(
+            None => Err(RpcError::new(
                 rpc::METHOD_NOT_FOUND,
                 StatusCode::Unimplemented,
                 format!("Method not found: {shown}"),
@@ -458,11 +486,8 @@ impl Connection {
                 format!("{MAX_RUNS_IN_FLIGHT} runs are in flight on this connection already"),
             ));
         }
-        let options = flows::RunOptions {
-            context: params.context,
-            stream: params.stream,
-            labels: flows::RunOptions::labels_of(params.telemetry_labels.unwrap_or_default()),
-        };
+        let options =
+            flows::RunOptions::of_request(params.context, params.stream, params.telemetry_labels);
         let run = self
             .client
             .registry

@@ -68,9 +68,6 @@ use manager::{BoxFuture, Client, ClientContext};
 
 pub use target::Target;
 
-/// The Reflection API version sent in `register`.
-pub use flows::REFLECTION_API_SPEC_VERSION;
-
 /// Runs in flight at once on one connection; one more is refused with `RESOURCE_EXHAUSTED`.
 pub const MAX_RUNS_IN_FLIGHT: usize = 64;
 

@@ -396,6 +396,70 @@ async fn cancel_action_cancels_a_run_and_a_cli_that_vanishes_cancels_its_runs() 
 }
 
 #[tokio::test]
+async fn a_connection_holds_at_most_max_runs_in_flight_and_a_finished_one_makes_room() {
+    let (_registry, _cli, handle, run, mut peer) = connected().await;
+    let mut states = Vec::new();
+    for i in 0..crate::MAX_RUNS_IN_FLIGHT {
+        peer.send(run_action(
+            &format!("run-{i}"),
+            "/flow/forever",
+            json!(null),
+            false,
+        ))
+        .await;
+        states.push(peer.recv().await);
+    }
+    assert!(
+        states.iter().all(|m| m["method"] == "runActionState"),
+        "{states:?}"
+    );
+    let refused = peer
+        .answer("one-more", "runAction", json!({"key": "/flow/forever"}))
+        .await;
+    assert_eq!(
+        refused["error"]["data"]["code"], 8,
+        "RESOURCE_EXHAUSTED: {refused}"
+    );
+
+    // One is cancelled: once it has ended, a new run is taken again.
+    let trace_id = states[0]["params"]["state"]["traceId"].clone();
+    let seen = peer
+        .call("cancel", "cancelAction", json!({"traceId": trace_id}))
+        .await;
+    assert_eq!(
+        seen.last().unwrap()["result"]["message"],
+        "Action cancelled"
+    );
+    let mut taken = None;
+    for attempt in 0..100 {
+        peer.send(run_action(
+            &format!("again-{attempt}"),
+            "/flow/forever",
+            json!(null),
+            false,
+        ))
+        .await;
+        let message = loop {
+            let message = peer.recv().await;
+            // The cancelled run's own answer may come first.
+            if message["id"] != states[0]["params"]["requestId"] {
+                break message;
+            }
+        };
+        if message["method"] == "runActionState" {
+            taken = Some(message);
+            break;
+        }
+        assert_eq!(message["error"]["data"]["code"], 8, "{message}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(taken.is_some(), "no run was taken after one ended");
+    // A CLI that goes away cancels its runs: the stop is clean.
+    drop(peer);
+    stop(&handle, run).await;
+}
+
+#[tokio::test]
 async fn it_dials_again_when_the_cli_restarts_and_registers_under_the_same_id() {
     let registry = registry();
     let cli = FakeCli::bind().await;
