@@ -251,6 +251,14 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     assert!(polled.is_ok(), "timed out waiting for {what}");
 }
 
+/// Runs `manager` in a task once it is live: its handle, and the task (for [`report_of`]).
+async fn run_live(manager: ServerManager) -> (ManagerHandle, tokio::task::JoinHandle<Report>) {
+    let handle = manager.handle();
+    let run = tokio::spawn(manager.run());
+    assert_eq!(handle.wait_live().await, ProcessState::Live);
+    (handle, run)
+}
+
 /// Awaits the manager's report; panics if it does not come within 30 s.
 async fn report_of(run: tokio::task::JoinHandle<Report>) -> Report {
     timeout(Duration::from_secs(30), run)
@@ -413,9 +421,7 @@ async fn an_optional_server_failing_leaves_the_rest_running() {
             ServerConfig::new("extra").optional(),
             Fake::new("extra", &events).failing_startup(),
         );
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(handle.wait_live().await, ProcessState::Live);
+        let (handle, run) = run_live(manager).await;
         eventually("extra failed", || {
             state(&handle, "extra") == ServerState::Failed
         })
@@ -469,9 +475,7 @@ async fn a_server_returning_early_brings_the_process_down() {
             ServerConfig::new("crasher"),
             Fake::new("crasher", &events).crashing_after(Duration::from_secs(3), Crash::Exit),
         );
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(handle.wait_live().await, ProcessState::Live);
+        let (handle, run) = run_live(manager).await;
         let report = report_of(run).await;
 
         assert!(events.has("crasher:crash"));
@@ -567,9 +571,7 @@ async fn a_shutdown_during_the_delay_cancels_the_delayed_server() {
             ServerConfig::new("later"),
             Fake::new("later", &events),
         );
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(handle.wait_live().await, ProcessState::Live);
+        let (handle, run) = run_live(manager).await;
         sleep(Duration::from_secs(1)).await;
         let asked = tokio::time::Instant::now();
         handle.request_shutdown(requested());
@@ -600,9 +602,7 @@ async fn servers_can_be_added_through_the_handle_while_running() {
         let events = Events::default();
         let mut manager = manager();
         manager.add_server(ServerConfig::new("first"), Fake::new("first", &events));
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(handle.wait_live().await, ProcessState::Live);
+        let (handle, run) = run_live(manager).await;
 
         handle.add_server_after(
             Duration::from_secs(1),
@@ -734,9 +734,7 @@ async fn readiness_fails_at_once_and_servers_keep_serving_through_the_drain_dela
         let events = Events::default();
         let mut manager = manager().drain_delay(Duration::from_secs(5));
         manager.add_server(ServerConfig::new("web"), Fake::new("web", &events));
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(handle.wait_live().await, ProcessState::Live);
+        let (handle, run) = run_live(manager).await;
         eventually("web serving", || events.has("web:serve")).await;
         assert!(handle.readiness().ready);
 
@@ -1046,9 +1044,7 @@ async fn a_server_that_never_stops_is_abandoned_after_deadline_and_grace() {
             ServerConfig::new("stuck"),
             Fake::new("stuck", &events).ignoring_shutdown(),
         );
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(handle.wait_live().await, ProcessState::Live);
+        let (handle, run) = run_live(manager).await;
         let asked = tokio::time::Instant::now();
         handle.request_shutdown(requested());
         let report = report_of(run).await;
@@ -1092,9 +1088,7 @@ async fn a_server_dying_during_the_drain_delay_is_a_failure() {
             ServerConfig::new("dies"),
             Fake::new("dies", &events).crashing_after(Duration::from_secs(2), Crash::Exit),
         );
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(handle.wait_live().await, ProcessState::Live);
+        let (handle, run) = run_live(manager).await;
         sleep(Duration::from_secs(1)).await;
         handle.request_shutdown(requested());
         let report = report_of(run).await;
@@ -1243,9 +1237,7 @@ async fn a_client_binds_nothing_shows_its_status_and_drains_its_calls() {
             return_early: false,
         };
         manager.add_client(ServerConfig::new("reflection-v2").optional(), client);
-        let handle = manager.handle();
-        let run = tokio::spawn(manager.run());
-        assert_eq!(handle.wait_live().await, ProcessState::Live);
+        let (handle, run) = run_live(manager).await;
         eventually("the client's status", || {
             entry(&handle, "reflection-v2").status.is_some()
         })
@@ -1284,9 +1276,7 @@ async fn a_client_past_the_drain_deadline_is_cut_and_one_that_dies_is_a_failure(
             return_early: false,
         };
         first.add_client(ServerConfig::new("slow"), slow);
-        let handle = first.handle();
-        let run = tokio::spawn(first.run());
-        assert_eq!(handle.wait_live().await, ProcessState::Live);
+        let (handle, run) = run_live(first).await;
         handle.request_shutdown(requested());
         let report = report_of(run).await;
         // Abandoned after the deadline and the grace: its call counts as cut.

@@ -138,6 +138,18 @@ impl Peer {
             call["params"] = params;
         }
         self.send(call).await;
+        self.until_answer(id).await
+    }
+
+    /// Runs flow `key` as the CLI does ([`run_action`]) and returns every message up to and
+    /// including the run's answer.
+    async fn run(&mut self, id: &str, key: &str, input: Value, stream: bool) -> Vec<Value> {
+        self.send(run_action(id, key, input, stream)).await;
+        self.until_answer(id).await
+    }
+
+    /// Every message up to and including the answer to `id`.
+    async fn until_answer(&mut self, id: &str) -> Vec<Value> {
         let mut seen = Vec::new();
         loop {
             let message = self.recv().await;
@@ -257,13 +269,7 @@ async fn registers_then_lists_actions_as_v1_does_and_runs_a_flow() {
     );
     assert_eq!(listed["result"]["actions"]["/flow/greet"]["name"], "greet");
 
-    let messages = peer
-        .call(
-            "2",
-            "runAction",
-            json!({"key": "/flow/greet", "input": "Eve", "stream": false, "streamInput": false}),
-        )
-        .await;
+    let messages = peer.run("2", "/flow/greet", json!("Eve"), false).await;
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert_eq!(messages[0]["method"], "runActionState");
     assert_eq!(messages[0]["params"]["requestId"], "2");
@@ -292,13 +298,7 @@ async fn registers_then_lists_actions_as_v1_does_and_runs_a_flow() {
 async fn streamed_chunks_arrive_before_the_result_and_errors_carry_the_genkit_status() {
     let (_registry, _cli, handle, run, mut peer) = connected().await;
 
-    let messages = peer
-        .call(
-            "7",
-            "runAction",
-            json!({"key": "/flow/count", "input": 5, "stream": true, "streamInput": false}),
-        )
-        .await;
+    let messages = peer.run("7", "/flow/count", json!(5), true).await;
     assert_eq!(messages.len(), 7, "{messages:?}");
     assert_eq!(messages[0]["method"], "runActionState");
     for (i, chunk) in messages[1..6].iter().enumerate() {
@@ -309,13 +309,7 @@ async fn streamed_chunks_arrive_before_the_result_and_errors_carry_the_genkit_st
     assert_eq!(messages[6]["result"]["result"], 5);
 
     // Input that does not fit: INVALID_ARGUMENT in data, with the trace, as the CLI prints it.
-    let messages = peer
-        .call(
-            "8",
-            "runAction",
-            json!({"key": "/flow/greet", "input": 5, "stream": false, "streamInput": false}),
-        )
-        .await;
+    let messages = peer.run("8", "/flow/greet", json!(5), false).await;
     let error = &messages.last().unwrap()["error"];
     assert_eq!(error["code"], -32000);
     assert_eq!(error["data"]["code"], 3);
@@ -332,12 +326,10 @@ async fn streamed_chunks_arrive_before_the_result_and_errors_carry_the_genkit_st
     );
 
     let unknown = peer
-        .answer(
-            "9",
-            "runAction",
-            json!({"key": "/flow/nope", "stream": false, "streamInput": false}),
-        )
-        .await;
+        .run("9", "/flow/nope", Value::Null, false)
+        .await
+        .pop()
+        .unwrap();
     assert_eq!(unknown["error"]["data"]["code"], 5, "{unknown}");
     stop(&handle, run).await;
 }
@@ -578,12 +570,10 @@ async fn the_stop_drains_runs_in_flight_and_refuses_new_ones() {
     handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
     eventually("stopping", || status(&handle).starts_with("stopping")).await;
     let refused = peer
-        .answer(
-            "2",
-            "runAction",
-            json!({"key": "/flow/greet", "input": "x", "stream": false, "streamInput": false}),
-        )
-        .await;
+        .run("2", "/flow/greet", json!("x"), false)
+        .await
+        .pop()
+        .unwrap();
     assert_eq!(refused["error"]["data"]["code"], 14, "{refused}");
     let answer = peer.recv().await;
     assert_eq!(
