@@ -475,7 +475,7 @@ async fn a_server_returning_early_brings_the_process_down() {
             ServerConfig::new("crasher"),
             Fake::new("crasher", &events).crashing_after(Duration::from_secs(3), Crash::Exit),
         );
-        let (handle, run) = run_live(manager).await;
+        let (_handle, run) = run_live(manager).await;
         let report = report_of(run).await;
 
         assert!(events.has("crasher:crash"));
