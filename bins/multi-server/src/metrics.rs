@@ -80,7 +80,7 @@ impl Collector for FlowMetrics {
         bytes(
             &mut encoder,
             "multi_server_trace_store",
-            "Serialized size of the recent traces kept in memory (budget 8 MiB).",
+            "Bytes of the recent traces kept in memory (their strings plus a fixed cost per span and attribute; budget 8 MiB).",
             registry.trace_store_bytes(),
         )?;
         bytes(

@@ -25,7 +25,10 @@
 //!   replaces its queued older one; beyond the budget the oldest are dropped and counted).
 //!
 //! It serves no HTTP itself and knows no web framework; the servers wrap it.
-//! Flows run on the tokio runtime the registry was created in (else on the caller's).
+//! A run's first poll happens inside [`Registry::start`], in the context of the tokio runtime
+//! the registry was created in (else the caller's): a flow that finishes without waiting costs
+//! no task and no thread hop. One that waits goes on as a task on that runtime. So a flow's
+//! code up to its first wait runs on the caller's thread, as any code of the caller would.
 //!
 //! ```
 //! use flows::{FlowContext, FlowError, Registry, RunOptions};

@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Waker};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -19,7 +20,7 @@ use crate::error::FlowError;
 use crate::run::{FlowContext, FlowRun, RunShared};
 use crate::telemetry::{self, Telemetry};
 use crate::trace::{
-    SpanData, TRACE_STORE_BYTES, TraceData, TraceStore, lock, new_span_id, new_trace_id,
+    LiveTrace, SpanData, TRACE_STORE_BYTES, TraceData, TraceStore, lock, new_span_id, new_trace_id,
 };
 
 /// How many finished or running traces stay in memory.
@@ -284,8 +285,9 @@ impl Registry {
                     root.close(Err(&error.message));
                     trace.end_time = root.end_time;
                 }
-                self.publish(&trace, true);
                 self.count_run(&trace);
+                let trace: LiveTrace = Arc::new(Mutex::new(trace));
+                self.publish(&trace, &lock(&trace), true);
                 return Ok(FlowRun::failed(trace_id, span_id, error));
             }
         };
@@ -306,7 +308,7 @@ impl Registry {
             root_path,
             context: options.context,
             cancel: cancel.clone(),
-            trace: Mutex::new(trace),
+            trace: Arc::new(Mutex::new(trace)),
         });
         shared.publish_start();
         lock(&self.running).insert(trace_id.clone(), cancel.clone());
@@ -335,10 +337,24 @@ impl Registry {
             // The caller may have gone away; then nobody wants the result.
             let _ = result_tx.send(outcome);
         };
-        match &self.runtime {
-            Some(runtime) => runtime.spawn(task),
-            None => tokio::spawn(task),
+        // Most flows do their work and return without waiting on anything: polled once here,
+        // such a run costs no task and no hop to another thread and back. The poll happens in
+        // the registry's runtime's context, so what the flow creates (timers, tasks, sockets)
+        // belongs to that runtime as it would in a task there. A flow that waits goes on as a
+        // task, whose first poll registers the wakers this one could not (its waker is a no-op).
+        let mut task = Box::pin(task);
+        let finished = {
+            let _context = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
+            task.as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_ready()
         };
+        if !finished {
+            match &self.runtime {
+                Some(runtime) => runtime.spawn(task),
+                None => tokio::spawn(task),
+            };
+        }
 
         Ok(FlowRun::running(
             trace_id, span_id, chunk_rx, done, result_rx, cancel,
@@ -421,24 +437,28 @@ impl Registry {
         self.stats.snapshot()
     }
 
-    /// Bytes (serialized JSON) of the traces kept in memory now.
+    /// Bytes of the traces kept in memory now, as the store budgets them (their strings plus a
+    /// fixed cost per span and attribute).
     pub fn trace_store_bytes(&self) -> usize {
         self.traces.bytes()
     }
 
     /// Stores, broadcasts and exports one state of a trace. `new` puts it at the front of the
     /// history; otherwise it replaces the stored copy.
-    pub(crate) fn publish(&self, trace: &TraceData, new: bool) {
+    ///
+    /// `state` is what `trace` holds now: the caller holds its lock, so states are published in
+    /// the order they happened.
+    pub(crate) fn publish(&self, trace: &LiveTrace, state: &TraceData, new: bool) {
         if new {
-            self.traces.insert(trace.clone());
+            self.traces.insert(trace, state);
         } else {
-            self.traces.update(trace);
+            self.traces.update(trace, state);
         }
         // No subscribers is fine: the feed is for whoever listens now.
         if self.feed.receiver_count() > 0 {
-            let _ = self.feed.send(Arc::from(trace.trace_id.as_str()));
+            let _ = self.feed.send(Arc::from(state.trace_id.as_str()));
         }
-        self.telemetry.export(trace);
+        self.telemetry.export(state);
     }
 
     /// Counts a run that just ended in the flow statistics (once per run).

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::FlowError;
 use crate::registry::Registry;
-use crate::trace::{SpanData, TraceData, lock, new_span_id};
+use crate::trace::{LiveTrace, SpanData, TraceData, lock, new_span_id};
 
 /// The caller's handle on a started run: its ids, its chunks, its result.
 ///
@@ -149,19 +149,19 @@ pub(crate) struct RunShared {
     pub(crate) cancel: CancellationToken,
     /// The trace as it stands; every change is published while this lock is held, so the
     /// history, the feed and the telemetry server see the states in order.
-    pub(crate) trace: Mutex<TraceData>,
+    pub(crate) trace: LiveTrace,
 }
 
 impl RunShared {
     pub(crate) fn publish_start(&self) {
         let trace = lock(&self.trace);
-        self.registry.publish(&trace, true);
+        self.registry.publish(&self.trace, &trace, true);
     }
 
     fn update(&self, change: impl FnOnce(&mut TraceData)) {
         let mut trace = lock(&self.trace);
         change(&mut trace);
-        self.registry.publish(&trace, false);
+        self.registry.publish(&self.trace, &trace, false);
     }
 
     /// Closes the root span (and any step the flow was still in) and forgets the run.

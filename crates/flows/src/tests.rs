@@ -674,9 +674,11 @@ async fn many_huge_runs_stay_within_the_trace_budget() {
     let traces = registry.recent_traces();
     assert_eq!(traces.len(), crate::TRACE_HISTORY);
     assert!(registry.trace_store_bytes() <= TRACE_STORE_BYTES);
-    let total: usize = traces
+    let total: usize = traces.iter().map(crate::trace::stored_bytes).sum();
+    assert_eq!(total, registry.trace_store_bytes());
+    let json: usize = traces
         .iter()
         .map(|t| serde_json::to_vec(t).unwrap().len())
         .sum();
-    assert_eq!(total, registry.trace_store_bytes());
+    assert!(json <= total, "{json} > {total}");
 }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ use serde_json::Value;
 /// it stays a string, so the trace keeps Genkit's schema.
 pub const TRACE_VALUE_BYTES: usize = 16 * 1024;
 
-/// The most bytes (of serialized `TraceData` JSON) the recent-traces store keeps, besides its
+/// The most bytes the recent-traces store keeps (as [`stored_bytes`] counts them), besides its
 /// count limit ([`TRACE_HISTORY`](crate::TRACE_HISTORY)); the oldest traces are evicted first.
 ///
 /// The count alone does not bound memory: 100 traces of large values are hundreds of MB, and
@@ -79,6 +79,63 @@ pub(crate) fn json_size<T: Serialize + ?Sized>(value: &T) -> usize {
     // Serializing these types cannot fail (string keys only); a failure counts what was written.
     let _ = serde_json::to_writer(&mut count, value);
     count.0
+}
+
+/// What a span costs in memory besides its strings and attributes: the struct, the times,
+/// the map node holding it, the allocations' headers. Also more than the JSON field names and
+/// punctuation of a span (~230 bytes), so an ordinary trace counts at least its JSON size.
+const SPAN_OVERHEAD: usize = 256;
+/// What an attribute costs besides its key's and value's bytes (its map slot, the two
+/// allocations' headers; in JSON, quotes, colon and comma).
+const ATTRIBUTE_OVERHEAD: usize = 64;
+
+/// The bytes a trace holds in memory, about: every string's length, plus a fixed cost per span
+/// and per attribute. Counted without serializing (which cost ~6,000 instructions per state
+/// of a one-span trace, and a trace is counted at each of its states). The JSON text of an
+/// ordinary trace is a little smaller; escapes can make it larger (a quote is two bytes in
+/// JSON), but memory holds the unescaped text, and memory is what the budget bounds.
+pub(crate) fn stored_bytes(trace: &TraceData) -> usize {
+    let spans: usize = trace
+        .spans
+        .iter()
+        .map(|(key, span)| {
+            let attributes: usize = span
+                .attributes
+                .iter()
+                .map(|(key, value)| ATTRIBUTE_OVERHEAD + key.len() + value_bytes(value))
+                .sum();
+            SPAN_OVERHEAD
+                + key.len()
+                + span.span_id.len()
+                + span.trace_id.len()
+                + span.parent_span_id.as_ref().map_or(0, String::len)
+                + span.display_name.len()
+                + span.instrumentation_library.name.len()
+                + span
+                    .instrumentation_library
+                    .version
+                    .as_ref()
+                    .map_or(0, String::len)
+                + span.span_kind.len()
+                + span
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.message.as_ref())
+                    .map_or(0, String::len)
+                + attributes
+        })
+        .sum();
+    trace.trace_id.len() + trace.display_name.as_ref().map_or(0, String::len) + spans
+}
+
+/// A value's bytes: a string's length; a number, boolean or null as the 24 bytes a `Value`
+/// takes; a (small: larger ones become text) array or object as its JSON length.
+fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(text) => text.len(),
+        Value::Array(_) | Value::Object(_) => json_size(value),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 24,
+    }
 }
 
 /// One trace in Genkit's `TraceData` shape, as the telemetry server and Dev UI read it.
@@ -264,7 +321,14 @@ pub(crate) fn new_span_id() -> String {
     format!("{id:016x}")
 }
 
+/// A trace as its run keeps changing it, shared by the run and the store: publishing a new
+/// state copies nothing, and readers copy the state they asked for.
+pub(crate) type LiveTrace = Arc<Mutex<TraceData>>;
+
 /// The last `capacity` traces, newest (by start) first, at most `budget` bytes in all.
+///
+/// Lock order: a trace's lock, then the store's. Publishing holds the first while it tells
+/// the store the new size; readers take the trace's lock only after letting go of the store's.
 #[derive(Debug)]
 pub(crate) struct TraceStore {
     capacity: usize,
@@ -274,10 +338,18 @@ pub(crate) struct TraceStore {
 
 #[derive(Debug, Default)]
 struct Stored {
-    /// Each trace with its serialized size, computed when it was stored.
-    traces: VecDeque<(TraceData, usize)>,
-    /// The sum of those sizes.
+    traces: VecDeque<StoredTrace>,
+    /// The sum of their sizes.
     bytes: usize,
+}
+
+#[derive(Debug)]
+struct StoredTrace {
+    /// The trace's id, kept here so finding one takes no trace's lock.
+    trace_id: String,
+    trace: LiveTrace,
+    /// The [`stored_bytes`] of the state last published.
+    size: usize,
 }
 
 impl Stored {
@@ -285,7 +357,7 @@ impl Stored {
     fn evict(&mut self, capacity: usize, budget: usize) {
         while self.traces.len() > capacity || (self.bytes > budget && self.traces.len() > 1) {
             match self.traces.pop_back() {
-                Some((_, size)) => self.bytes -= size,
+                Some(evicted) => self.bytes -= evicted.size,
                 None => break,
             }
         }
@@ -304,50 +376,56 @@ impl TraceStore {
         }
     }
 
-    /// Adds a new trace at the front, evicting the oldest beyond capacity or budget.
-    pub(crate) fn insert(&self, trace: TraceData) {
-        let size = json_size(&trace);
+    /// Adds a new trace at the front, evicting the oldest beyond capacity or budget. `state`
+    /// is what `trace` holds now (its lock is the caller's).
+    pub(crate) fn insert(&self, trace: &LiveTrace, state: &TraceData) {
+        let size = stored_bytes(state);
         let mut inner = lock(&self.inner);
-        inner.traces.push_front((trace, size));
+        inner.traces.push_front(StoredTrace {
+            trace_id: state.trace_id.clone(),
+            trace: Arc::clone(trace),
+            size,
+        });
         inner.bytes += size;
         inner.evict(self.capacity, self.budget);
     }
 
-    /// Replaces a trace in place (keeping its position). A trace already evicted by newer runs
-    /// stays evicted: re-adding it would push out a newer one.
-    pub(crate) fn update(&self, trace: &TraceData) {
-        let size = json_size(trace);
+    /// Accounts for a new state of a stored trace. A trace already evicted by newer runs stays
+    /// evicted: re-adding it would push out a newer one.
+    pub(crate) fn update(&self, trace: &LiveTrace, state: &TraceData) {
+        let size = stored_bytes(state);
         let mut inner = lock(&self.inner);
         let Some(slot) = inner
             .traces
             .iter_mut()
-            .find(|(t, _)| t.trace_id == trace.trace_id)
+            .find(|stored| Arc::ptr_eq(&stored.trace, trace))
         else {
             return;
         };
-        slot.0.clone_from(trace);
-        let old = std::mem::replace(&mut slot.1, size);
+        let old = std::mem::replace(&mut slot.size, size);
         inner.bytes = inner.bytes - old + size;
         inner.evict(self.capacity, self.budget);
     }
 
     pub(crate) fn recent(&self) -> Vec<TraceData> {
-        lock(&self.inner)
+        let traces: Vec<LiveTrace> = lock(&self.inner)
             .traces
             .iter()
-            .map(|(t, _)| t.clone())
-            .collect()
+            .map(|stored| Arc::clone(&stored.trace))
+            .collect();
+        traces.iter().map(|trace| lock(trace).clone()).collect()
     }
 
     pub(crate) fn get(&self, trace_id: &str) -> Option<TraceData> {
-        lock(&self.inner)
+        let trace = lock(&self.inner)
             .traces
             .iter()
-            .find(|(t, _)| t.trace_id == trace_id)
-            .map(|(t, _)| t.clone())
+            .find(|stored| stored.trace_id == trace_id)
+            .map(|stored| Arc::clone(&stored.trace))?;
+        Some(lock(&trace).clone())
     }
 
-    /// The serialized size of every stored trace, summed.
+    /// The [`stored_bytes`] of every stored trace, summed.
     pub(crate) fn bytes(&self) -> usize {
         lock(&self.inner).bytes
     }
@@ -432,13 +510,51 @@ mod tests {
     }
 
     #[test]
+    fn stored_bytes_count_every_string_and_cover_an_ordinary_traces_json() {
+        let mut trace = trace_of(1234);
+        let before = stored_bytes(&trace);
+        let span = trace.spans.values_mut().next().unwrap();
+        span.close(Ok("\"a result\""));
+        span.attributes
+            .insert("genkit:isRoot".into(), Value::Bool(true));
+        let grown = stored_bytes(&trace);
+        let added = [
+            "genkit:output",
+            "\"a result\"",
+            "genkit:state",
+            "success",
+            "genkit:isRoot",
+        ]
+        .iter()
+        .map(|text| text.len())
+        .sum::<usize>()
+            + 3 * ATTRIBUTE_OVERHEAD
+            + 24;
+        assert_eq!(grown, before + added);
+        assert!(
+            json_size(&trace) <= grown,
+            "{} > {grown}",
+            json_size(&trace)
+        );
+        assert!(grown < json_size(&trace) + 512);
+    }
+
+    /// Stores `trace` as a new live trace, as a run's start does.
+    fn insert(store: &TraceStore, trace: TraceData) -> LiveTrace {
+        let live = Arc::new(Mutex::new(trace));
+        store.insert(&live, &lock(&live));
+        live
+    }
+
+    #[test]
     fn the_store_stays_within_its_byte_budget_evicting_the_oldest() {
-        let one = json_size(&trace_of(10_000));
+        let one = stored_bytes(&trace_of(10_000));
         let budget = one * 5 + one / 2; // room for five
         let store = TraceStore::new(100, budget);
         let traces: Vec<_> = (0..20).map(|_| trace_of(10_000)).collect();
+        let mut live = Vec::new();
         for trace in &traces {
-            store.insert(trace.clone());
+            live.push(insert(&store, trace.clone()));
             assert!(store.bytes() <= budget);
         }
         let kept: Vec<_> = store.recent().into_iter().map(|t| t.trace_id).collect();
@@ -449,28 +565,37 @@ mod tests {
             .map(|t| t.trace_id.clone())
             .collect();
         assert_eq!(kept, newest);
-        let sum: usize = store.recent().iter().map(json_size).sum();
+        let sum: usize = store.recent().iter().map(stored_bytes).sum();
         assert_eq!(store.bytes(), sum);
 
         // A trace growing by update evicts the oldest too, and the sizes stay exact.
-        let mut grown = traces[19].clone();
-        let span = grown.spans.values_mut().next().unwrap();
-        span.attributes
-            .insert("more".into(), Value::String("m".repeat(2 * one)));
-        store.update(&grown);
+        let grown = {
+            let mut trace = lock(&live[19]);
+            let span = trace.spans.values_mut().next().unwrap();
+            span.attributes
+                .insert("more".into(), Value::String("m".repeat(2 * one)));
+            store.update(&live[19], &trace);
+            trace.clone()
+        };
         assert!(store.bytes() <= budget);
         let kept = store.recent();
         assert_eq!(kept[0], grown);
         // Five traces of `one` became seven: the oldest two went.
         assert_eq!(kept.len(), 3);
-        let sum: usize = kept.iter().map(json_size).sum();
+        let sum: usize = kept.iter().map(stored_bytes).sum();
         assert_eq!(store.bytes(), sum);
+
+        // An evicted trace's update does not bring it back.
+        let evicted = &live[0];
+        store.update(evicted, &lock(evicted));
+        assert_eq!(store.recent().len(), 3);
+        assert!(store.get(&traces[0].trace_id).is_none());
 
         // The newest stays even alone over budget; the next insert evicts it.
         let giant = trace_of(budget * 2);
-        store.insert(giant.clone());
+        insert(&store, giant.clone());
         assert_eq!(store.recent(), vec![giant]);
-        store.insert(trace_of(10));
+        insert(&store, trace_of(10));
         assert_eq!(store.recent().len(), 1);
         assert!(store.bytes() <= budget);
     }
@@ -479,10 +604,10 @@ mod tests {
     fn the_store_still_bounds_the_count() {
         let store = TraceStore::new(3, usize::MAX);
         for _ in 0..10 {
-            store.insert(trace_of(1));
+            insert(&store, trace_of(1));
         }
         assert_eq!(store.recent().len(), 3);
-        let sum: usize = store.recent().iter().map(json_size).sum();
+        let sum: usize = store.recent().iter().map(stored_bytes).sum();
         assert_eq!(store.bytes(), sum);
     }
 }
