@@ -1,10 +1,15 @@
 //! Baseline for `bench/run.sh`: actix-web answering `GET /greet` with the same bytes as the
 //! flows API, with no manager and no middleware. Usage: `bare-actix <port> [workers] [--log]`.
 //!
+//! `POST /flow/{name}` is the floor of the flow path (`bench/callgrind.sh`'s flow table): a
+//! JSON body read and parsed, the greeting `multi_server_flow` makes, answered as JSON; no
+//! registry, no trace.
+//!
 //! With `--log`, the peer a user would write instead: actix's own `middleware::Logger`
 //! through `env_logger` (`RUST_LOG`, default `info`), every request logged to stderr.
 
 use actix_web::{App, HttpResponse, HttpServer, middleware::Logger, web};
+use serde_json::{Value, json};
 
 const GREETING: &str = r#"{"greeting":"Hello from greeting endpoints app!"}"#;
 
@@ -16,6 +21,16 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .content_type("application/json")
                 .body(GREETING)
         }),
+    );
+    cfg.route(
+        "/flow/{name}",
+        web::post().to(
+            |_name: web::Path<String>, input: web::Json<Value>| async move {
+                let name = input.as_str().unwrap_or_default();
+                HttpResponse::Ok()
+                    .json(json!({ "result": format!("Hello from multi-server, {name}!") }))
+            },
+        ),
     );
 }
 

@@ -20,7 +20,8 @@ use crate::error::FlowError;
 use crate::run::{FlowContext, FlowRun, RunShared};
 use crate::telemetry::{self, Telemetry};
 use crate::trace::{
-    LiveTrace, SpanData, TRACE_STORE_BYTES, TraceData, TraceStore, lock, new_span_id, new_trace_id,
+    LiveTrace, SpanData, TRACE_STORE_BYTES, TraceData, TraceStore, json_text, lock, new_span_id,
+    new_trace_id,
 };
 
 /// How many finished or running traces stay in memory.
@@ -76,7 +77,7 @@ impl RunOptions {
         let labels = telemetry_labels
             .unwrap_or_default()
             .into_iter()
-            .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .map(|(k, v)| (k, v.as_str().map_or_else(|| json_text(&v), str::to_owned)))
             .collect();
         RunOptions {
             context,
@@ -266,7 +267,7 @@ impl Registry {
             attributes.insert(k.into(), Value::String(v.into()));
         }
         attributes.insert("genkit:isRoot".into(), Value::Bool(true));
-        attributes.insert("genkit:input".into(), Value::String(input.to_string()));
+        attributes.insert("genkit:input".into(), Value::String(json_text(&input)));
         let root = SpanData::open(&trace_id, span_id.clone(), None, &name, attributes);
         let mut trace = TraceData {
             trace_id: trace_id.clone(),
@@ -311,7 +312,6 @@ impl Registry {
             trace: Arc::new(Mutex::new(trace)),
         });
         shared.publish_start();
-        lock(&self.running).insert(trace_id.clone(), cancel.clone());
 
         let ctx = FlowContext::new(Arc::clone(&shared), chunk_tx);
         let task_done = done.clone();
@@ -350,6 +350,9 @@ impl Registry {
                 .is_ready()
         };
         if !finished {
+            // Only a run that goes on can be cancelled by id (one done in the poll above is
+            // not worth a map entry).
+            lock(&self.running).insert(trace_id.clone(), cancel.clone());
             match &self.runtime {
                 Some(runtime) => runtime.spawn(task),
                 None => tokio::spawn(task),
@@ -467,7 +470,11 @@ impl Registry {
     }
 
     pub(crate) fn forget_running(&self, trace_id: &str) {
-        lock(&self.running).remove(trace_id);
+        let mut running = lock(&self.running);
+        // Runs done inside `start` were never entered; most are such.
+        if !running.is_empty() {
+            running.remove(trace_id);
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::FlowError;
 use crate::registry::Registry;
-use crate::trace::{LiveTrace, SpanData, TraceData, lock, new_span_id};
+use crate::trace::{LiveTrace, SpanData, TraceData, json_text, lock, new_span_id};
 
 /// The caller's handle on a started run: its ids, its chunks, its result.
 ///
@@ -106,6 +106,32 @@ impl FlowRun {
         }
     }
 
+    /// The flow's output or error without waiting, when it has finished already (a flow that
+    /// does not wait finishes inside [`Registry::start`](crate::Registry::start)); else the
+    /// run, unchanged. Lets a server send a whole answer instead of starting a stream. A
+    /// streaming run is always given back: its chunks come first.
+    ///
+    /// # Errors
+    ///
+    /// The run itself, when the flow is still going.
+    pub fn try_result(mut self) -> Result<Result<Value, FlowError>, FlowRun> {
+        if self.chunks.is_some() {
+            return Err(self);
+        }
+        let outcome = match &mut self.result {
+            ResultSlot::Ready(outcome) => outcome.take(),
+            ResultSlot::Pending(rx) => rx.try_recv().ok(),
+        };
+        match outcome {
+            Some(outcome) => {
+                // Finished: nothing to cancel on drop.
+                self.cancel = None;
+                Ok(outcome)
+            }
+            None => Err(self),
+        }
+    }
+
     /// Waits for the flow's output, or its error (which carries the trace id).
     ///
     /// Chunks not read yet are discarded, and a streaming flow no longer waits for a reader.
@@ -167,7 +193,7 @@ impl RunShared {
     /// Closes the root span (and any step the flow was still in) and forgets the run.
     pub(crate) fn finish(&self, outcome: &Result<Value, FlowError>) {
         let output = match outcome {
-            Ok(value) => Ok(value.to_string()),
+            Ok(value) => Ok(json_text(value)),
             Err(error) => Err(error.message.as_str()),
         };
         self.update(|trace| {

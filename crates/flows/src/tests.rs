@@ -71,6 +71,14 @@ fn registry() -> Arc<Registry> {
         Ok::<_, FlowError>(())
     });
     registry.define_flow(
+        "nap",
+        "Sleeps for its input's milliseconds.",
+        |ms: u64, _ctx: FlowContext| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, FlowError>(ms)
+        },
+    );
+    registry.define_flow(
         "echo_context",
         "Returns its context.",
         |_: (), ctx: FlowContext| async move { Ok::<_, FlowError>(ctx.context().clone()) },
@@ -242,6 +250,79 @@ async fn invalid_input_is_invalid_argument_naming_the_problem_and_traced_as_erro
         error.message.contains("expected a string"),
         "{}",
         error.message
+    );
+}
+
+#[tokio::test]
+async fn a_flow_that_does_not_wait_is_done_when_start_returns() {
+    let registry = registry();
+    let run = registry
+        .start("/flow/plain", json!(21), RunOptions::default())
+        .unwrap();
+    let trace_id = run.trace_id.clone();
+    assert_eq!(run.try_result().ok().unwrap().unwrap(), json!(42));
+    assert!(registry.trace(&trace_id).unwrap().is_finished());
+    assert_eq!(registry.flow_stats()["plain"].runs, 1);
+
+    // A flow that waits is still going: the run comes back, and its result follows.
+    let run = registry
+        .start("/flow/nap", json!(20), RunOptions::default())
+        .unwrap();
+    let run = run
+        .try_result()
+        .err()
+        .expect("a napping flow is not done yet");
+    assert_eq!(
+        timeout(WAIT, run.result()).await.unwrap().unwrap(),
+        json!(20)
+    );
+
+    // A streaming run always comes back: its chunks come first.
+    let run = registry
+        .start(
+            "/flow/count",
+            json!(0),
+            RunOptions {
+                stream: true,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
+    let run = run
+        .try_result()
+        .err()
+        .expect("a streaming run is given back");
+    assert_eq!(
+        timeout(WAIT, run.result()).await.unwrap().unwrap(),
+        json!(0)
+    );
+}
+
+/// Started from another runtime (as an actix worker's), a flow that waits still goes on in the
+/// registry's: what its first poll created (here a timer) belongs there, so it outlives the
+/// caller's runtime.
+#[tokio::test]
+async fn a_waiting_flow_outlives_the_runtime_it_was_started_from() {
+    let registry = registry();
+    let caller = Arc::clone(&registry);
+    let run = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let run = runtime.block_on(async {
+            caller
+                .start("/flow/nap", json!(50), RunOptions::default())
+                .unwrap()
+        });
+        drop(runtime);
+        run
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        timeout(WAIT, run.result()).await.unwrap().unwrap(),
+        json!(50)
     );
 }
 

@@ -50,6 +50,14 @@ pub(crate) fn truncate_text(mut text: String) -> String {
     text
 }
 
+/// `value` as JSON text. `serde_json::to_string`, not `Value`'s `Display`: that one writes
+/// through a `fmt::Formatter`, at three times the instructions (a run records its input and
+/// its output).
+pub(crate) fn json_text(value: &Value) -> String {
+    // A `Value` always serializes (its keys are strings).
+    serde_json::to_string(value).unwrap_or_default()
+}
+
 /// [`truncate_text`] on a string value; other values are stored as they are (the attributes
 /// here are strings, booleans and numbers), except that a large array or object becomes its
 /// truncated JSON text.
@@ -57,9 +65,18 @@ pub(crate) fn truncate_value(value: Value) -> Value {
     match value {
         Value::String(text) => Value::String(truncate_text(text)),
         Value::Array(_) | Value::Object(_) if json_size(&value) > TRACE_VALUE_BYTES => {
-            Value::String(truncate_text(value.to_string()))
+            Value::String(truncate_text(json_text(&value)))
         }
         other => other,
+    }
+}
+
+/// Whether `value` may need [`truncate_value`]: a long string, or any array or object.
+fn needs_truncating(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.len() > TRACE_VALUE_BYTES,
+        Value::Array(_) | Value::Object(_) => true,
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -249,12 +266,13 @@ impl SpanData {
         span_id: String,
         parent_span_id: Option<String>,
         display_name: &str,
-        attributes: BTreeMap<String, Value>,
+        mut attributes: BTreeMap<String, Value>,
     ) -> Self {
-        let attributes = attributes
-            .into_iter()
-            .map(|(k, v)| (k, truncate_value(v)))
-            .collect();
+        for value in attributes.values_mut() {
+            if needs_truncating(value) {
+                *value = truncate_value(std::mem::take(value));
+            }
+        }
         Self {
             span_id,
             trace_id: trace_id.to_owned(),
@@ -307,7 +325,7 @@ pub(crate) fn new_trace_id() -> String {
             break id;
         }
     };
-    format!("{id:032x}")
+    hex(&id.to_be_bytes())
 }
 
 /// A W3C span id: 16 lower-case hex digits, never all zero.
@@ -318,7 +336,19 @@ pub(crate) fn new_span_id() -> String {
             break id;
         }
     };
-    format!("{id:016x}")
+    hex(&id.to_be_bytes())
+}
+
+/// Lower-case hex of `bytes`, two digits each: what `format!("{id:032x}")` gives, in a tenth
+/// of the instructions (two ids per run, one per step).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    text
 }
 
 /// A trace as its run keeps changing it, shared by the run and the store: publishing a new
@@ -501,6 +531,22 @@ mod tests {
         span.close(Err(&huge));
         let message = span.status.unwrap().message.unwrap();
         assert!(message.ends_with(&truncated_marker((1 << 20) - TRACE_VALUE_BYTES)));
+    }
+
+    #[test]
+    fn ids_are_lower_case_hex_of_their_width() {
+        assert_eq!(
+            hex(&0x0123_4567_89ab_cdef_u64.to_be_bytes()),
+            "0123456789abcdef"
+        );
+        assert_eq!(hex(&1u128.to_be_bytes()), format!("{:032x}", 1u128));
+        let (trace, span) = (new_trace_id(), new_span_id());
+        assert_eq!((trace.len(), span.len()), (32, 16));
+        assert!(
+            (trace + &span)
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
     }
 
     #[test]
