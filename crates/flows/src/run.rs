@@ -107,29 +107,21 @@ impl FlowRun {
     }
 
     /// The flow's output or error without waiting, when it has finished already (a flow that
-    /// does not wait finishes inside [`Registry::start`](crate::Registry::start)); else the
-    /// run, unchanged. Lets a server send a whole answer instead of starting a stream. A
-    /// streaming run is always given back: its chunks come first.
-    ///
-    /// # Errors
-    ///
-    /// The run itself, when the flow is still going.
-    pub fn try_result(mut self) -> Result<Result<Value, FlowError>, FlowRun> {
+    /// does not wait finishes inside [`Registry::start`](crate::Registry::start)); `None` while
+    /// it is going, and always for a streaming run (its chunks come first). Lets a server send
+    /// a whole answer instead of starting a stream. Once taken, [`result`](Self::result) has
+    /// nothing left to give.
+    pub fn try_result(&mut self) -> Option<Result<Value, FlowError>> {
         if self.chunks.is_some() {
-            return Err(self);
+            return None;
         }
         let outcome = match &mut self.result {
             ResultSlot::Ready(outcome) => outcome.take(),
             ResultSlot::Pending(rx) => rx.try_recv().ok(),
-        };
-        match outcome {
-            Some(outcome) => {
-                // Finished: nothing to cancel on drop.
-                self.cancel = None;
-                Ok(outcome)
-            }
-            None => Err(self),
-        }
+        }?;
+        // Finished: nothing to cancel on drop.
+        self.cancel = None;
+        Some(outcome)
     }
 
     /// Waits for the flow's output, or its error (which carries the trace id).

@@ -256,29 +256,26 @@ async fn invalid_input_is_invalid_argument_naming_the_problem_and_traced_as_erro
 #[tokio::test]
 async fn a_flow_that_does_not_wait_is_done_when_start_returns() {
     let registry = registry();
-    let run = registry
+    let mut run = registry
         .start("/flow/plain", json!(21), RunOptions::default())
         .unwrap();
     let trace_id = run.trace_id.clone();
-    assert_eq!(run.try_result().ok().unwrap().unwrap(), json!(42));
+    assert_eq!(run.try_result().unwrap().unwrap(), json!(42));
     assert!(registry.trace(&trace_id).unwrap().is_finished());
     assert_eq!(registry.flow_stats()["plain"].runs, 1);
 
     // A flow that waits is still going: the run comes back, and its result follows.
-    let run = registry
+    let mut run = registry
         .start("/flow/nap", json!(20), RunOptions::default())
         .unwrap();
-    let run = run
-        .try_result()
-        .err()
-        .expect("a napping flow is not done yet");
+    assert!(run.try_result().is_none(), "a napping flow is not done yet");
     assert_eq!(
         timeout(WAIT, run.result()).await.unwrap().unwrap(),
         json!(20)
     );
 
     // A streaming run always comes back: its chunks come first.
-    let run = registry
+    let mut run = registry
         .start(
             "/flow/count",
             json!(0),
@@ -288,10 +285,10 @@ async fn a_flow_that_does_not_wait_is_done_when_start_returns() {
             },
         )
         .unwrap();
-    let run = run
-        .try_result()
-        .err()
-        .expect("a streaming run is given back");
+    assert!(
+        run.try_result().is_none(),
+        "a streaming run's chunks come first"
+    );
     assert_eq!(
         timeout(WAIT, run.result()).await.unwrap().unwrap(),
         json!(0)

@@ -180,7 +180,7 @@ async fn run_action(
     };
     let stream = query.stream.as_deref() == Some("true");
     let options = RunOptions::of_request(body.context, stream, body.telemetry_labels);
-    let run = match state.registry.start(&key, body.input, options) {
+    let mut run = match state.registry.start(&key, body.input, options) {
         Ok(run) => run,
         Err(err) if err.code == FlowCode::NotFound => {
             return json_response(StatusCode::NOT_FOUND, &json!({ "error": err.message }));
@@ -191,10 +191,10 @@ async fn run_action(
     let span_id = run.span_id.clone();
     let body = match run.try_result() {
         // Done already (the flow did not wait): one whole body, as the stream would have sent.
-        Ok(outcome) => Body::from_vec(json_bytes(&last_object(outcome, &trace_id))),
+        Some(outcome) => Body::from_vec(json_bytes(&last_object(outcome, &trace_id))),
         // Headers (with the trace id) go out now; the result follows when the flow ends (the
         // middleware keeps the request in flight until the body's last byte).
-        Err(run) => Body::from_bytes_stream(run_body(run, stream)),
+        None => Body::from_bytes_stream(run_body(run, stream)),
     };
     Response::builder()
         .status(StatusCode::OK)
