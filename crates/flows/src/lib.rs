@@ -60,6 +60,7 @@
 //! ```
 
 mod error;
+mod record;
 mod registry;
 mod run;
 mod stats;

@@ -17,11 +17,12 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::FlowError;
+use crate::record::{LiveRecord, Outcome, RunRecord, SpanRecord};
 use crate::run::{FlowContext, FlowRun, RunShared};
 use crate::telemetry::{self, Telemetry};
 use crate::trace::{
-    LiveTrace, SpanData, TRACE_STORE_BYTES, TraceData, TraceStore, json_text, lock, new_span_id,
-    new_trace_id,
+    TRACE_STORE_BYTES, TraceData, TraceStore, json_text, lock, new_span_id, new_trace_id,
+    truncate_text,
 };
 
 /// How many finished or running traces stay in memory.
@@ -253,28 +254,16 @@ impl Registry {
         let span_id = new_span_id();
         let root_path = format!("/{{{name},t:action,s:flow}}");
 
-        let mut attributes: BTreeMap<String, Value> = options
-            .labels
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect();
-        for (k, v) in [
-            ("genkit:type", "action"),
-            ("genkit:metadata:subtype", "flow"),
-            ("genkit:name", &name),
-            ("genkit:path", &root_path),
-        ] {
-            attributes.insert(k.into(), Value::String(v.into()));
+        let mut labels = options.labels;
+        for value in labels.values_mut() {
+            *value = truncate_text(std::mem::take(value));
         }
-        attributes.insert("genkit:isRoot".into(), Value::Bool(true));
-        attributes.insert("genkit:input".into(), Value::String(json_text(&input)));
-        let root = SpanData::open(&trace_id, span_id.clone(), None, &name, attributes);
-        let mut trace = TraceData {
+        let mut record = RunRecord {
             trace_id: trace_id.clone(),
-            display_name: Some(name.clone()),
-            start_time: root.start_time,
-            end_time: 0.0,
-            spans: BTreeMap::from([(span_id.clone(), root)]),
+            labels,
+            input: truncate_text(json_text(&input)),
+            root: SpanRecord::open(span_id.clone(), name, root_path),
+            steps: Vec::new(),
         };
 
         let job = match prepare(&input) {
@@ -282,13 +271,10 @@ impl Registry {
             Err(error) => {
                 // The flow never runs: record one finished, failed trace right away.
                 let error = error.with_trace_id(&trace_id);
-                if let Some(root) = trace.spans.get_mut(&span_id) {
-                    root.close(Err(&error.message));
-                    trace.end_time = root.end_time;
-                }
-                self.count_run(&trace);
-                let trace: LiveTrace = Arc::new(Mutex::new(trace));
-                self.publish(&trace, &lock(&trace), true);
+                record.root.close(Outcome::of(Err(&error.message)));
+                self.count_run(&record);
+                let record: LiveRecord = Arc::new(Mutex::new(record));
+                self.publish(&record, &lock(&record), true);
                 return Ok(FlowRun::failed(trace_id, span_id, error));
             }
         };
@@ -305,11 +291,9 @@ impl Registry {
         let shared = Arc::new(RunShared {
             registry: Arc::clone(self),
             trace_id: trace_id.clone(),
-            root_span_id: span_id.clone(),
-            root_path,
             context: options.context,
             cancel: cancel.clone(),
-            trace: Arc::new(Mutex::new(trace)),
+            record: Arc::new(Mutex::new(record)),
         });
         shared.publish_start();
 
@@ -446,27 +430,30 @@ impl Registry {
         self.traces.bytes()
     }
 
-    /// Stores, broadcasts and exports one state of a trace. `new` puts it at the front of the
-    /// history; otherwise it replaces the stored copy.
+    /// Stores, broadcasts and exports one state of a run's trace. `new` puts it at the front
+    /// of the history; otherwise it replaces the stored state.
     ///
-    /// `state` is what `trace` holds now: the caller holds its lock, so states are published in
-    /// the order they happened.
-    pub(crate) fn publish(&self, trace: &LiveTrace, state: &TraceData, new: bool) {
+    /// `state` is what `record` holds now: the caller holds its lock, so states are published
+    /// in the order they happened.
+    pub(crate) fn publish(&self, record: &LiveRecord, state: &RunRecord, new: bool) {
         if new {
-            self.traces.insert(trace, state);
+            self.traces.insert(record, state);
         } else {
-            self.traces.update(trace, state);
+            self.traces.update(record, state);
         }
         // No subscribers is fine: the feed is for whoever listens now.
         if self.feed.receiver_count() > 0 {
             let _ = self.feed.send(Arc::from(state.trace_id.as_str()));
         }
-        self.telemetry.export(state);
+        // The document is built only for a telemetry server that wants it.
+        if self.telemetry.is_exporting() {
+            self.telemetry.export(&state.to_trace());
+        }
     }
 
     /// Counts a run that just ended in the flow statistics (once per run).
-    pub(crate) fn count_run(&self, trace: &TraceData) {
-        self.stats.record(trace);
+    pub(crate) fn count_run(&self, record: &RunRecord) {
+        self.stats.record(record);
     }
 
     pub(crate) fn forget_running(&self, trace_id: &str) {

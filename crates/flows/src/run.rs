@@ -1,6 +1,5 @@
 //! One run of a flow: the caller's handle ([`FlowRun`]) and the flow's side ([`FlowContext`]).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -11,8 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::FlowError;
+use crate::record::{LiveRecord, Outcome, RunRecord, SpanRecord};
 use crate::registry::Registry;
-use crate::trace::{LiveTrace, SpanData, TraceData, json_text, lock, new_span_id};
+use crate::trace::{json_text, lock, new_span_id};
 
 /// The caller's handle on a started run: its ids, its chunks, its result.
 ///
@@ -161,25 +161,24 @@ impl Drop for FlowRun {
 pub(crate) struct RunShared {
     pub(crate) registry: Arc<Registry>,
     pub(crate) trace_id: String,
-    pub(crate) root_span_id: String,
-    pub(crate) root_path: String,
     pub(crate) context: Value,
     pub(crate) cancel: CancellationToken,
-    /// The trace as it stands; every change is published while this lock is held, so the
+    /// The run as it stands; every change is published while this lock is held, so the
     /// history, the feed and the telemetry server see the states in order.
-    pub(crate) trace: LiveTrace,
+    pub(crate) record: LiveRecord,
 }
 
 impl RunShared {
     pub(crate) fn publish_start(&self) {
-        let trace = lock(&self.trace);
-        self.registry.publish(&self.trace, &trace, true);
+        let record = lock(&self.record);
+        self.registry.publish(&self.record, &record, true);
     }
 
-    fn update(&self, change: impl FnOnce(&mut TraceData)) {
-        let mut trace = lock(&self.trace);
-        change(&mut trace);
-        self.registry.publish(&self.trace, &trace, false);
+    fn update<R>(&self, change: impl FnOnce(&mut RunRecord) -> R) -> R {
+        let mut record = lock(&self.record);
+        let changed = change(&mut record);
+        self.registry.publish(&self.record, &record, false);
+        changed
     }
 
     /// Closes the root span (and any step the flow was still in) and forgets the run.
@@ -188,24 +187,21 @@ impl RunShared {
             Ok(value) => Ok(json_text(value)),
             Err(error) => Err(error.message.as_str()),
         };
-        self.update(|trace| {
-            let message = match &output {
-                Ok(_) => "flow ended while this step was running",
-                Err(message) => message,
-            };
-            for span in trace.spans.values_mut() {
-                if span.span_id != self.root_span_id && span.end_time == 0.0 {
-                    span.close(Err(message));
-                }
+        self.update(|record| {
+            for step in record.steps.iter_mut().filter(|step| step.is_open()) {
+                let message = match &output {
+                    Ok(_) => "flow ended while this step was running",
+                    Err(message) => message,
+                };
+                step.close(Outcome::of(Err(message)));
             }
-            if let Some(root) = trace.spans.get_mut(&self.root_span_id) {
-                root.close(output.as_deref().map_err(|e| *e));
-                trace.end_time = root.end_time;
-            }
+            record
+                .root
+                .close(Outcome::of(output.as_deref().map_err(|e| *e)));
         });
         // Counted here, once: a step a clone of the context runs after the end publishes the
         // finished trace again.
-        self.registry.count_run(&lock(&self.trace));
+        self.registry.count_run(&lock(&self.record));
         self.registry.forget_running(&self.trace_id);
     }
 }
@@ -299,21 +295,12 @@ impl FlowContext {
         Fut: Future<Output = Result<T, FlowError>>,
     {
         let span_id = new_span_id();
-        let path = format!("{}/{{{step_name},t:flowStep}}", self.shared.root_path);
-        let attributes = BTreeMap::from([
-            ("genkit:type".to_owned(), Value::String("flowStep".into())),
-            ("genkit:name".to_owned(), Value::String(step_name.into())),
-            ("genkit:path".to_owned(), Value::String(path)),
-        ]);
-        let span = SpanData::open(
-            &self.shared.trace_id,
-            span_id.clone(),
-            Some(self.shared.root_span_id.clone()),
-            step_name,
-            attributes,
-        );
-        self.shared.update(|trace| {
-            trace.spans.insert(span_id.clone(), span);
+        let index = self.shared.update(|record| {
+            let path = format!("{}/{{{step_name},t:flowStep}}", record.root.path);
+            record
+                .steps
+                .push(SpanRecord::open(span_id, step_name.to_owned(), path));
+            record.steps.len() - 1
         });
 
         let outcome = step.await;
@@ -323,10 +310,9 @@ impl FlowContext {
                 .unwrap_or_else(|e| format!("<output cannot be encoded as JSON: {e}>"))),
             Err(error) => Err(error.message.as_str()),
         };
-        self.shared.update(|trace| {
-            if let Some(span) = trace.spans.get_mut(&span_id) {
-                span.close(recorded.as_deref().map_err(|e| *e));
-            }
+        self.shared.update(|record| {
+            // Steps are only ever added, so the index still names this one.
+            record.steps[index].close(Outcome::of(recorded.as_deref().map_err(|e| *e)));
         });
         outcome
     }

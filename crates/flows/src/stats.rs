@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::trace::{TraceData, lock};
+use crate::record::{Outcome, RunRecord};
+use crate::trace::lock;
 
 /// The upper bounds, in seconds, of the duration histogram (the OpenTelemetry HTTP
 /// conventions' buckets, which suit flows as well), and an implicit `+Inf`.
@@ -30,21 +31,22 @@ pub struct FlowStats {
 pub(crate) struct Stats(Mutex<BTreeMap<String, FlowStats>>);
 
 impl Stats {
-    /// Counts `trace`, if it is a finished run.
-    pub(crate) fn record(&self, trace: &TraceData) {
-        let Some(root) = trace.root_span().filter(|_| trace.is_finished()) else {
+    /// Counts `record`, if it is a finished run.
+    pub(crate) fn record(&self, record: &RunRecord) {
+        let root = &record.root;
+        if root.is_open() {
             return;
-        };
-        let failed = root.status.as_ref().is_some_and(|s| s.code == 2);
+        }
+        let failed = matches!(root.outcome, Some(Outcome::Failure(_)));
         let seconds = ((root.end_time - root.start_time) / 1e3).max(0.0);
         let bucket = FLOW_DURATION_BUCKETS
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(FLOW_DURATION_BUCKETS.len());
         let mut stats = lock(&self.0);
-        let flow = match stats.get_mut(&root.display_name) {
+        let flow = match stats.get_mut(&root.name) {
             Some(flow) => flow,
-            None => stats.entry(root.display_name.clone()).or_default(),
+            None => stats.entry(root.name.clone()).or_default(),
         };
         flow.runs += 1;
         flow.errors += u64::from(failed);

@@ -270,6 +270,11 @@ impl Telemetry {
         self.queue.bytes()
     }
 
+    /// Whether a telemetry server is known (so traces are worth building for [`export`](Self::export)).
+    pub(crate) fn is_exporting(&self) -> bool {
+        self.url.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
     /// Queues one post of `trace`, if a telemetry server is known. Never blocks.
     pub(crate) fn export(&self, trace: &TraceData) {
         let Some(url) = self.url() else { return };
@@ -480,23 +485,20 @@ mod tests {
     }
 
     fn trace(trace_id: &str, pad: usize) -> TraceData {
-        let mut span = crate::trace::SpanData::open(
-            trace_id,
+        let mut root = crate::record::SpanRecord::open(
             "0000000000000001".into(),
-            None,
-            "t",
-            std::collections::BTreeMap::new(),
+            "t".into(),
+            "/{t,t:action,s:flow}".into(),
         );
-        span.start_time = 1.0;
-        span.attributes
-            .insert("pad".into(), serde_json::Value::String("p".repeat(pad)));
-        TraceData {
+        root.start_time = 1.0;
+        crate::record::RunRecord {
             trace_id: trace_id.into(),
-            display_name: None,
-            start_time: 1.0,
-            end_time: 0.0,
-            spans: std::collections::BTreeMap::from([(span.span_id.clone(), span)]),
+            labels: std::collections::BTreeMap::new(),
+            input: "p".repeat(pad),
+            root,
+            steps: Vec::new(),
         }
+        .to_trace()
     }
 
     #[tokio::test]

@@ -2,11 +2,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
-use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::record::{LiveRecord, RunRecord};
 use serde_json::Value;
 
 /// The most bytes one recorded value may keep: a span's `genkit:input` / `genkit:output` JSON
@@ -58,30 +59,10 @@ pub(crate) fn json_text(value: &Value) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// [`truncate_text`] on a string value; other values are stored as they are (the attributes
-/// here are strings, booleans and numbers), except that a large array or object becomes its
-/// truncated JSON text.
-pub(crate) fn truncate_value(value: Value) -> Value {
-    match value {
-        Value::String(text) => Value::String(truncate_text(text)),
-        Value::Array(_) | Value::Object(_) if json_size(&value) > TRACE_VALUE_BYTES => {
-            Value::String(truncate_text(json_text(&value)))
-        }
-        other => other,
-    }
-}
-
-/// Whether `value` may need [`truncate_value`]: a long string, or any array or object.
-fn needs_truncating(value: &Value) -> bool {
-    match value {
-        Value::String(text) => text.len() > TRACE_VALUE_BYTES,
-        Value::Array(_) | Value::Object(_) => true,
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
-    }
-}
-
 /// The length of `value`'s JSON serialization, counted without building it.
+#[cfg(test)]
 pub(crate) fn json_size<T: Serialize + ?Sized>(value: &T) -> usize {
+    use std::io;
     struct Count(usize);
     impl io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -101,16 +82,20 @@ pub(crate) fn json_size<T: Serialize + ?Sized>(value: &T) -> usize {
 /// What a span costs in memory besides its strings and attributes: the struct, the times,
 /// the map node holding it, the allocations' headers. Also more than the JSON field names and
 /// punctuation of a span (~230 bytes), so an ordinary trace counts at least its JSON size.
-const SPAN_OVERHEAD: usize = 256;
+pub(crate) const SPAN_OVERHEAD: usize = 256;
 /// What an attribute costs besides its key's and value's bytes (its map slot, the two
 /// allocations' headers; in JSON, quotes, colon and comma).
-const ATTRIBUTE_OVERHEAD: usize = 64;
+pub(crate) const ATTRIBUTE_OVERHEAD: usize = 64;
+/// What a number, boolean or null attribute costs besides its key: the size of a `Value`.
+pub(crate) const SCALAR_BYTES: usize = 24;
 
 /// The bytes a trace holds in memory, about: every string's length, plus a fixed cost per span
-/// and per attribute. Counted without serializing (which cost ~6,000 instructions per state
-/// of a one-span trace, and a trace is counted at each of its states). The JSON text of an
-/// ordinary trace is a little smaller; escapes can make it larger (a quote is two bytes in
-/// JSON), but memory holds the unescaped text, and memory is what the budget bounds.
+/// and per attribute. The JSON text of an ordinary trace is a little smaller; escapes can make
+/// it larger (a quote is two bytes in JSON), but memory holds the unescaped text, and memory is
+/// what the budget bounds. The store counts a run's record with `RunRecord::stored_bytes`,
+/// without building the document (serializing one to count it cost ~6,000 instructions per
+/// state of a one-span trace); tests check the two agree.
+#[cfg(test)]
 pub(crate) fn stored_bytes(trace: &TraceData) -> usize {
     let spans: usize = trace
         .spans
@@ -145,13 +130,14 @@ pub(crate) fn stored_bytes(trace: &TraceData) -> usize {
     trace.trace_id.len() + trace.display_name.as_ref().map_or(0, String::len) + spans
 }
 
-/// A value's bytes: a string's length; a number, boolean or null as the 24 bytes a `Value`
-/// takes; a (small: larger ones become text) array or object as its JSON length.
+/// A value's bytes: a string's length; a number, boolean or null as a `Value`'s size; an array
+/// or object as its JSON length.
+#[cfg(test)]
 fn value_bytes(value: &Value) -> usize {
     match value {
         Value::String(text) => text.len(),
         Value::Array(_) | Value::Object(_) => json_size(value),
-        Value::Null | Value::Bool(_) | Value::Number(_) => 24,
+        Value::Null | Value::Bool(_) | Value::Number(_) => SCALAR_BYTES,
     }
 }
 
@@ -225,7 +211,7 @@ pub struct InstrumentationLibrary {
 }
 
 impl InstrumentationLibrary {
-    fn genkit() -> Self {
+    pub(crate) fn genkit() -> Self {
         Self {
             name: "genkit-tracer".into(),
             version: Some("v1".into()),
@@ -255,56 +241,6 @@ impl SpanStatus {
         Self {
             code: 2,
             message: Some(message.into()),
-        }
-    }
-}
-
-impl SpanData {
-    /// A fresh, open span with Genkit's fixed fields filled in.
-    pub(crate) fn open(
-        trace_id: &str,
-        span_id: String,
-        parent_span_id: Option<String>,
-        display_name: &str,
-        mut attributes: BTreeMap<String, Value>,
-    ) -> Self {
-        for value in attributes.values_mut() {
-            if needs_truncating(value) {
-                *value = truncate_value(std::mem::take(value));
-            }
-        }
-        Self {
-            span_id,
-            trace_id: trace_id.to_owned(),
-            parent_span_id,
-            start_time: now_ms(),
-            end_time: 0.0,
-            attributes,
-            display_name: display_name.to_owned(),
-            instrumentation_library: InstrumentationLibrary::genkit(),
-            span_kind: "INTERNAL".into(),
-            status: None,
-        }
-    }
-
-    /// Closes the span with `genkit:state` and a status matching the outcome.
-    pub(crate) fn close(&mut self, outcome: Result<&str, &str>) {
-        self.end_time = now_ms().max(self.start_time);
-        match outcome {
-            Ok(output_json) => {
-                self.attributes.insert(
-                    "genkit:output".into(),
-                    Value::String(truncate_text(output_json.to_owned())),
-                );
-                self.attributes
-                    .insert("genkit:state".into(), Value::String("success".into()));
-                self.status = Some(SpanStatus::ok());
-            }
-            Err(message) => {
-                self.attributes
-                    .insert("genkit:state".into(), Value::String("error".into()));
-                self.status = Some(SpanStatus::error(truncate_text(message.to_owned())));
-            }
         }
     }
 }
@@ -351,14 +287,12 @@ fn hex(bytes: &[u8]) -> String {
     text
 }
 
-/// A trace as its run keeps changing it, shared by the run and the store: publishing a new
-/// state copies nothing, and readers copy the state they asked for.
-pub(crate) type LiveTrace = Arc<Mutex<TraceData>>;
-
 /// The last `capacity` traces, newest (by start) first, at most `budget` bytes in all.
 ///
-/// Lock order: a trace's lock, then the store's. Publishing holds the first while it tells
-/// the store the new size; readers take the trace's lock only after letting go of the store's.
+/// It keeps each run's live record, and builds a trace's document when one is read.
+///
+/// Lock order: a record's lock, then the store's. Publishing holds the first while it tells
+/// the store the new size; readers take a record's lock only after letting go of the store's.
 #[derive(Debug)]
 pub(crate) struct TraceStore {
     capacity: usize,
@@ -375,10 +309,10 @@ struct Stored {
 
 #[derive(Debug)]
 struct StoredTrace {
-    /// The trace's id, kept here so finding one takes no trace's lock.
+    /// The trace's id, kept here so finding one takes no record's lock.
     trace_id: String,
-    trace: LiveTrace,
-    /// The [`stored_bytes`] of the state last published.
+    record: LiveRecord,
+    /// The `RunRecord::stored_bytes` of the state last published.
     size: usize,
 }
 
@@ -406,29 +340,29 @@ impl TraceStore {
         }
     }
 
-    /// Adds a new trace at the front, evicting the oldest beyond capacity or budget. `state`
-    /// is what `trace` holds now (its lock is the caller's).
-    pub(crate) fn insert(&self, trace: &LiveTrace, state: &TraceData) {
-        let size = stored_bytes(state);
+    /// Adds a new run at the front, evicting the oldest beyond capacity or budget. `state` is
+    /// what `record` holds now (its lock is the caller's).
+    pub(crate) fn insert(&self, record: &LiveRecord, state: &RunRecord) {
+        let size = state.stored_bytes();
         let mut inner = lock(&self.inner);
         inner.traces.push_front(StoredTrace {
             trace_id: state.trace_id.clone(),
-            trace: Arc::clone(trace),
+            record: Arc::clone(record),
             size,
         });
         inner.bytes += size;
         inner.evict(self.capacity, self.budget);
     }
 
-    /// Accounts for a new state of a stored trace. A trace already evicted by newer runs stays
+    /// Accounts for a new state of a stored run. A run already evicted by newer runs stays
     /// evicted: re-adding it would push out a newer one.
-    pub(crate) fn update(&self, trace: &LiveTrace, state: &TraceData) {
-        let size = stored_bytes(state);
+    pub(crate) fn update(&self, record: &LiveRecord, state: &RunRecord) {
+        let size = state.stored_bytes();
         let mut inner = lock(&self.inner);
         let Some(slot) = inner
             .traces
             .iter_mut()
-            .find(|stored| Arc::ptr_eq(&stored.trace, trace))
+            .find(|stored| Arc::ptr_eq(&stored.record, record))
         else {
             return;
         };
@@ -438,24 +372,27 @@ impl TraceStore {
     }
 
     pub(crate) fn recent(&self) -> Vec<TraceData> {
-        let traces: Vec<LiveTrace> = lock(&self.inner)
+        let records: Vec<LiveRecord> = lock(&self.inner)
             .traces
             .iter()
-            .map(|stored| Arc::clone(&stored.trace))
+            .map(|stored| Arc::clone(&stored.record))
             .collect();
-        traces.iter().map(|trace| lock(trace).clone()).collect()
+        records
+            .iter()
+            .map(|record| lock(record).to_trace())
+            .collect()
     }
 
     pub(crate) fn get(&self, trace_id: &str) -> Option<TraceData> {
-        let trace = lock(&self.inner)
+        let record = lock(&self.inner)
             .traces
             .iter()
             .find(|stored| stored.trace_id == trace_id)
-            .map(|stored| Arc::clone(&stored.trace))?;
-        Some(lock(&trace).clone())
+            .map(|stored| Arc::clone(&stored.record))?;
+        Some(lock(&record).to_trace())
     }
 
-    /// The [`stored_bytes`] of every stored trace, summed.
+    /// The sizes of every stored run, summed.
     pub(crate) fn bytes(&self) -> usize {
         lock(&self.inner).bytes
     }
@@ -470,20 +407,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{Outcome, SpanRecord};
 
-    fn trace_of(bytes: usize) -> TraceData {
-        let trace_id = new_trace_id();
-        let span_id = new_span_id();
-        // Built directly (not through `open`), to control the size exactly.
-        let mut span = SpanData::open(&trace_id, span_id.clone(), None, "t", BTreeMap::new());
-        span.attributes
-            .insert("pad".into(), Value::String("p".repeat(bytes)));
-        TraceData {
-            trace_id,
-            display_name: Some("t".into()),
-            start_time: span.start_time,
-            end_time: 0.0,
-            spans: BTreeMap::from([(span_id, span)]),
+    /// An open run whose input is `bytes` long.
+    fn record_of(bytes: usize) -> RunRecord {
+        RunRecord {
+            trace_id: new_trace_id(),
+            labels: BTreeMap::new(),
+            input: "p".repeat(bytes),
+            root: SpanRecord::open(new_span_id(), "t".into(), "/{t,t:action,s:flow}".into()),
+            steps: Vec::new(),
         }
     }
 
@@ -504,33 +437,45 @@ mod tests {
             .strip_suffix(&truncated_marker(long.len() - (TRACE_VALUE_BYTES - 1)))
             .unwrap();
         assert_eq!(kept.len(), TRACE_VALUE_BYTES - 1);
-        // Structured values over budget become their (truncated) JSON text.
-        let big = Value::Array(vec![Value::from(12_345); TRACE_VALUE_BYTES]);
-        assert!(
-            truncate_value(big)
-                .as_str()
-                .unwrap()
-                .starts_with("[12345,12345")
-        );
-        assert_eq!(truncate_value(Value::Bool(true)), Value::Bool(true));
     }
 
     #[test]
-    fn open_and_close_truncate_attributes_output_and_error() {
+    fn outputs_errors_and_long_names_are_cut_in_the_document() {
         let huge = "z".repeat(1 << 20);
-        let attributes = BTreeMap::from([("genkit:input".into(), Value::String(huge.clone()))]);
-        let mut span = SpanData::open("t", "s".into(), None, "n", attributes);
-        assert!(span.attributes["genkit:input"].as_str().unwrap().len() < TRACE_VALUE_BYTES + 64);
-        span.close(Ok(&huge));
+        let marker = truncated_marker((1 << 20) - TRACE_VALUE_BYTES);
+        let Outcome::Success(output) = Outcome::of(Ok(&huge)) else {
+            panic!("not a success")
+        };
+        assert!(output.ends_with(&marker));
+        let Outcome::Failure(message) = Outcome::of(Err(&huge)) else {
+            panic!("not a failure")
+        };
+        assert!(message.ends_with(&marker));
+
+        let mut record = record_of(1);
+        record.root.name = huge.clone();
+        record.root.close(Outcome::of(Err(&huge)));
+        let trace = record.to_trace();
+        let root = trace.root_span().unwrap();
         assert!(
-            span.attributes["genkit:output"]
+            root.attributes["genkit:name"]
                 .as_str()
                 .unwrap()
-                .ends_with(&truncated_marker((1 << 20) - TRACE_VALUE_BYTES))
+                .ends_with(&marker)
         );
-        span.close(Err(&huge));
-        let message = span.status.unwrap().message.unwrap();
-        assert!(message.ends_with(&truncated_marker((1 << 20) - TRACE_VALUE_BYTES)));
+        assert!(
+            root.status
+                .as_ref()
+                .unwrap()
+                .message
+                .as_ref()
+                .unwrap()
+                .ends_with(&marker)
+        );
+        assert_eq!(
+            root.display_name, huge,
+            "the display name is the name itself"
+        );
     }
 
     #[test]
@@ -551,97 +496,86 @@ mod tests {
 
     #[test]
     fn json_size_is_the_serialized_length() {
-        let trace = trace_of(1234);
+        let trace = record_of(1234).to_trace();
         assert_eq!(json_size(&trace), serde_json::to_vec(&trace).unwrap().len());
     }
 
     #[test]
-    fn stored_bytes_count_every_string_and_cover_an_ordinary_traces_json() {
-        let mut trace = trace_of(1234);
-        let before = stored_bytes(&trace);
-        let span = trace.spans.values_mut().next().unwrap();
-        span.close(Ok("\"a result\""));
-        span.attributes
-            .insert("genkit:isRoot".into(), Value::Bool(true));
-        let grown = stored_bytes(&trace);
-        let added = [
-            "genkit:output",
-            "\"a result\"",
-            "genkit:state",
-            "success",
-            "genkit:isRoot",
-        ]
-        .iter()
-        .map(|text| text.len())
-        .sum::<usize>()
-            + 3 * ATTRIBUTE_OVERHEAD
-            + 24;
-        assert_eq!(grown, before + added);
-        assert!(
-            json_size(&trace) <= grown,
-            "{} > {grown}",
-            json_size(&trace)
-        );
-        assert!(grown < json_size(&trace) + 512);
+    fn a_record_weighs_what_its_document_holds_and_at_least_its_json() {
+        let mut record = record_of(1234);
+        record.labels.insert("batch".into(), "b7".into());
+        let open = record.stored_bytes();
+        assert_eq!(open, stored_bytes(&record.to_trace()));
+        record.steps.push(SpanRecord::open(
+            new_span_id(),
+            "compose".into(),
+            "/{t}/{compose}".into(),
+        ));
+        record.steps[0].close(Outcome::of(Err("no luck")));
+        record.root.close(Outcome::of(Ok("\"a result\"")));
+        let done = record.stored_bytes();
+        let trace = record.to_trace();
+        assert_eq!(done, stored_bytes(&trace));
+        assert!(done > open + SPAN_OVERHEAD);
+        assert!(json_size(&trace) <= done, "{} > {done}", json_size(&trace));
+        assert!(done < json_size(&trace) + 1024);
     }
 
-    /// Stores `trace` as a new live trace, as a run's start does.
-    fn insert(store: &TraceStore, trace: TraceData) -> LiveTrace {
-        let live = Arc::new(Mutex::new(trace));
+    /// Stores `record` as a new live run, as a run's start does.
+    fn insert(store: &TraceStore, record: RunRecord) -> LiveRecord {
+        let live = Arc::new(Mutex::new(record));
         store.insert(&live, &lock(&live));
         live
     }
 
     #[test]
     fn the_store_stays_within_its_byte_budget_evicting_the_oldest() {
-        let one = stored_bytes(&trace_of(10_000));
+        let one = record_of(10_000).stored_bytes();
         let budget = one * 5 + one / 2; // room for five
         let store = TraceStore::new(100, budget);
-        let traces: Vec<_> = (0..20).map(|_| trace_of(10_000)).collect();
+        let records: Vec<_> = (0..20).map(|_| record_of(10_000)).collect();
         let mut live = Vec::new();
-        for trace in &traces {
-            live.push(insert(&store, trace.clone()));
+        for record in &records {
+            live.push(insert(&store, record.clone()));
             assert!(store.bytes() <= budget);
         }
         let kept: Vec<_> = store.recent().into_iter().map(|t| t.trace_id).collect();
-        let newest: Vec<_> = traces
+        let newest: Vec<_> = records
             .iter()
             .rev()
             .take(5)
-            .map(|t| t.trace_id.clone())
+            .map(|r| r.trace_id.clone())
             .collect();
         assert_eq!(kept, newest);
         let sum: usize = store.recent().iter().map(stored_bytes).sum();
         assert_eq!(store.bytes(), sum);
 
-        // A trace growing by update evicts the oldest too, and the sizes stay exact.
+        // A run growing by update evicts the oldest too, and the sizes stay exact.
         let grown = {
-            let mut trace = lock(&live[19]);
-            let span = trace.spans.values_mut().next().unwrap();
-            span.attributes
-                .insert("more".into(), Value::String("m".repeat(2 * one)));
-            store.update(&live[19], &trace);
-            trace.clone()
+            let mut record = lock(&live[19]);
+            record.input.push_str(&"m".repeat(2 * one));
+            store.update(&live[19], &record);
+            record.to_trace()
         };
         assert!(store.bytes() <= budget);
         let kept = store.recent();
         assert_eq!(kept[0], grown);
-        // Five traces of `one` became seven: the oldest two went.
+        // Five runs of `one` became seven: the oldest two went.
         assert_eq!(kept.len(), 3);
         let sum: usize = kept.iter().map(stored_bytes).sum();
         assert_eq!(store.bytes(), sum);
 
-        // An evicted trace's update does not bring it back.
+        // An evicted run's update does not bring it back.
         let evicted = &live[0];
         store.update(evicted, &lock(evicted));
         assert_eq!(store.recent().len(), 3);
-        assert!(store.get(&traces[0].trace_id).is_none());
+        assert!(store.get(&records[0].trace_id).is_none());
 
         // The newest stays even alone over budget; the next insert evicts it.
-        let giant = trace_of(budget * 2);
+        let giant = record_of(budget * 2);
         insert(&store, giant.clone());
-        assert_eq!(store.recent(), vec![giant]);
-        insert(&store, trace_of(10));
+        assert_eq!(store.recent(), vec![giant.to_trace()]);
+        insert(&store, record_of(10));
         assert_eq!(store.recent().len(), 1);
         assert!(store.bytes() <= budget);
     }
@@ -650,7 +584,7 @@ mod tests {
     fn the_store_still_bounds_the_count() {
         let store = TraceStore::new(3, usize::MAX);
         for _ in 0..10 {
-            insert(&store, trace_of(1));
+            insert(&store, record_of(1));
         }
         assert_eq!(store.recent().len(), 3);
         let sum: usize = store.recent().iter().map(stored_bytes).sum();

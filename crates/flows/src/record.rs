@@ -1,0 +1,237 @@
+//! What a run records as it goes, and Genkit's `TraceData` built from it when someone reads it.
+//!
+//! A run's trace changes at its start, at each step's start and end, and at its end; it is read
+//! far less often (the Dev UI and the tools ask for some traces, the telemetry server gets each
+//! state only when one is known). So a run records plain facts (ids, times, the input and
+//! output text, the outcome) and the document, a map of string attributes per span, is built
+//! only when asked for: a flow run that nobody looks at costs a dozen allocations, not sixty.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::trace::{
+    InstrumentationLibrary, SpanData, SpanStatus, TRACE_VALUE_BYTES, TraceData, now_ms,
+    truncate_text,
+};
+
+/// A run's record as it keeps changing, shared by the run and the store: publishing a new
+/// state copies nothing, and readers build the document of the state they find.
+pub(crate) type LiveRecord = Arc<Mutex<RunRecord>>;
+
+/// How a span ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    /// Its output, as JSON text (cut to [`TRACE_VALUE_BYTES`]).
+    Success(String),
+    /// Its error message (cut to [`TRACE_VALUE_BYTES`]).
+    Failure(String),
+}
+
+impl Outcome {
+    /// The outcome of a span that produced `output` (JSON text) or failed with a message.
+    pub(crate) fn of(output: Result<&str, &str>) -> Self {
+        match output {
+            Ok(json) => Outcome::Success(truncate_text(json.to_owned())),
+            Err(message) => Outcome::Failure(truncate_text(message.to_owned())),
+        }
+    }
+}
+
+/// One span: the run's root, or one of its steps.
+#[derive(Debug, Clone)]
+pub(crate) struct SpanRecord {
+    /// 16 lower-case hex digits.
+    pub(crate) span_id: String,
+    /// The flow's or the step's name.
+    pub(crate) name: String,
+    /// Genkit's `genkit:path` of the span.
+    pub(crate) path: String,
+    /// Milliseconds since the Unix epoch.
+    pub(crate) start_time: f64,
+    /// Milliseconds since the Unix epoch; 0 while the span is open.
+    pub(crate) end_time: f64,
+    /// `None` while the span is open.
+    pub(crate) outcome: Option<Outcome>,
+}
+
+impl SpanRecord {
+    /// A span opening now.
+    pub(crate) fn open(span_id: String, name: String, path: String) -> Self {
+        Self {
+            span_id,
+            name,
+            path,
+            start_time: now_ms(),
+            end_time: 0.0,
+            outcome: None,
+        }
+    }
+
+    /// Closes the span now (never before it began), with `outcome`.
+    pub(crate) fn close(&mut self, outcome: Outcome) {
+        self.end_time = now_ms().max(self.start_time);
+        self.outcome = Some(outcome);
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.outcome.is_none()
+    }
+}
+
+/// One run: its root span and its steps, in the order they began.
+#[derive(Debug, Clone)]
+pub(crate) struct RunRecord {
+    /// 32 lower-case hex digits.
+    pub(crate) trace_id: String,
+    /// The run's telemetry labels (values cut to [`TRACE_VALUE_BYTES`]), attributes of its
+    /// root span.
+    pub(crate) labels: BTreeMap<String, String>,
+    /// The input as JSON text (cut to [`TRACE_VALUE_BYTES`]).
+    pub(crate) input: String,
+    pub(crate) root: SpanRecord,
+    /// Every span is a child of the root: steps started inside steps too, as Genkit's own
+    /// runtimes record flow steps.
+    pub(crate) steps: Vec<SpanRecord>,
+}
+
+/// An attribute's value, as the document will hold it.
+enum Attribute<'a> {
+    Text(Cow<'a, str>),
+    Flag(bool),
+}
+
+impl<'a> Attribute<'a> {
+    fn text(text: &'a str) -> Self {
+        Attribute::Text(Cow::Borrowed(text))
+    }
+}
+
+impl RunRecord {
+    /// Genkit's `TraceData` of this state: what the Dev UI, the tools and the telemetry server
+    /// read.
+    pub(crate) fn to_trace(&self) -> TraceData {
+        let spans = std::iter::once((&self.root, None))
+            .chain(
+                self.steps
+                    .iter()
+                    .map(|step| (step, Some(&self.root.span_id))),
+            )
+            .map(|(span, parent)| {
+                let mut attributes = BTreeMap::new();
+                self.each_attribute(span, |key, value| {
+                    let value = match value {
+                        Attribute::Text(text) => Value::String(text.into_owned()),
+                        Attribute::Flag(flag) => Value::Bool(flag),
+                    };
+                    attributes.insert(key.to_owned(), value);
+                });
+                let data = SpanData {
+                    span_id: span.span_id.clone(),
+                    trace_id: self.trace_id.clone(),
+                    parent_span_id: parent.cloned(),
+                    start_time: span.start_time,
+                    end_time: span.end_time,
+                    attributes,
+                    display_name: span.name.clone(),
+                    instrumentation_library: InstrumentationLibrary::genkit(),
+                    span_kind: SPAN_KIND.to_owned(),
+                    status: span.outcome.as_ref().map(|outcome| match outcome {
+                        Outcome::Success(_) => SpanStatus::ok(),
+                        Outcome::Failure(message) => SpanStatus::error(message.clone()),
+                    }),
+                };
+                (span.span_id.clone(), data)
+            })
+            .collect();
+        TraceData {
+            trace_id: self.trace_id.clone(),
+            display_name: Some(self.root.name.clone()),
+            start_time: self.root.start_time,
+            end_time: self.root.end_time,
+            spans,
+        }
+    }
+
+    /// What this record weighs in the store's budget: what its document would hold in memory,
+    /// about ([`stored_bytes`](crate::trace::stored_bytes) of [`to_trace`](Self::to_trace)),
+    /// counted without building it.
+    pub(crate) fn stored_bytes(&self) -> usize {
+        let library = InstrumentationLibrary::genkit();
+        let per_span = crate::trace::SPAN_OVERHEAD
+            + self.trace_id.len()
+            + library.name.len()
+            + library.version.as_ref().map_or(0, String::len)
+            + SPAN_KIND.len();
+        std::iter::once(&self.root)
+            .chain(&self.steps)
+            .map(|span| {
+                let mut attributes = 0;
+                self.each_attribute(span, |key, value| {
+                    attributes += crate::trace::ATTRIBUTE_OVERHEAD
+                        + key.len()
+                        + match value {
+                            Attribute::Text(text) => text.len(),
+                            Attribute::Flag(_) => crate::trace::SCALAR_BYTES,
+                        };
+                });
+                let parent = if std::ptr::eq(span, &self.root) {
+                    0
+                } else {
+                    self.root.span_id.len()
+                };
+                let message = match &span.outcome {
+                    Some(Outcome::Failure(message)) => message.len(),
+                    _ => 0,
+                };
+                // The span id twice: the map's key and the span's field.
+                per_span + 2 * span.span_id.len() + parent + span.name.len() + message + attributes
+            })
+            .sum::<usize>()
+            + self.trace_id.len()
+            + self.root.name.len()
+    }
+
+    /// Calls `f` with every attribute of `span`'s document: the one list both the document and
+    /// its weight are made from.
+    fn each_attribute(&self, span: &SpanRecord, mut f: impl FnMut(&str, Attribute<'_>)) {
+        let is_root = std::ptr::eq(span, &self.root);
+        if is_root {
+            // Labels first: a label named like a genkit attribute is overwritten by it.
+            for (key, value) in &self.labels {
+                f(key, Attribute::text(value));
+            }
+            f("genkit:type", Attribute::text("action"));
+            f("genkit:metadata:subtype", Attribute::text("flow"));
+            f("genkit:isRoot", Attribute::Flag(true));
+            f("genkit:input", Attribute::text(&self.input));
+        } else {
+            f("genkit:type", Attribute::text("flowStep"));
+        }
+        f("genkit:name", Attribute::Text(cut(&span.name)));
+        f("genkit:path", Attribute::Text(cut(&span.path)));
+        match &span.outcome {
+            None => {}
+            Some(Outcome::Success(output)) => {
+                f("genkit:output", Attribute::text(output));
+                f("genkit:state", Attribute::text("success"));
+            }
+            Some(Outcome::Failure(_)) => f("genkit:state", Attribute::text("error")),
+        }
+    }
+}
+
+/// Every span's `spanKind` here.
+const SPAN_KIND: &str = "INTERNAL";
+
+/// A name or path as an attribute: cut to [`TRACE_VALUE_BYTES`] with the marker, as every
+/// recorded value is (names come from the program, so this is only a bound).
+fn cut(text: &str) -> Cow<'_, str> {
+    if text.len() <= TRACE_VALUE_BYTES {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(truncate_text(text.to_owned()))
+    }
+}
