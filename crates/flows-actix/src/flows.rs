@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{ACCEPT, CONTENT_TYPE};
+use actix_web::http::header::{ACCEPT, CONTENT_TYPE, HeaderName};
 use actix_web::web::{Bytes, Data, Path, Payload, Query};
 use actix_web::{HttpRequest, HttpResponse};
 use edge::Edge;
@@ -89,7 +89,7 @@ pub(crate) async fn run_flow(
     if mode == Mode::Whole {
         return match run.result().await {
             Ok(result) => HttpResponse::Ok()
-                .insert_header(("X-Genkit-Trace-Id", trace_id.clone()))
+                .insert_header((TRACE_ID_HEADER.clone(), trace_id.clone()))
                 .json(json!({ "result": result, "traceId": trace_id })),
             Err(err) => flow_error(&err),
         };
@@ -103,10 +103,13 @@ pub(crate) async fn run_flow(
     };
     HttpResponse::Ok()
         .content_type(content_type)
-        .insert_header(("X-Genkit-Trace-Id", trace_id))
+        .insert_header((TRACE_ID_HEADER.clone(), trace_id))
         .insert_header(("Cache-Control", "no-cache"))
         .streaming(events(run, mode))
 }
+
+// A static name: one given as text is parsed and copied per response.
+static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-genkit-trace-id");
 
 /// A flow's error as JSON: `{"error": message, "code": "INVALID_ARGUMENT", "traceId": ...}`.
 fn flow_error(err: &FlowError) -> HttpResponse {

@@ -159,11 +159,10 @@ impl RunRecord {
     /// about ([`stored_bytes`](crate::trace::stored_bytes) of [`to_trace`](Self::to_trace)),
     /// counted without building it.
     pub(crate) fn stored_bytes(&self) -> usize {
-        let library = InstrumentationLibrary::genkit();
         let per_span = crate::trace::SPAN_OVERHEAD
             + self.trace_id.len()
-            + library.name.len()
-            + library.version.as_ref().map_or(0, String::len)
+            + InstrumentationLibrary::GENKIT_NAME.len()
+            + InstrumentationLibrary::GENKIT_VERSION.len()
             + SPAN_KIND.len();
         std::iter::once(&self.root)
             .chain(&self.steps)

@@ -211,10 +211,15 @@ pub struct InstrumentationLibrary {
 }
 
 impl InstrumentationLibrary {
+    /// The name of Genkit's tracer, which every span here names as its library.
+    pub(crate) const GENKIT_NAME: &str = "genkit-tracer";
+    /// The version of Genkit's tracer.
+    pub(crate) const GENKIT_VERSION: &str = "v1";
+
     pub(crate) fn genkit() -> Self {
         Self {
-            name: "genkit-tracer".into(),
-            version: Some("v1".into()),
+            name: Self::GENKIT_NAME.into(),
+            version: Some(Self::GENKIT_VERSION.into()),
         }
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use flows::{FlowError, FlowRun, RunOptions, StatusCode as FlowCode};
 use futures_util::stream;
 use poem::http::StatusCode;
-use poem::http::header::CONTENT_TYPE;
+use poem::http::header::{CONTENT_TYPE, HeaderName};
 use poem::web::{Data, Query};
 use poem::{Body, Request, Response, ResponseParts, Route, get, handler, post};
 use serde::Deserialize;
@@ -191,7 +191,7 @@ async fn run_action(
     let span_id = run.span_id.clone();
     let body = match run.try_result() {
         // Done already (the flow did not wait): one whole body, as the stream would have sent.
-        Some(outcome) => Body::from_vec(json_bytes(&last_object(outcome, &trace_id))),
+        Some(outcome) => Body::from_vec(last_object(outcome, &trace_id)),
         // Headers (with the trace id) go out now; the result follows when the flow ends (the
         // middleware keeps the request in flight until the body's last byte).
         None => Body::from_bytes_stream(run_body(run, stream)),
@@ -203,10 +203,14 @@ async fn run_action(
         } else {
             "application/json"
         })
-        .header("X-Genkit-Trace-Id", trace_id)
-        .header("X-Genkit-Span-Id", span_id)
+        .header(TRACE_ID_HEADER.clone(), trace_id)
+        .header(SPAN_ID_HEADER.clone(), span_id)
         .body(body)
 }
+
+// Static names: a custom name given as text is parsed and copied per response.
+static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-genkit-trace-id");
+static SPAN_ID_HEADER: HeaderName = HeaderName::from_static("x-genkit-span-id");
 
 enum Phase {
     Chunks(FlowRun),
@@ -239,15 +243,26 @@ fn run_body(
         };
         let trace_id = run.trace_id.clone();
         let last = last_object(run.result().await, &trace_id);
-        Some((Ok(Bytes::from(json_bytes(&last))), Phase::Done))
+        Some((Ok(Bytes::from(last)), Phase::Done))
     })
 }
 
-/// The body's final object: the result with the trace id, or the error as a Genkit Status.
-fn last_object(outcome: Result<Value, FlowError>, trace_id: &str) -> Value {
+/// The body's final object, as JSON text: `{"result": …, "telemetry": {"traceId": …}}`, or
+/// the error as a Genkit Status. Written out rather than built as a `Value` (four allocations
+/// for its keys).
+fn last_object(outcome: Result<Value, FlowError>, trace_id: &str) -> Vec<u8> {
     match outcome {
-        Ok(result) => json!({ "result": result, "telemetry": { "traceId": trace_id } }),
-        Err(err) => json!({ "error": err.to_status() }),
+        Ok(result) => {
+            let mut text = Vec::with_capacity(64 + trace_id.len());
+            text.extend_from_slice(br#"{"result":"#);
+            // A `Value` always serializes (its keys are strings).
+            let _ = serde_json::to_writer(&mut text, &result);
+            text.extend_from_slice(br#","telemetry":{"traceId":"#);
+            let _ = serde_json::to_writer(&mut text, trace_id);
+            text.extend_from_slice(b"}}");
+            text
+        }
+        Err(err) => json_bytes(&json!({ "error": err.to_status() })),
     }
 }
 
@@ -344,4 +359,25 @@ fn quit(req: &Request, Data(state): Data<&Arc<State>>) -> Response {
     let peer = req.remote_addr().as_socket_addr().map(SocketAddr::ip);
     let head = edge::RequestHead::of(req.method(), req.uri(), req.headers(), peer);
     reply(edge::admin::quit(state.edge.ctx(), &head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_object_is_what_its_value_would_serialize_to() {
+        let trace_id = "0af7651916cd43dd8448eb211c80319c";
+        for result in [
+            json!("Hello, \"Alice\"!"),
+            json!({"a": [1, 2.5, null]}),
+            Value::Null,
+        ] {
+            let expected = json!({ "result": result, "telemetry": { "traceId": trace_id } });
+            assert_eq!(last_object(Ok(result), trace_id), json_bytes(&expected));
+        }
+        let error = flows::FlowError::invalid_argument("no").with_trace_id(trace_id);
+        let expected = json!({ "error": error.to_status() });
+        assert_eq!(last_object(Err(error), trace_id), json_bytes(&expected));
+    }
 }
