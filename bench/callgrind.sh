@@ -20,7 +20,10 @@
 # `GET /__healthz`), and admin (axum, `GET /__healthz`) when the binary's banner lists it; each
 # with logging on (RUST_LOG=info, to a file) and off (RUST_LOG=warn), next to a bare server of
 # the same framework (bench/src/bin/bare-*.rs: no manager, no middleware) and its peer (the
-# bare server with `--log`: the framework's idiomatic request logging, to a file).
+# bare server with `--log`: the framework's idiomatic request logging, to a file). Then the
+# flow path: POST /flow/multi_server_flow (flows) and POST /api/runAction (reflection) with
+# logging on, each next to that server's plain endpoint and to the framework's floor for the
+# same exchange (the bare server's POST route: a JSON body read and parsed, JSON answered).
 #
 # --binary: the multi-server binary; --bench-bins: the directory with seq-client and bare-*
 # (both default to ${CARGO_TARGET_DIR:-target}/release, built first with cargo; give both to
@@ -172,8 +175,9 @@ done
 
 # count SERVER PATH RUST_LOG N -- CMD...: sets $total to the Ir of one run of N requests.
 # SERVER is a banner name, or "bare" for a bare server (prints its URL on its first line).
+# Each request is a GET, or a POST of $post_body when that is set.
 # Runs in this shell (no subshell), so a failure exits the script and the trap sees the pid.
-total="" runs=0
+total="" runs=0 post_body=""
 count() {
   local server=$1 path=$2 log=$3 n=$4 envs
   shift 5
@@ -196,7 +200,9 @@ count() {
     port=$(banner_port "$server" "$out")
   fi
   [[ -n $port ]] || fail "no port for $server in: $(cat "$out")"
-  "$bench_bins/seq-client" "127.0.0.1:$port" "$path" "$n" --timeout 30 --deadline 300 \
+  local post=()
+  [[ -n $post_body ]] && post=(--post "$post_body")
+  "$bench_bins/seq-client" "127.0.0.1:$port" "$path" "$n" "${post[@]}" --timeout 30 --deadline 300 \
     2>"$work/last.client" || fail "seq-client failed on $server $path"
   kill -TERM "$pid"
   wait_exit "$pid" 60 || fail "$server did not exit within 60 s of SIGTERM"
@@ -256,6 +262,30 @@ for name in "${targets[@]}"; do
     bare_order+=("$fw")
   fi
 done
+
+# The flow path: a flow run through the flows API (actix) and the reflection API (poem), next
+# to that server's plain endpoint above and the framework's floor for the same exchange (the
+# bare server reading a JSON body and answering JSON: bench/src/bin/bare-*.rs).
+declare -A flow_path=([flows]=/flow/multi_server_flow [reflection]=/api/runAction)
+declare -A flow_body=([flows]='"Alice"' [reflection]='{"key":"/flow/multi_server_flow","input":"Alice"}')
+declare -A bare_flow_path=([actix-web]=/flow/multi_server_flow [poem]=/api/runAction)
+declare -A flow floor
+flow_targets=()
+for name in "${targets[@]}"; do
+  [[ -n ${flow_path[$name]:-} ]] || continue
+  flow_targets+=("$name")
+  read -ra args <<<"$(mode_args "${mode_of[$name]}")"
+  post_body=${flow_body[$name]}
+  per_request "$name" "${flow_path[$name]}" info -- "$binary" "${args[@]}"
+  flow[$name]=$ir raw[$name.flow]=$totals
+  fw=${framework_of[$name]}
+  if [[ -n ${bare_flow_path[$fw]:-} && -x $bench_bins/${bare_bin[$fw]:-} ]]; then
+    read -ra args <<<"${bare_args[$fw]}"
+    per_request bare "${bare_flow_path[$fw]}" warn -- "$bench_bins/${bare_bin[$fw]}" "${args[@]}"
+    floor[$name]=$ir raw[$name.floor]=$totals
+  fi
+  post_body=""
+done
 elapsed=$((SECONDS - started))
 
 ratio() { [[ -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo "-"; }
@@ -276,6 +306,17 @@ for name in "${targets[@]}"; do
   b=${bare[$fw]:-} p=${peer[$fw]:-}
   echo "| $name | $fw | GET ${path_of[$name]} | $(commas "$b")${bare_bin[$fw]:+ (${bare_bin[$fw]})} | $(commas "$p") | $(commas "${on[$name]}") | $(commas "${off[$name]}") | $(ratio "$p" "$b") / $(ratio "${on[$name]}" "$b") / $(ratio "${off[$name]}" "$b") |"
 done
+if ((${#flow_targets[@]})); then
+  echo
+  echo "### The flow path (POST of a flow run, logging on, trace recorded; goal: <= 2x the same server's plain endpoint)"
+  echo
+  echo "| target | framework | flow path | framework floor: bare POST of JSON | ours, flow path | ours, plain endpoint (above) | flow / plain (goal <= 2) | flow / floor |"
+  echo "|---|---|---|---:|---:|---:|---:|---:|"
+  for name in "${flow_targets[@]}"; do
+    fw=${framework_of[$name]}
+    echo "| $name | $fw | POST ${flow_path[$name]} | $(commas "${floor[$name]:-}") | $(commas "${flow[$name]}") | $(commas "${on[$name]}") | $(ratio "${flow[$name]}" "${on[$name]}") | $(ratio "${flow[$name]}" "${floor[$name]:-}") |"
+  done
+fi
 echo
 echo "$runs valgrind runs in ${elapsed} s."
 
@@ -295,6 +336,18 @@ mkdir -p "$(dirname "$json")"
     printf '     "ir_per_request_logging_on": %s, "ir_per_request_logging_off": %s, "bare": %s,\n' \
       "${on[$name]}" "${off[$name]}" "${bare[$fw]:-null}"
     printf '     "totals": {"info": %s, "warn": %s}}' "${raw[$name.info]}" "${raw[$name.warn]}"
+    sep=$',\n'
+  done
+  echo
+  echo "  ],"
+  echo "  \"flow_path\": ["
+  sep=""
+  for name in "${flow_targets[@]+"${flow_targets[@]}"}"; do
+    printf '%s    {"target": "%s", "path": "%s", "body": %s, "ir_per_request": %s, "plain_endpoint": %s,\n' \
+      "$sep" "$name" "${flow_path[$name]}" "\"${flow_body[$name]//\"/\\\"}\"" \
+      "${flow[$name]}" "${on[$name]}"
+    printf '     "floor": %s, "totals": %s, "floor_totals": %s}' \
+      "${floor[$name]:-null}" "${raw[$name.flow]}" "${raw[$name.floor]:-null}"
     sep=$',\n'
   done
   echo

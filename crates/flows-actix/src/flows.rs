@@ -88,9 +88,13 @@ pub(crate) async fn run_flow(
     let trace_id = run.trace_id.clone();
     if mode == Mode::Whole {
         return match run.result().await {
-            Ok(result) => HttpResponse::Ok()
-                .insert_header((TRACE_ID_HEADER.clone(), trace_id.clone()))
-                .json(json!({ "result": result, "traceId": trace_id })),
+            Ok(result) => {
+                let body = result_body(&result, &trace_id);
+                HttpResponse::Ok()
+                    .insert_header((TRACE_ID_HEADER.clone(), trace_id))
+                    .content_type("application/json")
+                    .body(body)
+            }
             Err(err) => flow_error(&err),
         };
     }
@@ -110,6 +114,19 @@ pub(crate) async fn run_flow(
 
 // A static name: one given as text is parsed and copied per response.
 static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-genkit-trace-id");
+
+/// `{"result": …, "traceId": …}` as JSON text, written out rather than built as a `Value`
+/// (two allocations for its keys, and a map).
+fn result_body(result: &Value, trace_id: &str) -> Vec<u8> {
+    let mut text = Vec::with_capacity(48 + trace_id.len());
+    text.extend_from_slice(br#"{"result":"#);
+    // A `Value` always serializes (its keys are strings).
+    let _ = serde_json::to_writer(&mut text, result);
+    text.extend_from_slice(br#","traceId":"#);
+    let _ = serde_json::to_writer(&mut text, trace_id);
+    text.push(b'}');
+    text
+}
 
 /// A flow's error as JSON: `{"error": message, "code": "INVALID_ARGUMENT", "traceId": ...}`.
 fn flow_error(err: &FlowError) -> HttpResponse {
@@ -151,4 +168,25 @@ fn events(
         };
         Some((Ok(Bytes::from(event)), None))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_result_body_is_what_its_value_would_serialize_to() {
+        let trace_id = "0af7651916cd43dd8448eb211c80319c";
+        for result in [
+            json!("Hello, \"Alice\"!"),
+            json!({"a": [1, 2.5, null]}),
+            Value::Null,
+        ] {
+            let expected = json!({ "result": result, "traceId": trace_id });
+            assert_eq!(
+                result_body(&result, trace_id),
+                serde_json::to_vec(&expected).unwrap()
+            );
+        }
+    }
 }

@@ -96,6 +96,8 @@ type Job = Box<dyn FnOnce(FlowContext) -> BoxFuture<'static, Result<Value, FlowE
 struct FlowEntry {
     desc: ActionDesc,
     prepare: Arc<Prepare>,
+    /// The root span's `genkit:path`, made once.
+    root_path: String,
 }
 
 /// The flows of this process, their running instances and their recent traces.
@@ -189,6 +191,7 @@ impl Registry {
             }))
         };
         let entry = FlowEntry {
+            root_path: format!("/{{{name},t:action,s:flow}}"),
             desc,
             prepare: Arc::new(prepare),
         };
@@ -243,16 +246,20 @@ impl Registry {
         input: Value,
         options: RunOptions,
     ) -> Result<FlowRun, FlowError> {
-        let (name, prepare) = {
+        let (name, root_path, prepare) = {
             let flows = self.flows.read().unwrap_or_else(|e| e.into_inner());
             let entry = flows
                 .get(key)
                 .ok_or_else(|| FlowError::not_found(format!("action '{key}' not found")))?;
-            (entry.desc.name.clone(), Arc::clone(&entry.prepare))
+            let root_path = entry.root_path.clone();
+            (
+                entry.desc.name.clone(),
+                root_path,
+                Arc::clone(&entry.prepare),
+            )
         };
         let trace_id = new_trace_id();
         let span_id = new_span_id();
-        let root_path = format!("/{{{name},t:action,s:flow}}");
 
         let mut labels = options.labels;
         for value in labels.values_mut() {
