@@ -4,8 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -287,68 +289,72 @@ impl Registry {
         };
 
         let cancel = CancellationToken::new();
-        let done = CancellationToken::new();
         let (chunk_tx, chunk_rx) = if options.stream {
             let (tx, rx) = mpsc::channel(CHUNK_BUFFER);
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
-        let (result_tx, result_rx) = oneshot::channel();
         let shared = Arc::new(RunShared {
             registry: Arc::clone(self),
             trace_id: trace_id.clone(),
             context: options.context,
             cancel: cancel.clone(),
             record: Arc::new(Mutex::new(record)),
+            announced: AtomicBool::new(false),
         });
-        shared.publish_start();
 
+        // Most flows do their work and return without waiting on anything: polled once here,
+        // such a run costs no task, no hop to another thread and back, and one published
+        // state instead of two. The poll happens in the registry's runtime's context, so what
+        // the flow creates (timers, tasks, sockets) belongs to that runtime as it would in a
+        // task there. A flow that waits goes on as a task, whose first poll registers the
+        // wakers this one could not (its waker is a no-op).
         let ctx = FlowContext::new(Arc::clone(&shared), chunk_tx);
+        // A panic inside the flow becomes INTERNAL instead of a silently dead task.
+        let mut flow = AssertUnwindSafe(job(ctx)).catch_unwind();
+        let first = {
+            let _context = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
+            Pin::new(&mut flow).poll(&mut Context::from_waker(Waker::noop()))
+        };
+        if let Poll::Ready(caught) = first {
+            // The flow (and with it the FlowContext's chunk sender) goes first, so readers
+            // see the end of the chunk stream before the result.
+            drop(flow);
+            let outcome = shared.outcome_of(caught);
+            shared.finish(&outcome);
+            shared.announce();
+            return Ok(FlowRun::finished(trace_id, span_id, chunk_rx, outcome));
+        }
+        shared.announce();
+
+        let done = CancellationToken::new();
+        let (result_tx, result_rx) = oneshot::channel();
         let task_done = done.clone();
         let task = async move {
-            let outcome = tokio::select! {
+            let caught = tokio::select! {
                 // Checked first so that a cancelled run ends even if the flow is always ready.
                 biased;
-                () = shared.cancel.cancelled() => Err(FlowError::cancelled()),
-                // A panic inside the flow becomes INTERNAL instead of a silently dead task.
-                caught = AssertUnwindSafe(job(ctx)).catch_unwind() => match caught {
-                    Ok(outcome) => outcome,
-                    Err(panic) => Err(FlowError::internal(panic_message(panic.as_ref()))),
-                },
+                () = shared.cancel.cancelled() => None,
+                caught = &mut flow => Some(caught),
             };
-            // The flow future (and with it the FlowContext's chunk sender) is gone by now, so
-            // readers see the end of the chunk stream before the result.
-            let outcome = outcome.map_err(|mut e| {
-                e.trace_id.get_or_insert_with(|| shared.trace_id.clone());
-                e
-            });
+            drop(flow);
+            let outcome = match caught {
+                Some(caught) => shared.outcome_of(caught),
+                None => shared.outcome_of(Ok(Err(FlowError::cancelled()))),
+            };
             shared.finish(&outcome);
             task_done.cancel();
             // The caller may have gone away; then nobody wants the result.
             let _ = result_tx.send(outcome);
         };
-        // Most flows do their work and return without waiting on anything: polled once here,
-        // such a run costs no task and no hop to another thread and back. The poll happens in
-        // the registry's runtime's context, so what the flow creates (timers, tasks, sockets)
-        // belongs to that runtime as it would in a task there. A flow that waits goes on as a
-        // task, whose first poll registers the wakers this one could not (its waker is a no-op).
-        let mut task = Box::pin(task);
-        let finished = {
-            let _context = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
-            task.as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()))
-                .is_ready()
+        // Only a run that goes on can be cancelled by id (one done in the poll above is not
+        // worth a map entry).
+        lock(&self.running).insert(trace_id.clone(), cancel.clone());
+        match &self.runtime {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
         };
-        if !finished {
-            // Only a run that goes on can be cancelled by id (one done in the poll above is
-            // not worth a map entry).
-            lock(&self.running).insert(trace_id.clone(), cancel.clone());
-            match &self.runtime {
-                Some(runtime) => runtime.spawn(task),
-                None => tokio::spawn(task),
-            };
-        }
 
         Ok(FlowRun::running(
             trace_id, span_id, chunk_rx, done, result_rx, cancel,
@@ -381,7 +387,8 @@ impl Registry {
     }
 
     /// A feed of trace updates: the id of a trace at each run's start, each step's start and
-    /// end, and the run's end; its state then is [`trace`](Self::trace) (`None` once evicted).
+    /// end, and the run's end (a run that finished inside [`start`](Self::start) is announced
+    /// once, finished); its state then is [`trace`](Self::trace) (`None` once evicted).
     /// A subscriber that lags far behind misses updates
     /// ([`broadcast::error::RecvError::Lagged`]).
     pub fn subscribe_traces(&self) -> broadcast::Receiver<Arc<str>> {
@@ -490,7 +497,7 @@ fn invalid_input(error: serde_path_to_error::Error<serde_json::Error>) -> FlowEr
     ))
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     let text = panic
         .downcast_ref::<&str>()
         .copied()

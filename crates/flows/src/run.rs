@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -24,10 +25,13 @@ pub struct FlowRun {
     /// The root span's id (16 lower-case hex digits).
     pub span_id: String,
     chunks: Option<mpsc::Receiver<Value>>,
-    /// Fires once the flow has finished (its result is on the way).
-    done: CancellationToken,
+    /// Fires once the flow has finished (its result is on the way); `None` when it had
+    /// finished before `start` returned.
+    done: Option<CancellationToken>,
     result: ResultSlot,
     cancel: Option<CancellationToken>,
+    /// The input was rejected: the flow never ran.
+    rejected: bool,
 }
 
 enum ResultSlot {
@@ -41,7 +45,13 @@ impl fmt::Debug for FlowRun {
             .field("trace_id", &self.trace_id)
             .field("span_id", &self.span_id)
             .field("streaming", &self.chunks.is_some())
-            .field("finished", &self.done.is_cancelled())
+            .field(
+                "finished",
+                &self
+                    .done
+                    .as_ref()
+                    .is_none_or(CancellationToken::is_cancelled),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -59,31 +69,43 @@ impl FlowRun {
             trace_id,
             span_id,
             chunks,
-            done,
+            done: Some(done),
             result: ResultSlot::Pending(result),
             cancel: Some(cancel),
+            rejected: false,
+        }
+    }
+
+    /// A run that finished inside `start` (its chunks, if it streamed, are buffered).
+    pub(crate) fn finished(
+        trace_id: String,
+        span_id: String,
+        chunks: Option<mpsc::Receiver<Value>>,
+        outcome: Result<Value, FlowError>,
+    ) -> Self {
+        Self {
+            trace_id,
+            span_id,
+            chunks,
+            done: None,
+            result: ResultSlot::Ready(Some(outcome)),
+            cancel: None,
+            rejected: false,
         }
     }
 
     /// A run that ended before it began (its input was rejected).
     pub(crate) fn failed(trace_id: String, span_id: String, error: FlowError) -> Self {
-        let done = CancellationToken::new();
-        done.cancel();
-        Self {
-            trace_id,
-            span_id,
-            chunks: None,
-            done,
-            result: ResultSlot::Ready(Some(Err(error))),
-            cancel: None,
-        }
+        let mut run = Self::finished(trace_id, span_id, None, Err(error));
+        run.rejected = true;
+        run
     }
 
     /// The error, when the run was rejected before it began (input that does not fit the
     /// flow's type): lets an HTTP server answer 400 instead of starting a stream.
     pub fn rejected(&self) -> Option<&FlowError> {
         match &self.result {
-            ResultSlot::Ready(Some(Err(err))) if self.cancel.is_none() => Some(err),
+            ResultSlot::Ready(Some(Err(err))) if self.rejected => Some(err),
             _ => None,
         }
     }
@@ -96,13 +118,17 @@ impl FlowRun {
     /// Cancel-safe: dropping the future loses no chunk.
     pub async fn next_chunk(&mut self) -> Option<Value> {
         let chunks = self.chunks.as_mut()?;
+        // Finished before `start` returned: what it sent is buffered.
+        let Some(done) = &self.done else {
+            return chunks.try_recv().ok();
+        };
         tokio::select! {
             // Chunks first: everything sent before the flow finished is delivered.
             biased;
             chunk = chunks.recv() => chunk,
             // The flow is done but a clone of its context outlived it (say, in a task it
             // spawned) and keeps the channel open: take what is buffered, then stop.
-            () = self.done.cancelled() => chunks.try_recv().ok(),
+            () = done.cancelled() => chunks.try_recv().ok(),
         }
     }
 
@@ -166,19 +192,47 @@ pub(crate) struct RunShared {
     /// The run as it stands; every change is published while this lock is held, so the
     /// history, the feed and the telemetry server see the states in order.
     pub(crate) record: LiveRecord,
+    /// Whether [`announce`](Self::announce) has made the run visible (read and written only
+    /// under `record`'s lock).
+    pub(crate) announced: AtomicBool,
 }
 
 impl RunShared {
-    pub(crate) fn publish_start(&self) {
+    /// Makes the run visible: its current state goes into the history and out to the feed
+    /// and the telemetry server, and every later change is published. Until then (the run's
+    /// first poll, inside `start`) changes are only recorded, so a run that finishes there is
+    /// published once, finished.
+    pub(crate) fn announce(&self) {
         let record = lock(&self.record);
         self.registry.publish(&self.record, &record, true);
+        // Under the record's lock, as every reader of the flag: no change is left unpublished.
+        self.announced.store(true, Ordering::Relaxed);
     }
 
     fn update<R>(&self, change: impl FnOnce(&mut RunRecord) -> R) -> R {
         let mut record = lock(&self.record);
         let changed = change(&mut record);
-        self.registry.publish(&self.record, &record, false);
+        if self.announced.load(Ordering::Relaxed) {
+            self.registry.publish(&self.record, &record, false);
+        }
         changed
+    }
+
+    /// What the caller gets from the flow's (caught) result: a panic becomes INTERNAL, and
+    /// every error carries the run's trace id.
+    pub(crate) fn outcome_of(
+        &self,
+        caught: std::thread::Result<Result<Value, FlowError>>,
+    ) -> Result<Value, FlowError> {
+        let outcome = caught.unwrap_or_else(|panic| {
+            Err(FlowError::internal(crate::registry::panic_message(
+                panic.as_ref(),
+            )))
+        });
+        outcome.map_err(|mut e| {
+            e.trace_id.get_or_insert_with(|| self.trace_id.clone());
+            e
+        })
     }
 
     /// Closes the root span (and any step the flow was still in) and forgets the run.

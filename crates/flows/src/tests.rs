@@ -501,11 +501,26 @@ async fn the_feed_sees_start_and_end_and_history_keeps_the_newest_100() {
         .unwrap();
     let trace_id = run.trace_id.clone();
     assert_eq!(run.result().await.unwrap(), 4);
-    // Ids, not traces: the state is the store's (finished by now).
+    // Ids, not traces: the state is the store's. A run done inside `start` is announced
+    // once, finished.
+    let only = timeout(WAIT, feed.recv()).await.unwrap().unwrap();
+    assert_eq!(&*only, trace_id);
+    assert!(registry.trace(&only).unwrap().is_finished());
+    assert!(
+        feed.try_recv().is_err(),
+        "one update for a run done at once"
+    );
+
+    // A run that waits is announced at its start, and again at its end.
+    let run = registry
+        .start("/flow/nap", json!(500), RunOptions::default())
+        .unwrap();
     let first = timeout(WAIT, feed.recv()).await.unwrap().unwrap();
-    assert_eq!(&*first, trace_id);
+    assert_eq!(&*first, run.trace_id);
+    assert!(!registry.trace(&first).unwrap().is_finished());
+    timeout(WAIT, run.result()).await.unwrap().unwrap();
     let last = timeout(WAIT, feed.recv()).await.unwrap().unwrap();
-    assert_eq!(&*last, trace_id);
+    assert_eq!(last, first);
     assert!(registry.trace(&last).unwrap().is_finished());
 
     let mut ids = Vec::new();
@@ -531,6 +546,7 @@ async fn the_feed_sees_start_and_end_and_history_keeps_the_newest_100() {
         crate::TRACE_HISTORY as u64 + 6,
         "every run counted once"
     );
+    assert_eq!(registry.flow_stats()["nap"].runs, 1);
     assert_eq!(stats.errors, 0);
     assert_eq!(stats.buckets.iter().sum::<u64>(), stats.runs);
 }
