@@ -118,7 +118,8 @@ static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-genkit-trace-id"
 /// `{"result": …, "traceId": …}` as JSON text, written out rather than built as a `Value`
 /// (two allocations for its keys, and a map).
 fn result_body(result: &Value, trace_id: &str) -> Vec<u8> {
-    let mut text = Vec::with_capacity(48 + trace_id.len());
+    // Room for the keys, the trace id and a short result: one allocation for most answers.
+    let mut text = Vec::with_capacity(128 + trace_id.len());
     text.extend_from_slice(br#"{"result":"#);
     // A `Value` always serializes (its keys are strings).
     let _ = serde_json::to_writer(&mut text, result);

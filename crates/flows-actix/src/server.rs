@@ -5,13 +5,12 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use edge::{Edge, EdgeConfig, Limits};
 use flows::Registry;
 use manager::{BoxFuture, ServeContext, Server};
 
-use crate::middleware::track;
+use crate::middleware::Track;
 use crate::routes;
 
 /// How much later than the manager's deadline actix's own whole-second timer may fire.
@@ -107,7 +106,7 @@ impl FlowsApi {
                 .configure(|cfg| extra.iter().for_each(|configure| configure(cfg)))
                 .configure(routes::mount)
                 .default_service(web::to(routes::not_found))
-                .wrap(from_fn(track))
+                .wrap(Track)
         })
         .workers(self.workers)
         // The manager owns signals; actix's own handler would turn Ctrl+C into a forced stop.

@@ -253,7 +253,8 @@ fn run_body(
 fn last_object(outcome: Result<Value, FlowError>, trace_id: &str) -> Vec<u8> {
     match outcome {
         Ok(result) => {
-            let mut text = Vec::with_capacity(64 + trace_id.len());
+            // Room for the keys, the trace id and a short result: one allocation for most.
+            let mut text = Vec::with_capacity(128 + trace_id.len());
             text.extend_from_slice(br#"{"result":"#);
             // A `Value` always serializes (its keys are strings).
             let _ = serde_json::to_writer(&mut text, &result);
