@@ -10,6 +10,9 @@ use serde_json::json;
 use crate::errors::{self, Reply};
 use crate::policy::RequestHead;
 
+/// What every admin path starts with, so that other paths skip the admin lookup.
+pub const PREFIX: &str = "/__";
+
 /// The admin endpoints' paths (the edge answers them before any route).
 pub const PATHS: [&str; 8] = [
     "/__healthz",
@@ -209,6 +212,17 @@ pub fn force_readiness_fail(ctx: &ServeContext, head: &RequestHead<'_>, fail: bo
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_admin_path_starts_with_the_prefix() {
+        for path in super::PATHS.iter().chain(&super::CHANGES) {
+            assert!(path.starts_with(super::PREFIX), "{path}");
+        }
+        for (endpoint, _) in super::ENDPOINTS {
+            let (_, path) = endpoint.split_once(' ').unwrap();
+            assert!(path.starts_with(super::PREFIX), "{path}");
+        }
+    }
+
     #[test]
     fn the_index_lists_every_admin_endpoint_with_its_method() {
         let listed: Vec<&str> = super::ENDPOINTS.iter().map(|(e, _)| *e).collect();

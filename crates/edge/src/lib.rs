@@ -296,7 +296,8 @@ impl Edge {
         config.hosts == HostPolicy::Loopback
             || path == admin::METRICS
             || (policy::is_change(method)
-                && (config.changes == ChangePolicy::SameOriginLoopback || path.starts_with("/__")))
+                && (config.changes == ChangePolicy::SameOriginLoopback
+                    || path.starts_with(admin::PREFIX)))
     }
 
     /// The facts [`Edge::begin`] needs of a request: [`RequestHead::from_parts`], the headers
@@ -355,6 +356,10 @@ impl Edge {
             });
         if let Some(refusal) = refusal {
             return Begun::Answered(scope, errors::error(StatusCode::FORBIDDEN, &refusal));
+        }
+        if !head.path.starts_with(admin::PREFIX) {
+            // Not an admin path (every one starts so): routed without looking them up.
+            return Begun::Route(scope);
         }
         if !config.admin_changes && admin::CHANGES.contains(&head.path) {
             let refusal = "admin changes are not served on this listener; use the admin listener";

@@ -106,7 +106,7 @@ impl FlowsApi {
                 .configure(|cfg| extra.iter().for_each(|configure| configure(cfg)))
                 .configure(routes::mount)
                 .default_service(web::to(routes::not_found))
-                .wrap(Track)
+                .wrap(Track(edge.clone()))
         })
         .workers(self.workers)
         // The manager owns signals; actix's own handler would turn Ctrl+C into a forced stop.

@@ -28,7 +28,9 @@
 //! A run's first poll happens inside [`Registry::start`], in the context of the tokio runtime
 //! the registry was created in (else the caller's): a flow that finishes without waiting costs
 //! no task and no thread hop. One that waits goes on as a task on that runtime. So a flow's
-//! code up to its first wait runs on the caller's thread, as any code of the caller would.
+//! code up to its first wait runs on the caller's thread, as any code of the caller would:
+//! blocking work belongs in `tokio::task::spawn_blocking` (`block_in_place` panics there when
+//! the caller is a current-thread runtime, as actix's workers are).
 //!
 //! ```
 //! use flows::{FlowContext, FlowError, Registry, RunOptions};
