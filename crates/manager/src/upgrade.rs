@@ -168,7 +168,7 @@ fn spawn_successor(
             continue;
         }
         names.push(slot.name().to_owned());
-        if listening.refuses_at_stop() {
+        if lock(&shared.adoption).owns(listening) {
             owned.push(slot.name().to_owned());
         }
         passed.push(Arc::clone(listening));
@@ -251,8 +251,11 @@ async fn watch(
     drop(notify);
     let Some(error) = failure else {
         let ready_ms = started.elapsed().as_secs_f64() * 1e3;
-        for socket in &passed {
-            socket.handed_over();
+        {
+            let mut adoption = lock(&handle.shared.adoption);
+            for socket in &passed {
+                adoption.hand_over(socket);
+            }
         }
         handle.set_upgrade_state("upgraded", Some(pid), &command, None);
         // The last word to systemd: the service is the successor now, and a STOPPING=1 or a
@@ -336,11 +339,7 @@ pub(crate) fn adopt_when_predecessor_gone(shared: &Arc<Shared>, socket: &Arc<Lis
         while std::os::unix::process::parent_id() == predecessor {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut adoption = lock(&shared.adoption);
-        adoption.predecessor_gone = true;
-        for socket in adoption.waiting.drain(..) {
-            socket.adopt();
-        }
+        lock(&shared.adoption).predecessor_gone();
     });
 }
 
@@ -352,9 +351,71 @@ pub(crate) struct Adoption {
     waiting: Vec<Arc<ListeningSocket>>,
 }
 
+impl Adoption {
+    /// Whether `socket` is this process's own, to hand a successor as such: bound here, or
+    /// adopted, or waiting to be adopted. One still waiting counts: a process that upgrades
+    /// again before its predecessor is gone would otherwise tell its successor the socket
+    /// was inherited (systemd's), and the successor would never make it refuse at its stop.
+    pub(crate) fn owns(&self, socket: &Arc<ListeningSocket>) -> bool {
+        socket.refuses_at_stop() || self.waiting.iter().any(|w| Arc::ptr_eq(w, socket))
+    }
+
+    /// `socket` lives on in a successor now: this process's stop must not make it refuse,
+    /// and neither may the predecessor's exit later (it no longer waits to be adopted).
+    pub(crate) fn hand_over(&mut self, socket: &Arc<ListeningSocket>) {
+        self.waiting.retain(|w| !Arc::ptr_eq(w, socket));
+        socket.handed_over();
+    }
+
+    /// The predecessor is gone: every socket still waiting is this process's alone.
+    fn predecessor_gone(&mut self) {
+        self.predecessor_gone = true;
+        for socket in self.waiting.drain(..) {
+            socket.adopt();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
+
+    use crate::server::ListeningSocket;
+
+    /// A socket inherited from a predecessor still running: it waits to be adopted.
+    fn waiting(adoption: &mut super::Adoption) -> Arc<ListeningSocket> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = Arc::new(ListeningSocket::of(&listener, false));
+        adoption.waiting.push(Arc::clone(&socket));
+        socket
+    }
+
+    #[test]
+    fn a_socket_waiting_to_be_adopted_is_handed_on_as_owned_and_not_adopted_once_handed() {
+        let mut adoption = super::Adoption::default();
+        let handed = waiting(&mut adoption);
+        let kept = waiting(&mut adoption);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let systemds = Arc::new(ListeningSocket::of(&listener, false));
+        // Upgrading again before the predecessor is gone: the waiting ones are ours to pass.
+        assert!(adoption.owns(&handed) && adoption.owns(&kept));
+        assert!(
+            !adoption.owns(&systemds),
+            "an inherited socket is its parent's"
+        );
+
+        // The successor took `handed`; then the predecessor goes.
+        adoption.hand_over(&handed);
+        adoption.predecessor_gone();
+        assert!(
+            !handed.refuses_at_stop(),
+            "the successor's socket must not refuse here"
+        );
+        assert!(kept.refuses_at_stop(), "a socket not handed on is adopted");
+        assert!(!adoption.owns(&handed));
+        assert!(adoption.owns(&kept));
+    }
 
     /// Only a whole `READY=1` line says ready: not a longer or prefixed word, nor one past
     /// the 4 KiB a datagram is read into (cut off, it cannot be seen).
