@@ -15,7 +15,8 @@
 //! - **Panics** in a flow become `INTERNAL` (code 13) with the panic message.
 //! - **Traces**: every run records Genkit's `TraceData` (a root span, one span per
 //!   [`FlowContext::run`] step); the last [`TRACE_HISTORY`] stay in memory, every change is
-//!   broadcast ([`Registry::subscribe_traces`]), and when a telemetry server is known
+//!   broadcast ([`Registry::subscribe_traces`]; a run's changes during its first poll as one,
+//!   when that poll ends), and when a telemetry server is known
 //!   (`GENKIT_TELEMETRY_SERVER`, or [`Registry::set_telemetry_server`] from `/api/notify`) each
 //!   state is posted to `<url>/api/traces` by a background task. Export never slows a flow
 //!   down: when the server is slow or gone, traces are dropped and counted.

@@ -32,9 +32,9 @@ pub(crate) enum Outcome {
 
 impl Outcome {
     /// The outcome of a span that produced `output` (JSON text) or failed with a message.
-    pub(crate) fn of(output: Result<&str, &str>) -> Self {
+    pub(crate) fn of(output: Result<String, &str>) -> Self {
         match output {
-            Ok(json) => Outcome::Success(truncate_text(json.to_owned())),
+            Ok(json) => Outcome::Success(truncate_text(json)),
             Err(message) => Outcome::Failure(truncate_text(message.to_owned())),
         }
     }
@@ -193,14 +193,32 @@ impl RunRecord {
             + self.root.name.len()
     }
 
+    /// Whether the root span's document sets `key` itself (in its current state).
+    fn root_sets(&self, key: &str) -> bool {
+        match key {
+            "genkit:type"
+            | "genkit:metadata:subtype"
+            | "genkit:isRoot"
+            | "genkit:input"
+            | "genkit:name"
+            | "genkit:path" => true,
+            "genkit:output" => matches!(self.root.outcome, Some(Outcome::Success(_))),
+            "genkit:state" => !self.root.is_open(),
+            _ => false,
+        }
+    }
+
     /// Calls `f` with every attribute of `span`'s document: the one list both the document and
     /// its weight are made from.
     fn each_attribute(&self, span: &SpanRecord, mut f: impl FnMut(&str, Attribute<'_>)) {
         let is_root = std::ptr::eq(span, &self.root);
         if is_root {
-            // Labels first: a label named like a genkit attribute is overwritten by it.
+            // A label named like one of the root's own attributes is overwritten by it in the
+            // document: not reported, so the document and its weight agree.
             for (key, value) in &self.labels {
-                f(key, Attribute::text(value));
+                if !self.root_sets(key) {
+                    f(key, Attribute::text(value));
+                }
             }
             f("genkit:type", Attribute::text("action"));
             f("genkit:metadata:subtype", Attribute::text("flow"));

@@ -227,7 +227,8 @@ impl Registry {
         flows.get(key).map(|e| e.desc.clone())
     }
 
-    /// Starts the flow `key` on `input` and returns at once with the run's trace id.
+    /// Starts the flow `key` on `input`, polls it once (see the crate's doc: a flow that does
+    /// not wait is done when this returns), and returns the run with its trace id.
     ///
     /// The input is checked by deserializing it into the flow's input type. Input that does not
     /// fit still gives `Ok`: a [`FlowRun`] whose [`result`](FlowRun::result) is the
@@ -240,8 +241,8 @@ impl Registry {
     ///
     /// # Panics
     ///
-    /// When the registry was made outside a tokio runtime and `start` is called outside one
-    /// too (the flow is spawned on it).
+    /// When the registry was made outside a tokio runtime, `start` is called outside one too,
+    /// and the flow waits (it is spawned then; one that does not wait needs no runtime).
     pub fn start(
         self: &Arc<Self>,
         key: &str,
@@ -375,8 +376,9 @@ impl Registry {
         }
     }
 
-    /// The last [`TRACE_HISTORY`] traces, newest first (by start time), running ones included,
-    /// at most [`TRACE_STORE_BYTES`](crate::TRACE_STORE_BYTES) of them (oldest evicted first).
+    /// The last [`TRACE_HISTORY`] traces, newest first (by when each was announced: the end of
+    /// its run's first poll), running ones included, at most
+    /// [`TRACE_STORE_BYTES`](crate::TRACE_STORE_BYTES) of them (oldest evicted first).
     pub fn recent_traces(&self) -> Vec<TraceData> {
         self.traces.recent()
     }

@@ -145,7 +145,9 @@ impl FlowRun {
             ResultSlot::Ready(outcome) => outcome.take(),
             ResultSlot::Pending(rx) => rx.try_recv().ok(),
         }?;
-        // Finished: nothing to cancel on drop.
+        // Taken: a received channel must not be polled again (tokio panics), and finished,
+        // there is nothing to cancel on drop.
+        self.result = ResultSlot::Ready(None);
         self.cancel = None;
         Some(outcome)
     }
@@ -160,9 +162,9 @@ impl FlowRun {
     pub async fn result(mut self) -> Result<Value, FlowError> {
         self.chunks = None;
         match &mut self.result {
-            ResultSlot::Ready(outcome) => outcome
-                .take()
-                .unwrap_or_else(|| Err(FlowError::internal("result already taken"))),
+            ResultSlot::Ready(outcome) => outcome.take().unwrap_or_else(|| {
+                Err(FlowError::internal("result already taken").with_trace_id(&self.trace_id))
+            }),
             ResultSlot::Pending(rx) => rx.await.unwrap_or_else(|_| {
                 // Only when the runtime dropped the task (shutting down).
                 Err(
@@ -183,7 +185,7 @@ impl Drop for FlowRun {
     }
 }
 
-/// State one run shares between its task and its [`FlowContext`]s.
+/// State one run shares between its task (when it has one) and its [`FlowContext`]s.
 pub(crate) struct RunShared {
     pub(crate) registry: Arc<Registry>,
     pub(crate) trace_id: String,
@@ -249,9 +251,7 @@ impl RunShared {
                 };
                 step.close(Outcome::of(Err(message)));
             }
-            record
-                .root
-                .close(Outcome::of(output.as_deref().map_err(|e| *e)));
+            record.root.close(Outcome::of(output));
         });
         // Counted here, once: a step a clone of the context runs after the end publishes the
         // finished trace again.
@@ -366,7 +366,7 @@ impl FlowContext {
         };
         self.shared.update(|record| {
             // Steps are only ever added, so the index still names this one.
-            record.steps[index].close(Outcome::of(recorded.as_deref().map_err(|e| *e)));
+            record.steps[index].close(Outcome::of(recorded));
         });
         outcome
     }

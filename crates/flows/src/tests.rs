@@ -295,6 +295,54 @@ async fn a_flow_that_does_not_wait_is_done_when_start_returns() {
     );
 }
 
+#[tokio::test]
+async fn a_streaming_run_done_inside_start_delivers_its_chunks_then_its_result() {
+    let registry = registry();
+    let mut run = registry
+        .start(
+            "/flow/count",
+            json!(3),
+            RunOptions {
+                stream: true,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
+    assert!(
+        registry.trace(&run.trace_id).unwrap().is_finished(),
+        "done in start"
+    );
+    for i in 0..3 {
+        assert_eq!(run.next_chunk().await, Some(json!({ "i": i })));
+    }
+    assert_eq!(run.next_chunk().await, None);
+    assert_eq!(run.result().await.unwrap(), json!(3));
+}
+
+#[tokio::test]
+async fn try_result_takes_the_outcome_of_a_task_that_has_finished() {
+    let registry = registry();
+    let mut run = registry
+        .start("/flow/nap", json!(10), RunOptions::default())
+        .unwrap();
+    assert!(run.try_result().is_none());
+    wait_finished(&registry, &run.trace_id).await;
+    // The trace is finished a moment before the result is sent: wait for it to arrive.
+    let outcome = timeout(WAIT, async {
+        loop {
+            if let Some(outcome) = run.try_result() {
+                return outcome;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome.unwrap(), json!(10));
+    // Taken: nothing is left for `result`.
+    assert_eq!(run.result().await.unwrap_err().code, StatusCode::Internal);
+}
+
 /// Started from another runtime (as an actix worker's), a flow that waits still goes on in the
 /// registry's: what its first poll created (here a timer) belongs there, so it outlives the
 /// caller's runtime.

@@ -20,8 +20,9 @@ use serde_json::Value;
 /// it stays a string, so the trace keeps Genkit's schema.
 pub const TRACE_VALUE_BYTES: usize = 16 * 1024;
 
-/// The most bytes the recent-traces store keeps (as [`stored_bytes`] counts them), besides its
-/// count limit ([`TRACE_HISTORY`](crate::TRACE_HISTORY)); the oldest traces are evicted first.
+/// The most bytes the recent-traces store keeps (each run's strings plus a fixed cost per span
+/// and attribute), besides its count limit ([`TRACE_HISTORY`](crate::TRACE_HISTORY)); the
+/// oldest traces are evicted first.
 ///
 /// The count alone does not bound memory: 100 traces of large values are hundreds of MB, and
 /// the process runs under container limits of a few hundred MB. 8 MiB keeps the full history
@@ -292,7 +293,8 @@ fn hex(bytes: &[u8]) -> String {
     text
 }
 
-/// The last `capacity` traces, newest (by start) first, at most `budget` bytes in all.
+/// The last `capacity` traces, newest first (by when each was announced: the end of its
+/// run's first poll), at most `budget` bytes in all.
 ///
 /// It keeps each run's live record, and builds a trace's document when one is read.
 ///
@@ -448,7 +450,7 @@ mod tests {
     fn outputs_errors_and_long_names_are_cut_in_the_document() {
         let huge = "z".repeat(1 << 20);
         let marker = truncated_marker((1 << 20) - TRACE_VALUE_BYTES);
-        let Outcome::Success(output) = Outcome::of(Ok(&huge)) else {
+        let Outcome::Success(output) = Outcome::of(Ok(huge.clone())) else {
             panic!("not a success")
         };
         assert!(output.ends_with(&marker));
@@ -517,13 +519,37 @@ mod tests {
             "/{t}/{compose}".into(),
         ));
         record.steps[0].close(Outcome::of(Err("no luck")));
-        record.root.close(Outcome::of(Ok("\"a result\"")));
+        record
+            .root
+            .close(Outcome::of(Ok("\"a result\"".to_owned())));
         let done = record.stored_bytes();
         let trace = record.to_trace();
         assert_eq!(done, stored_bytes(&trace));
         assert!(done > open + SPAN_OVERHEAD);
         assert!(json_size(&trace) <= done, "{} > {done}", json_size(&trace));
         assert!(done < json_size(&trace) + 1024);
+    }
+
+    #[test]
+    fn a_label_named_like_a_root_attribute_gives_way_to_it_and_weighs_nothing() {
+        let mut record = record_of(10);
+        for (key, value) in [("genkit:type", "x"), ("genkit:output", "y"), ("team", "t")] {
+            record.labels.insert(key.into(), value.into());
+        }
+        let open = record.to_trace();
+        let attributes = &open.root_span().unwrap().attributes;
+        assert_eq!(attributes["genkit:type"], "action");
+        assert_eq!(
+            attributes["genkit:output"], "y",
+            "the root has no output yet"
+        );
+        assert_eq!(attributes["team"], "t");
+        assert_eq!(record.stored_bytes(), stored_bytes(&open));
+
+        record.root.close(Outcome::of(Ok("1".to_owned())));
+        let done = record.to_trace();
+        assert_eq!(done.root_span().unwrap().attributes["genkit:output"], "1");
+        assert_eq!(record.stored_bytes(), stored_bytes(&done));
     }
 
     /// Stores `record` as a new live run, as a run's start does.
