@@ -20,6 +20,14 @@ struct Person {
     age: u32,
 }
 
+/// Options of a run whose caller reads its chunks.
+fn streaming() -> RunOptions {
+    RunOptions {
+        stream: true,
+        ..RunOptions::default()
+    }
+}
+
 /// A registry without telemetry (whatever the environment says), with the test flows.
 fn registry() -> Arc<Registry> {
     let registry = Registry::with_env_telemetry(None);
@@ -276,14 +284,7 @@ async fn a_flow_that_does_not_wait_is_done_when_start_returns() {
 
     // A streaming run always comes back: its chunks come first.
     let mut run = registry
-        .start(
-            "/flow/count",
-            json!(0),
-            RunOptions {
-                stream: true,
-                ..RunOptions::default()
-            },
-        )
+        .start("/flow/count", json!(0), streaming())
         .unwrap();
     assert!(
         run.try_result().is_none(),
@@ -299,14 +300,7 @@ async fn a_flow_that_does_not_wait_is_done_when_start_returns() {
 async fn a_streaming_run_done_inside_start_delivers_its_chunks_then_its_result() {
     let registry = registry();
     let mut run = registry
-        .start(
-            "/flow/count",
-            json!(3),
-            RunOptions {
-                stream: true,
-                ..RunOptions::default()
-            },
-        )
+        .start("/flow/count", json!(3), streaming())
         .unwrap();
     assert!(
         registry.trace(&run.trace_id).unwrap().is_finished(),
@@ -387,10 +381,7 @@ async fn unknown_key_is_not_found() {
 #[tokio::test]
 async fn streamed_chunks_arrive_in_order_before_the_result() {
     let registry = registry();
-    let options = RunOptions {
-        stream: true,
-        ..RunOptions::default()
-    };
+    let options = streaming();
     // More chunks than the channel holds, so backpressure is exercised too.
     let mut run = registry.start("/flow/count", json!(40), options).unwrap();
     let mut chunks = Vec::new();
@@ -408,10 +399,7 @@ async fn streamed_chunks_arrive_in_order_before_the_result() {
     assert_eq!(timeout(WAIT, quiet.result()).await.unwrap().unwrap(), 40);
 
     // Streaming but the caller only wants the result: unread chunks must not block the flow.
-    let options = RunOptions {
-        stream: true,
-        ..RunOptions::default()
-    };
+    let options = streaming();
     let skipped = registry.start("/flow/count", json!(40), options).unwrap();
     assert_eq!(timeout(WAIT, skipped.result()).await.unwrap().unwrap(), 40);
 }
@@ -419,10 +407,7 @@ async fn streamed_chunks_arrive_in_order_before_the_result() {
 #[tokio::test]
 async fn cancel_ends_a_running_streaming_flow_quickly() {
     let registry = registry();
-    let options = RunOptions {
-        stream: true,
-        ..RunOptions::default()
-    };
+    let options = streaming();
     let mut run = registry.start("/flow/stuck", Value::Null, options).unwrap();
     let trace_id = run.trace_id.clone();
     assert_eq!(
