@@ -69,7 +69,7 @@ async fn index(Extension(edge): Extension<Edge>) -> Json<Value> {
         "server": edge.ctx().name(),
         "endpoints": edge::admin::ENDPOINTS
             .iter()
-            .map(|(endpoint, what)| (endpoint.to_string(), json!(what)))
+            .map(|e| (format!("{} {}", e.method(), e.path), json!(e.about)))
             .collect::<serde_json::Map<_, _>>(),
     }))
 }

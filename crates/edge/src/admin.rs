@@ -13,58 +13,97 @@ use crate::policy::RequestHead;
 /// What every admin path starts with, so that other paths skip the admin lookup.
 pub const PREFIX: &str = "/__";
 
-/// The admin endpoints' paths (the edge answers them before any route).
-pub const PATHS: [&str; 8] = [
-    "/__healthz",
-    "/__readyz",
-    "/__serverz",
-    METRICS,
-    "/__quitquitquitz",
-    "/__readyz/fail",
-    "/__readyz/ok",
-    "/__upgradez",
-];
+/// One admin endpoint: its path, whether it changes the process, and what it does (a
+/// listener's index lists it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its path, under [`PREFIX`].
+    pub path: &'static str,
+    /// A change (`POST` only, guarded by [`refuse_change`]), else a read (`GET`, `HEAD`).
+    pub change: bool,
+    /// What it does.
+    pub about: &'static str,
+}
 
-/// Every admin endpoint as `METHOD path` with what it does, for a listener's index page.
-pub const ENDPOINTS: [(&str, &str); 8] = [
-    ("GET /__healthz", "liveness of the process"),
-    (
-        "GET /__readyz",
-        "readiness: 200 when every required server serves, 503 with the reason otherwise",
-    ),
-    ("GET /__serverz", "the process and every server, live"),
-    (
-        "GET /__metrics",
-        "request and flow metrics (Prometheus text, or OpenMetrics when asked)",
-    ),
-    (
-        "POST /__quitquitquitz",
-        "graceful shutdown (loopback peers only, never cross-site, with the admin token if one is set)",
-    ),
-    (
-        "POST /__readyz/fail",
-        "force readiness to fail (same rules)",
-    ),
-    (
-        "POST /__readyz/ok",
-        "let readiness follow the servers again (same rules)",
-    ),
-    (
-        "POST /__upgradez",
-        "replace this process with a new binary on the same sockets (same rules)",
-    ),
-];
+impl Endpoint {
+    /// The method it answers (a `GET` one answers `HEAD` too).
+    pub fn method(&self) -> &'static str {
+        if self.change { "POST" } else { "GET" }
+    }
+}
+
+/// Every admin endpoint: [`PATHS`] and [`CHANGES`] are made from this table.
+pub const ENDPOINTS: [Endpoint; 8] = {
+    const fn read(path: &'static str, about: &'static str) -> Endpoint {
+        Endpoint {
+            path,
+            change: false,
+            about,
+        }
+    }
+    const fn change(path: &'static str, about: &'static str) -> Endpoint {
+        Endpoint {
+            path,
+            change: true,
+            about,
+        }
+    }
+    [
+        read("/__healthz", "liveness of the process"),
+        read(
+            "/__readyz",
+            "readiness: 200 when every required server serves, 503 with the reason otherwise",
+        ),
+        read("/__serverz", "the process and every server, live"),
+        read(
+            METRICS,
+            "request and flow metrics (Prometheus text, or OpenMetrics when asked)",
+        ),
+        change(
+            "/__quitquitquitz",
+            "graceful shutdown (loopback peers only, never cross-site, with the admin token if one is set)",
+        ),
+        change("/__readyz/fail", "force readiness to fail (same rules)"),
+        change(
+            "/__readyz/ok",
+            "let readiness follow the servers again (same rules)",
+        ),
+        change(
+            "/__upgradez",
+            "replace this process with a new binary on the same sockets (same rules)",
+        ),
+    ]
+};
+
+/// The admin endpoints' paths (the edge answers them before any route).
+pub const PATHS: [&str; ENDPOINTS.len()] = {
+    let mut paths = [""; ENDPOINTS.len()];
+    let mut i = 0;
+    while i < ENDPOINTS.len() {
+        paths[i] = ENDPOINTS[i].path;
+        i += 1;
+    }
+    paths
+};
 
 /// The metrics endpoint (Prometheus, OpenMetrics).
 pub const METRICS: &str = "/__metrics";
 
 /// The admin endpoints that change the process (POST only, guarded by [`refuse_change`]).
-pub const CHANGES: [&str; 4] = [
-    "/__quitquitquitz",
-    "/__readyz/fail",
-    "/__readyz/ok",
-    "/__upgradez",
-];
+pub const CHANGES: [&str; 4] = {
+    let mut changes = [""; 4];
+    let (mut i, mut n) = (0, 0);
+    while i < ENDPOINTS.len() {
+        if ENDPOINTS[i].change {
+            // A fifth change indexes out of bounds here: the build fails until this grows.
+            changes[n] = ENDPOINTS[i].path;
+            n += 1;
+        }
+        i += 1;
+    }
+    assert!(n == changes.len(), "CHANGES holds every change");
+    changes
+};
 
 /// The answer to an admin endpoint, or `None` when `head` is not one.
 pub fn answer(ctx: &ServeContext, head: &RequestHead<'_>) -> Option<Reply> {
@@ -214,30 +253,29 @@ pub fn force_readiness_fail(ctx: &ServeContext, head: &RequestHead<'_>, fail: bo
 mod tests {
     #[test]
     fn every_admin_path_starts_with_the_prefix() {
-        for path in super::PATHS.iter().chain(&super::CHANGES) {
-            assert!(path.starts_with(super::PREFIX), "{path}");
-        }
-        for (endpoint, _) in super::ENDPOINTS {
-            let (_, path) = endpoint.split_once(' ').unwrap();
-            assert!(path.starts_with(super::PREFIX), "{path}");
+        for endpoint in super::ENDPOINTS {
+            assert!(endpoint.path.starts_with(super::PREFIX), "{endpoint:?}");
         }
     }
 
     #[test]
-    fn the_index_lists_every_admin_endpoint_with_its_method() {
-        let listed: Vec<&str> = super::ENDPOINTS.iter().map(|(e, _)| *e).collect();
-        for path in super::PATHS {
-            let method = if super::CHANGES.contains(&path) {
-                "POST"
-            } else {
-                "GET"
-            };
-            assert!(
-                listed.contains(&format!("{method} {path}").as_str()),
-                "{path}: {listed:?}"
-            );
-        }
-        assert_eq!(listed.len(), super::PATHS.len());
+    fn the_paths_and_changes_are_the_tables() {
+        assert_eq!(super::PATHS[3], super::METRICS);
+        assert_eq!(
+            super::CHANGES,
+            [
+                "/__quitquitquitz",
+                "/__readyz/fail",
+                "/__readyz/ok",
+                "/__upgradez"
+            ]
+        );
+        let posts: Vec<&str> = super::ENDPOINTS
+            .iter()
+            .filter(|e| e.method() == "POST")
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(posts, super::CHANGES);
     }
 
     #[test]

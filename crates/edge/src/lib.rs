@@ -326,11 +326,13 @@ impl Edge {
         headers: &'a http::HeaderMap,
         peer: Option<std::net::IpAddr>,
     ) -> RequestHead<'a> {
-        if self.reads_headers(method.as_str(), uri.path()) {
-            RequestHead::of(method, uri, headers, peer)
-        } else {
-            RequestHead::without_headers(method.as_str(), uri.path(), peer)
-        }
+        self.head(
+            method.as_str(),
+            uri.path(),
+            peer,
+            policy::header_parts(headers),
+            || uri.authority().map(|a| a.as_str()),
+        )
     }
 
     /// Begins a request: its scope (counted and logged from now on) and, when the edge

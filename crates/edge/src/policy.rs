@@ -40,9 +40,7 @@ impl<'a> RequestHead<'a> {
             method.as_str(),
             uri.path(),
             peer,
-            headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_bytes())),
+            header_parts(headers),
             || uri.authority().map(|a| a.as_str()),
         )
     }
@@ -105,6 +103,13 @@ impl<'a> RequestHead<'a> {
             }
         }
     }
+}
+
+/// An `http` 1.x header map as the name and value pairs [`RequestHead::from_parts`] reads.
+pub(crate) fn header_parts(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, &[u8])> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
 }
 
 /// The headers a proxy adds: a request carrying one came through a proxy, whatever its peer.
