@@ -4,7 +4,7 @@
 //! far less often (the Dev UI and the tools ask for some traces, the telemetry server gets each
 //! state only when one is known). So a run records plain facts (ids, times, the input and
 //! output text, the outcome) and the document, a map of string attributes per span, is built
-//! only when asked for: a flow run that nobody looks at costs a dozen allocations, not sixty.
+//! only when asked for (a poem `runAction` went from 82 allocations to 63, callgrind).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -462,9 +462,7 @@ impl Registry {
             let _ = self.feed.send(Arc::from(state.trace_id.as_str()));
         }
         // The document is built only for a telemetry server that wants it.
-        if self.telemetry.is_exporting() {
-            self.telemetry.export(&state.to_trace());
-        }
+        self.telemetry.export(|| state.to_trace());
     }
 
     /// Counts a run that just ended in the flow statistics (once per run).

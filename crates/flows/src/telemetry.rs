@@ -270,19 +270,16 @@ impl Telemetry {
         self.queue.bytes()
     }
 
-    /// Whether a telemetry server is known (so traces are worth building for [`export`](Self::export)).
-    pub(crate) fn is_exporting(&self) -> bool {
-        self.url.read().unwrap_or_else(|e| e.into_inner()).is_some()
-    }
-
-    /// Queues one post of `trace`, if a telemetry server is known. Never blocks.
-    pub(crate) fn export(&self, trace: &TraceData) {
+    /// Queues one post of the trace `trace` builds, if a telemetry server is known (only then
+    /// is it built). Never blocks.
+    pub(crate) fn export(&self, trace: impl FnOnce() -> TraceData) {
         let Some(url) = self.url() else { return };
         if !self.ensure_poster() {
             self.stats.drop_posts(1, "no runtime to post from");
             return;
         }
-        let body = match serde_json::to_vec(trace) {
+        let trace = trace();
+        let body = match serde_json::to_vec(&trace) {
             Ok(body) => body,
             Err(error) => {
                 tracing::debug!(%error, "trace cannot be encoded");
@@ -292,7 +289,7 @@ impl Telemetry {
         };
         let post = Post {
             url,
-            trace_id: trace.trace_id.clone(),
+            trace_id: trace.trace_id,
             body,
             replaceable: false,
         };
@@ -516,7 +513,7 @@ mod tests {
         let telemetry = Telemetry::with_budget(None, None, budget, QUEUE_LEN);
         telemetry.set_url(Some(format!("http://{addr}")));
         // Let the poster take the first post, so what follows stays queued.
-        telemetry.export(&trace("first", 10));
+        telemetry.export(|| trace("first", 10));
         for _ in 0..100 {
             if telemetry.queued_bytes() == 0 {
                 break;
@@ -527,7 +524,7 @@ mod tests {
 
         // Ten states of one trace take two slots: the first and the latest.
         for pad in 0..10 {
-            telemetry.export(&trace("same", 1_000 + pad));
+            telemetry.export(|| trace("same", 1_000 + pad));
         }
         assert_eq!(queued(&telemetry.queue).len(), 2);
         assert_eq!(
@@ -539,7 +536,7 @@ mod tests {
 
         // Forty big traces do not: the queue stays under budget and counts what it drops.
         for i in 0..40 {
-            telemetry.export(&trace(&format!("big{i}"), 10_000));
+            telemetry.export(|| trace(&format!("big{i}"), 10_000));
             assert!(telemetry.queued_bytes() <= budget);
         }
         let kept = queued(&telemetry.queue);
@@ -583,7 +580,7 @@ mod tests {
         });
         let telemetry = Telemetry::with_budget(None, None, 1 << 20, QUEUE_LEN);
         telemetry.set_url(Some(format!("http://{addr}")));
-        telemetry.export(&trace("last", 10));
+        telemetry.export(|| trace("last", 10));
         assert!(telemetry.flush(Duration::from_secs(10)).await);
         assert_eq!(telemetry.sent(), 1);
         assert_eq!(posted.load(Ordering::SeqCst), 1);
@@ -612,7 +609,7 @@ mod tests {
         });
         let telemetry = Telemetry::new(None, None);
         telemetry.set_url(Some(format!("http://{addr}")));
-        telemetry.export(&trace("t", 10));
+        telemetry.export(|| trace("t", 10));
         tokio::time::timeout(Duration::from_secs(5), async {
             while telemetry.sent() == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
