@@ -338,7 +338,7 @@ mod faults {
     impl WithTestRoutes for reflection_poem::ReflectionApi {
         type Served = Self;
         fn with_test_routes(self) -> Self {
-            self.routes(reflection_poem::test_routes::mount)
+            self.with_test_routes()
         }
     }
     impl WithTestRoutes for devui_salvo::DevUi {

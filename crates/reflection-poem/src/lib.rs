@@ -46,7 +46,7 @@
 //!
 //! # Features
 //! - `test-routes`: [`test_routes`], the routes the end-to-end tests need, mounted with
-//!   [`ReflectionApi::routes`].
+//!   [`ReflectionApi::with_test_routes`].
 //!
 //! ```no_run
 //! use reflection_poem::ReflectionApi;

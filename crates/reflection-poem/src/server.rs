@@ -16,12 +16,13 @@ use poem::http::header::{HeaderName, HeaderValue};
 use poem::http::uri::Scheme;
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::web::{LocalAddr, RemoteAddr};
-use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem::{Body, Endpoint, IntoResponse, Request, Response, Route};
 
 use crate::api;
 use crate::discovery::{RuntimeFile, discovery_root};
 
-type Mount = Arc<dyn Fn(Route) -> Route + Send + Sync>;
+/// Mounts routes on the server's router; the routes may use the server's [`State`].
+pub(crate) type Mount = Arc<dyn Fn(Route, &Arc<State>) -> Route + Send + Sync>;
 
 /// The reflection server. See the crate docs.
 #[derive(Clone)]
@@ -31,7 +32,7 @@ pub struct ReflectionApi {
     name: Option<String>,
     root: Option<PathBuf>,
     limits: Limits,
-    extra: Vec<Mount>,
+    pub(crate) extra: Vec<Mount>,
     runtime_file: Arc<Mutex<Option<PathBuf>>>,
 }
 
@@ -83,7 +84,8 @@ impl ReflectionApi {
     /// Mounts more routes next to the Reflection API's (behind the same middleware). Each
     /// call adds to the previous ones.
     pub fn routes(mut self, mount: impl Fn(Route) -> Route + Send + Sync + 'static) -> Self {
-        self.extra.push(Arc::new(mount));
+        self.extra
+            .push(Arc::new(move |route, _: &Arc<State>| mount(route)));
         self
     }
 
@@ -99,20 +101,19 @@ impl ReflectionApi {
         // No CORS: the genkit CLI is not a browser (its own Dev UI talks to the CLI, which
         // proxies), and a web page must not drive the runtime; the edge refuses foreign
         // origins outright.
-        let edge = state.edge.clone();
-        let routes = api::routes(Route::new());
+        let routes = api::routes(Route::new(), &state);
         let routes = self
             .extra
             .iter()
-            .fold(routes, |routes, mount| mount(routes));
+            .fold(routes, |routes, mount| mount(routes, &state));
         Edged {
-            edge,
-            inner: routes.data(state),
+            edge: state.edge.clone(),
+            inner: routes,
         }
     }
 }
 
-/// What every handler can reach, as poem request data.
+/// What every handler can reach: given to it by [`api::Stateful`].
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) registry: Arc<Registry>,

@@ -1,5 +1,5 @@
 //! Routes only the end-to-end tests need, mounted by the binary with
-//! `ReflectionApi::new(registry).routes(reflection_poem::test_routes::mount)`:
+//! `ReflectionApi::new(registry).with_test_routes()`:
 //! `GET /__test/slow?ms=N`, `GET /__test/panic`, `POST /__test/echo` (reads the body within
 //! the server's limits). They pass through the same middleware as every route.
 
@@ -7,20 +7,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use poem::http::StatusCode;
-use poem::web::{Data, Query};
-use poem::{Body, Request, Response, Route, get, handler, post};
+use poem::web::Query;
+use poem::{Request, Response, Route, get, handler, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::reply;
+use crate::api::{Stateful, reply};
 use crate::server::State;
 
-/// Adds the test routes to `route`.
-pub fn mount(route: Route) -> Route {
+impl crate::ReflectionApi {
+    /// Mounts the test routes next to the Reflection API's.
+    pub fn with_test_routes(mut self) -> Self {
+        self.extra.push(Arc::new(mount));
+        self
+    }
+}
+
+fn mount(route: Route, state: &Arc<State>) -> Route {
     route
         .at("/__test/slow", get(slow))
         .at("/__test/panic", get(panic))
-        .at("/__test/echo", post(echo))
+        .at("/__test/echo", post(Stateful::new(state, echo)))
 }
 
 #[derive(Deserialize)]
@@ -53,13 +60,15 @@ fn panic() -> Response {
 }
 
 /// Reads the whole body within the limits and says how long it was.
-#[handler]
-async fn echo(req: &Request, body: Body, Data(state): Data<&Arc<State>>) -> Response {
+async fn echo(state: Arc<State>, mut req: Request) -> poem::Result<Response> {
     let declared = edge::content_length(req.headers());
-    match edge::read_body(body.into_bytes_stream(), declared, state.edge.limits()).await {
-        Ok(body) => json(&json!({ "bytes": body.len() })),
-        Err(err) => reply(err.reply()),
-    }
+    let body = req.take_body().into_bytes_stream();
+    Ok(
+        match edge::read_body(body, declared, state.edge.limits()).await {
+            Ok(body) => json(&json!({ "bytes": body.len() })),
+            Err(err) => reply(err.reply()),
+        },
+    )
 }
 
 #[cfg(test)]
@@ -85,7 +94,7 @@ mod tests {
         let api = ReflectionApi::new(Registry::new())
             .discovery_root(&root)
             .limits(limits)
-            .routes(super::mount);
+            .with_test_routes();
         let (handle, run) = start(api).await;
         let addr = addr_of(&handle);
         let ask = |method: &str, path: &str, extra: &str, body: &str| {
