@@ -303,12 +303,12 @@ impl Edge {
     /// The facts [`Edge::begin`] needs of a request: [`RequestHead::from_parts`], the headers
     /// read only when [`Edge::reads_headers`] says so. A route that checks a change itself
     /// (a framework's own quit endpoint) builds its full head with [`RequestHead::of`].
-    pub fn head<'a>(
+    pub fn head<'a, V: policy::HeaderText<'a>>(
         &self,
         method: &'a str,
         path: &'a str,
         peer: Option<std::net::IpAddr>,
-        headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+        headers: impl Iterator<Item = (&'a str, V)>,
         authority: impl FnOnce() -> Option<&'a str>,
     ) -> RequestHead<'a> {
         if self.reads_headers(method, path) {
