@@ -252,7 +252,7 @@ async fn run_flow(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         // Input that does not fit the schema: a 400 before any stream starts.
         let mut body = errors::error_body(StatusCode::BAD_REQUEST, &err.message);
         body["code"] = json!(err.code.name());
-        body["traceId"] = json!(run.trace_id);
+        body["traceId"] = json!(&*run.trace_id);
         return reply(res, errors::json(StatusCode::BAD_REQUEST, &body));
     }
     if let Ok(value) = HeaderValue::from_str(&run.trace_id) {
@@ -283,7 +283,7 @@ fn ndjson(
     futures_util::stream::unfold(Step::Start(run), move |step| async move {
         match step {
             Step::Start(run) => {
-                let start = json!({ "type": "start", "traceId": run.trace_id });
+                let start = json!({ "type": "start", "traceId": &*run.trace_id });
                 Some((line(start), Step::Chunks(run)))
             }
             Step::Chunks(mut run) => match run.next_chunk().await {
@@ -295,7 +295,7 @@ fn ndjson(
                     let trace_id = run.trace_id.clone();
                     let last = match run.result().await {
                         Ok(result) => {
-                            json!({ "type": "result", "result": result, "traceId": trace_id })
+                            json!({ "type": "result", "result": result, "traceId": &*trace_id })
                         }
                         Err(err) => json!({
                             "type": "error",
@@ -304,7 +304,7 @@ fn ndjson(
                                 "code": err.code.name(),
                                 "status": err.http_status(),
                             },
-                            "traceId": trace_id,
+                            "traceId": &*trace_id,
                         }),
                     };
                     Some((line(last), Step::Done))

@@ -28,9 +28,45 @@ enum Mode {
     Ndjson,
 }
 
-pub(crate) async fn run_flow(
+/// `POST /flow/{name}`: a flow with no resource of its own (see [`resource_of`]).
+pub(crate) async fn run_named_flow(
     req: HttpRequest,
     name: Path<String>,
+    query: Query<RunQuery>,
+    body: Payload,
+    registry: Data<Arc<Registry>>,
+    edge: Data<Edge>,
+) -> HttpResponse {
+    let key = format!("/flow/{name}");
+    run_flow(req, &key, query, body, registry, edge).await
+}
+
+/// The resource of one flow's own path (`key`, `/flow/<name>`), when its name is one that
+/// actix's patterns take as text (letters, digits, `-`, `_`, `.`, `~`: what needs no
+/// percent-encoding, and no `{` that would make it a pattern).
+pub(crate) fn resource_of(key: &str) -> Option<actix_web::Resource> {
+    let name = key.strip_prefix("/flow/")?;
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~');
+    if name.is_empty() || !name.bytes().all(plain) {
+        return None;
+    }
+    let key: Arc<str> = Arc::from(key);
+    Some(crate::routes::post(
+        &key.clone(),
+        move |req: HttpRequest,
+              query: Query<RunQuery>,
+              body: Payload,
+              registry: Data<Arc<Registry>>,
+              edge: Data<Edge>| {
+            let key = Arc::clone(&key);
+            async move { run_flow(req, &key, query, body, registry, edge).await }
+        },
+    ))
+}
+
+async fn run_flow(
+    req: HttpRequest,
+    key: &str,
     query: Query<RunQuery>,
     body: Payload,
     registry: Data<Arc<Registry>>,
@@ -77,7 +113,7 @@ pub(crate) async fn run_flow(
         stream: mode != Mode::Whole,
         ..RunOptions::default()
     };
-    let run = match registry.start(&format!("/flow/{name}"), input, options) {
+    let run = match registry.start(key, input, options) {
         Ok(run) => run,
         Err(err) => return flow_error(&err),
     };
@@ -91,7 +127,7 @@ pub(crate) async fn run_flow(
             Ok(result) => {
                 let body = result_body(&result, &trace_id);
                 HttpResponse::Ok()
-                    .insert_header((TRACE_ID_HEADER.clone(), trace_id))
+                    .insert_header((TRACE_ID_HEADER.clone(), &*trace_id))
                     .content_type("application/json")
                     .body(body)
             }
@@ -107,7 +143,7 @@ pub(crate) async fn run_flow(
     };
     HttpResponse::Ok()
         .content_type(content_type)
-        .insert_header((TRACE_ID_HEADER.clone(), trace_id))
+        .insert_header((TRACE_ID_HEADER.clone(), &*trace_id))
         .insert_header(("Cache-Control", "no-cache"))
         .streaming(events(run, mode))
 }

@@ -104,7 +104,7 @@ impl FlowsApi {
                 .app_data(registry.clone())
                 .app_data(routes::query_config())
                 .configure(|cfg| extra.iter().for_each(|configure| configure(cfg)))
-                .configure(routes::mount)
+                .configure(|cfg| routes::mount(cfg, &registry))
                 .default_service(web::to(routes::not_found))
                 .wrap(Track(edge.clone()))
         })
@@ -352,6 +352,62 @@ pub(crate) mod tests {
         let report = run.await.unwrap();
         assert_eq!(report.outcome(), Outcome::Clean);
         assert_eq!(report.servers[0].requests.served, 12);
+    }
+
+    /// A flow defined before the server started has a resource of its own path; one defined
+    /// later, or with a name a pattern cannot hold as text, is found through `/flow/{name}`;
+    /// either answers the same, percent-encoded names included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flows_are_found_by_their_own_resource_or_by_name() {
+        let registry = Registry::new();
+        let echo = |name: &str| {
+            let name = name.to_owned();
+            move |input: String, _ctx| {
+                let name = name.clone();
+                async move { Ok::<_, flows::FlowError>(format!("{name}:{input}")) }
+            }
+        };
+        for (key, own) in [
+            ("/flow/early", true),
+            ("/flow/a-b_c.d~1", true),
+            ("/flow/odd{name}", false),
+            ("/flow/caf\u{e9}", false),
+            ("/flow/", false),
+            ("/model/early", false),
+        ] {
+            assert_eq!(crate::flows::resource_of(key).is_some(), own, "{key}");
+        }
+        registry.define_flow("early", "defined before the start", echo("early"));
+        registry.define_flow(
+            "odd{name}",
+            "a name actix would take as a pattern",
+            echo("odd"),
+        );
+        let (handle, addr, run) = start(FlowsApi::new(Arc::clone(&registry)).workers(1)).await;
+        registry.define_flow("late", "defined after the start", echo("late"));
+        for (path, expected) in [
+            ("/flow/early", "early:x"),
+            ("/flow/%65arly", "early:x"),
+            ("/flow/late", "late:x"),
+            ("/flow/odd%7Bname%7D", "odd:x"),
+        ] {
+            let request = ask("POST", path, "Content-Length: 3\r\n", "\"x\"");
+            let (status, headers, body) = raw(addr, &request).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            let json: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["result"], expected, "{path}: {body}");
+            assert!(header(&headers, "x-genkit-trace-id").is_some(), "{path}");
+        }
+        let (status, _, body) = raw(
+            addr,
+            &ask("POST", "/flow/missing", "Content-Length: 3\r\n", "\"x\""),
+        )
+        .await;
+        assert_eq!(status, 404, "{body}");
+        let (status, _, body) = raw(addr, &ask("GET", "/flow/early", "", "")).await;
+        assert_eq!(status, 405, "{body}");
+        handle.request_shutdown(ShutdownReason::Requested { why: "test".into() });
+        assert_eq!(run.await.unwrap().outcome(), Outcome::Clean);
     }
 
     /// A streamed flow run stays in flight until its last byte: the server drains only then,

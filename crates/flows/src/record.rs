@@ -45,10 +45,10 @@ impl Outcome {
 pub(crate) struct SpanRecord {
     /// 16 lower-case hex digits.
     pub(crate) span_id: String,
-    /// The flow's or the step's name.
-    pub(crate) name: String,
+    /// The flow's or the step's name (shared: a flow's root spans all have the same).
+    pub(crate) name: Arc<str>,
     /// Genkit's `genkit:path` of the span.
-    pub(crate) path: String,
+    pub(crate) path: Arc<str>,
     /// Milliseconds since the Unix epoch.
     pub(crate) start_time: f64,
     /// Milliseconds since the Unix epoch; 0 while the span is open.
@@ -59,7 +59,7 @@ pub(crate) struct SpanRecord {
 
 impl SpanRecord {
     /// A span opening now.
-    pub(crate) fn open(span_id: String, name: String, path: String) -> Self {
+    pub(crate) fn open(span_id: String, name: Arc<str>, path: Arc<str>) -> Self {
         Self {
             span_id,
             name,
@@ -85,7 +85,7 @@ impl SpanRecord {
 #[derive(Debug, Clone)]
 pub(crate) struct RunRecord {
     /// 32 lower-case hex digits.
-    pub(crate) trace_id: String,
+    pub(crate) trace_id: Arc<str>,
     /// The run's telemetry labels (values cut to [`TRACE_VALUE_BYTES`]), attributes of its
     /// root span.
     pub(crate) labels: BTreeMap<String, String>,
@@ -130,12 +130,12 @@ impl RunRecord {
                 });
                 let data = SpanData {
                     span_id: span.span_id.clone(),
-                    trace_id: self.trace_id.clone(),
+                    trace_id: self.trace_id.to_string(),
                     parent_span_id: parent.cloned(),
                     start_time: span.start_time,
                     end_time: span.end_time,
                     attributes,
-                    display_name: span.name.clone(),
+                    display_name: span.name.to_string(),
                     instrumentation_library: InstrumentationLibrary::genkit(),
                     span_kind: SPAN_KIND.to_owned(),
                     status: span.outcome.as_ref().map(|outcome| match outcome {
@@ -147,8 +147,8 @@ impl RunRecord {
             })
             .collect();
         TraceData {
-            trace_id: self.trace_id.clone(),
-            display_name: Some(self.root.name.clone()),
+            trace_id: self.trace_id.to_string(),
+            display_name: Some(self.root.name.to_string()),
             start_time: self.root.start_time,
             end_time: self.root.end_time,
             spans,

@@ -98,8 +98,10 @@ type Job = Box<dyn FnOnce(FlowContext) -> BoxFuture<'static, Result<Value, FlowE
 struct FlowEntry {
     desc: ActionDesc,
     prepare: Arc<Prepare>,
-    /// The root span's `genkit:path`, made once.
-    root_path: String,
+    /// The flow's name, and its root span's `genkit:path`, made once: shared by every run's
+    /// record, not copied into each.
+    name: Arc<str>,
+    root_path: Arc<str>,
 }
 
 /// The flows of this process, their running instances and their recent traces.
@@ -108,7 +110,7 @@ struct FlowEntry {
 pub struct Registry {
     flows: RwLock<BTreeMap<String, FlowEntry>>,
     /// Cancellation handles of runs still going, by trace id.
-    running: Mutex<HashMap<String, CancellationToken>>,
+    running: Mutex<HashMap<Arc<str>, CancellationToken>>,
     traces: TraceStore,
     stats: crate::stats::Stats,
     feed: broadcast::Sender<Arc<str>>,
@@ -193,7 +195,8 @@ impl Registry {
             }))
         };
         let entry = FlowEntry {
-            root_path: format!("/{{{name},t:action,s:flow}}"),
+            name: Arc::from(name),
+            root_path: Arc::from(format!("/{{{name},t:action,s:flow}}")),
             desc,
             prepare: Arc::new(prepare),
         };
@@ -254,10 +257,9 @@ impl Registry {
             let entry = flows
                 .get(key)
                 .ok_or_else(|| FlowError::not_found(format!("action '{key}' not found")))?;
-            let root_path = entry.root_path.clone();
             (
-                entry.desc.name.clone(),
-                root_path,
+                Arc::clone(&entry.name),
+                Arc::clone(&entry.root_path),
                 Arc::clone(&entry.prepare),
             )
         };
@@ -280,7 +282,7 @@ impl Registry {
             Ok(job) => job,
             Err(error) => {
                 // The flow never runs: record one finished, failed trace right away.
-                let error = error.with_trace_id(&trace_id);
+                let error = error.with_trace_id(&*trace_id);
                 record.root.close(Outcome::of(Err(&error.message)));
                 self.count_run(&record);
                 let record: LiveRecord = Arc::new(Mutex::new(record));
@@ -459,7 +461,7 @@ impl Registry {
         }
         // No subscribers is fine: the feed is for whoever listens now.
         if self.feed.receiver_count() > 0 {
-            let _ = self.feed.send(Arc::from(state.trace_id.as_str()));
+            let _ = self.feed.send(Arc::clone(&state.trace_id));
         }
         // The document is built only for a telemetry server that wants it.
         self.telemetry.export(|| state.to_trace());

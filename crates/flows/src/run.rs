@@ -21,7 +21,7 @@ use crate::trace::{json_text, lock, new_span_id};
 /// went away, so nobody wants the answer.
 pub struct FlowRun {
     /// The run's trace id (32 lower-case hex digits).
-    pub trace_id: String,
+    pub trace_id: Arc<str>,
     /// The root span's id (16 lower-case hex digits).
     pub span_id: String,
     chunks: Option<mpsc::Receiver<Value>>,
@@ -58,7 +58,7 @@ impl fmt::Debug for FlowRun {
 
 impl FlowRun {
     pub(crate) fn running(
-        trace_id: String,
+        trace_id: Arc<str>,
         span_id: String,
         chunks: Option<mpsc::Receiver<Value>>,
         done: CancellationToken,
@@ -78,7 +78,7 @@ impl FlowRun {
 
     /// A run that finished inside `start` (its chunks, if it streamed, are buffered).
     pub(crate) fn finished(
-        trace_id: String,
+        trace_id: Arc<str>,
         span_id: String,
         chunks: Option<mpsc::Receiver<Value>>,
         outcome: Result<Value, FlowError>,
@@ -95,7 +95,7 @@ impl FlowRun {
     }
 
     /// A run that ended before it began (its input was rejected).
-    pub(crate) fn failed(trace_id: String, span_id: String, error: FlowError) -> Self {
+    pub(crate) fn failed(trace_id: Arc<str>, span_id: String, error: FlowError) -> Self {
         let mut run = Self::finished(trace_id, span_id, None, Err(error));
         run.rejected = true;
         run
@@ -163,13 +163,13 @@ impl FlowRun {
         self.chunks = None;
         match &mut self.result {
             ResultSlot::Ready(outcome) => outcome.take().unwrap_or_else(|| {
-                Err(FlowError::internal("result already taken").with_trace_id(&self.trace_id))
+                Err(FlowError::internal("result already taken").with_trace_id(&*self.trace_id))
             }),
             ResultSlot::Pending(rx) => rx.await.unwrap_or_else(|_| {
                 // Only when the runtime dropped the task (shutting down).
                 Err(
                     FlowError::internal("the flow's task ended without a result")
-                        .with_trace_id(&self.trace_id),
+                        .with_trace_id(&*self.trace_id),
                 )
             }),
         }
@@ -188,7 +188,7 @@ impl Drop for FlowRun {
 /// State one run shares between its task (when it has one) and its [`FlowContext`]s.
 pub(crate) struct RunShared {
     pub(crate) registry: Arc<Registry>,
-    pub(crate) trace_id: String,
+    pub(crate) trace_id: Arc<str>,
     pub(crate) context: Value,
     pub(crate) cancel: CancellationToken,
     /// The run as it stands; every change is published while this lock is held, so the
@@ -232,7 +232,7 @@ impl RunShared {
             )))
         });
         outcome.map_err(|mut e| {
-            e.trace_id.get_or_insert_with(|| self.trace_id.clone());
+            e.trace_id.get_or_insert_with(|| self.trace_id.to_string());
             e
         })
     }
@@ -353,7 +353,7 @@ impl FlowContext {
             let path = format!("{}/{{{step_name},t:flowStep}}", record.root.path);
             record
                 .steps
-                .push(SpanRecord::open(span_id, step_name.to_owned(), path));
+                .push(SpanRecord::open(span_id, step_name.into(), path.into()));
             record.steps.len() - 1
         });
 

@@ -44,9 +44,9 @@ impl Stats {
             .position(|bound| seconds <= *bound)
             .unwrap_or(FLOW_DURATION_BUCKETS.len());
         let mut stats = lock(&self.0);
-        let flow = match stats.get_mut(&root.name) {
+        let flow = match stats.get_mut(&*root.name) {
             Some(flow) => flow,
-            None => stats.entry(root.name.clone()).or_default(),
+            None => stats.entry(root.name.to_string()).or_default(),
         };
         flow.runs += 1;
         flow.errors += u64::from(failed);

@@ -162,7 +162,7 @@ async fn valid_run_returns_output_and_records_root_and_step_spans() {
     assert_eq!(output, "Hello, Alice!");
 
     let trace = wait_finished(&registry, &trace_id).await;
-    assert_eq!(registry.recent_traces()[0].trace_id, trace_id);
+    assert_eq!(registry.recent_traces()[0].trace_id, &*trace_id);
     assert_eq!(trace.display_name.as_deref(), Some("greet"));
     assert_eq!(trace.spans.len(), 2);
     let root = &trace.spans[&root_id];
@@ -197,7 +197,7 @@ async fn valid_run_returns_output_and_records_root_and_step_spans() {
 
     // The wire shape Genkit's telemetry server parses.
     let wire = serde_json::to_value(&trace).unwrap();
-    assert_eq!(wire["traceId"], trace_id.as_str());
+    assert_eq!(wire["traceId"], &*trace_id);
     assert!(wire["spans"][&root_id].get("parentSpanId").is_none());
     assert_eq!(
         wire["spans"][&root_id]["instrumentationLibrary"]["version"],
@@ -223,10 +223,10 @@ async fn invalid_input_is_invalid_argument_naming_the_problem_and_traced_as_erro
     assert_eq!(error.http_status(), 400);
     assert!(error.message.contains("age"), "{}", error.message);
     assert!(error.message.contains("invalid type"), "{}", error.message);
-    assert_eq!(error.trace_id.as_deref(), Some(trace_id.as_str()));
+    assert_eq!(error.trace_id.as_deref(), Some(&*trace_id));
     let status = error.to_status();
     assert_eq!(status["code"], 3);
-    assert_eq!(status["details"]["traceId"], trace_id.as_str());
+    assert_eq!(status["details"]["traceId"], &*trace_id);
 
     let trace = registry.trace(&trace_id).expect("failed run is traced");
     assert!(trace.is_finished());
@@ -429,7 +429,7 @@ async fn cancel_ends_a_running_streaming_flow_quickly() {
     assert_eq!(error.code, StatusCode::Cancelled);
     assert_eq!(error.message, "Action was cancelled");
     assert_eq!(error.http_status(), 409);
-    assert_eq!(error.trace_id.as_deref(), Some(trace_id.as_str()));
+    assert_eq!(error.trace_id.as_deref(), Some(&*trace_id));
 
     let trace = wait_finished(&registry, &trace_id).await;
     let root = trace.root_span().unwrap();
@@ -537,7 +537,7 @@ async fn the_feed_sees_start_and_end_and_history_keeps_the_newest_100() {
     // Ids, not traces: the state is the store's. A run done inside `start` is announced
     // once, finished.
     let only = timeout(WAIT, feed.recv()).await.unwrap().unwrap();
-    assert_eq!(&*only, trace_id);
+    assert_eq!(only, trace_id);
     assert!(registry.trace(&only).unwrap().is_finished());
     assert!(
         feed.try_recv().is_err(),
@@ -549,7 +549,7 @@ async fn the_feed_sees_start_and_end_and_history_keeps_the_newest_100() {
         .start("/flow/nap", json!(500), RunOptions::default())
         .unwrap();
     let first = timeout(WAIT, feed.recv()).await.unwrap().unwrap();
-    assert_eq!(&*first, run.trace_id);
+    assert_eq!(first, run.trace_id);
     assert!(!registry.trace(&first).unwrap().is_finished());
     timeout(WAIT, run.result()).await.unwrap().unwrap();
     let last = timeout(WAIT, feed.recv()).await.unwrap().unwrap();
@@ -561,7 +561,7 @@ async fn the_feed_sees_start_and_end_and_history_keeps_the_newest_100() {
         let run = registry
             .start("/flow/plain", json!(n), RunOptions::default())
             .unwrap();
-        ids.push(run.trace_id.clone());
+        ids.push(run.trace_id.to_string());
         run.result().await.unwrap();
     }
     let recent: Vec<_> = registry
@@ -685,7 +685,7 @@ async fn telemetry_receives_the_start_and_end_of_a_run() {
     gate.notify_one();
     assert_eq!(run.result().await.unwrap(), 42);
     assert_eq!(path, "/api/traces");
-    assert_eq!(start["traceId"], trace_id.as_str());
+    assert_eq!(start["traceId"], &*trace_id);
     assert_eq!(start["endTime"], 0.0);
     assert_eq!(start["displayName"], "gated");
     assert_eq!(start["spans"][&span_id]["endTime"], 0.0);
@@ -693,7 +693,7 @@ async fn telemetry_receives_the_start_and_end_of_a_run() {
 
     let (path, end) = timeout(WAIT, posts.recv()).await.unwrap().unwrap();
     assert_eq!(path, "/api/traces");
-    assert_eq!(end["traceId"], trace_id.as_str());
+    assert_eq!(end["traceId"], &*trace_id);
     assert!(end["endTime"].as_f64().unwrap() > 0.0);
     let root = &end["spans"][&span_id];
     assert_eq!(root["attributes"]["genkit:output"], "42");

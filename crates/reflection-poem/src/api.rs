@@ -239,7 +239,7 @@ async fn run_action_with(state: &State, req: &Request, body: Body, query: Stream
         } else {
             "application/json"
         })
-        .header(TRACE_ID_HEADER.clone(), trace_id)
+        .header(TRACE_ID_HEADER.clone(), &*trace_id)
         .header(SPAN_ID_HEADER.clone(), span_id)
         .body(body)
 }

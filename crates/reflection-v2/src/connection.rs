@@ -605,7 +605,7 @@ async fn answer_run(
     // The CLI keys runs by the request's id, as a string.
     let request_id = id.as_str().map_or_else(|| id.to_string(), str::to_owned);
     let trace_id = run.trace_id.clone();
-    let state = json!({ "requestId": request_id, "state": { "traceId": trace_id } });
+    let state = json!({ "requestId": request_id, "state": { "traceId": &*trace_id } });
     if outbox
         .send(rpc::notification("runActionState", state))
         .await
@@ -632,7 +632,7 @@ async fn answer_run(
     };
     let (text, code) = match outcome {
         Some(Ok(result)) => {
-            let answer = json!({ "result": result, "telemetry": { "traceId": trace_id } });
+            let answer = json!({ "result": result, "telemetry": { "traceId": &*trace_id } });
             (rpc::response(&id, answer), Some(200))
         }
         Some(Err(err)) => (
