@@ -291,7 +291,6 @@ impl Registry {
             }
         };
 
-        let cancel = CancellationToken::new();
         let (chunk_tx, chunk_rx) = if options.stream {
             let (tx, rx) = mpsc::channel(CHUNK_BUFFER);
             (Some(tx), Some(rx))
@@ -302,7 +301,7 @@ impl Registry {
             registry: Arc::clone(self),
             trace_id: trace_id.clone(),
             context: options.context,
-            cancel: cancel.clone(),
+            cancel: std::sync::OnceLock::new(),
             record: Arc::new(Mutex::new(record)),
             announced: AtomicBool::new(false),
         });
@@ -331,6 +330,7 @@ impl Registry {
         }
         shared.announce();
 
+        let cancel = shared.cancel().clone();
         let done = CancellationToken::new();
         let (result_tx, result_rx) = oneshot::channel();
         let task_done = done.clone();
@@ -338,7 +338,7 @@ impl Registry {
             let caught = tokio::select! {
                 // Checked first so that a cancelled run ends even if the flow is always ready.
                 biased;
-                () = shared.cancel.cancelled() => None,
+                () = shared.cancel().cancelled() => None,
                 caught = &mut flow => Some(caught),
             };
             drop(flow);

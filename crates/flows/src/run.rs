@@ -190,7 +190,9 @@ pub(crate) struct RunShared {
     pub(crate) registry: Arc<Registry>,
     pub(crate) trace_id: Arc<str>,
     pub(crate) context: Value,
-    pub(crate) cancel: CancellationToken,
+    /// Made when first asked for: a run done in its first poll, most are, can never be
+    /// cancelled, and skips the token's allocation (see [`Self::cancel`]).
+    pub(crate) cancel: std::sync::OnceLock<CancellationToken>,
     /// The run as it stands; every change is published while this lock is held, so the
     /// history, the feed and the telemetry server see the states in order.
     pub(crate) record: LiveRecord,
@@ -200,6 +202,18 @@ pub(crate) struct RunShared {
 }
 
 impl RunShared {
+    /// The run's cancellation token.
+    pub(crate) fn cancel(&self) -> &CancellationToken {
+        self.cancel.get_or_init(CancellationToken::new)
+    }
+
+    /// Whether the run was cancelled (never, before its token exists).
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancel
+            .get()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
     /// Makes the run visible: its current state goes into the history and out to the feed
     /// and the telemetry server, and every later change is published. Until then (the run's
     /// first poll, inside `start`) changes are only recorded, so a run that finishes there is
@@ -275,7 +289,7 @@ impl fmt::Debug for FlowContext {
         f.debug_struct("FlowContext")
             .field("trace_id", &self.shared.trace_id)
             .field("streaming", &self.chunks.is_some())
-            .field("cancelled", &self.shared.cancel.is_cancelled())
+            .field("cancelled", &self.shared.is_cancelled())
             .finish_non_exhaustive()
     }
 }
@@ -315,21 +329,21 @@ impl FlowContext {
             tokio::select! {
                 // A send error means the reader is gone; the flow goes on regardless.
                 _ = tx.send(chunk) => {}
-                () = self.shared.cancel.cancelled() => {}
+                () = self.shared.cancel().cancelled() => {}
             }
         }
     }
 
     /// Whether the run was cancelled.
     pub fn is_cancelled(&self) -> bool {
-        self.shared.cancel.is_cancelled()
+        self.shared.is_cancelled()
     }
 
     /// Resolves once the run is cancelled. A flow need not watch for this (its future is
     /// dropped on cancellation anyway); it is for cleanup that must happen first, or for work
     /// handed to other tasks.
     pub async fn cancelled(&self) {
-        self.shared.cancel.cancelled().await;
+        self.shared.cancel().cancelled().await;
     }
 
     /// The run's trace id.
