@@ -21,8 +21,9 @@
 //!   state is posted to `<url>/api/traces` by a background task. Export never slows a flow
 //!   down: when the server is slow or gone, traces are dropped and counted.
 //! - **Memory budgets**: each recorded value is cut to [`TRACE_VALUE_BYTES`] (with a
-//!   `…[truncated N bytes]` marker), the stored traces to [`TRACE_STORE_BYTES`] in all (oldest
-//!   evicted), and the export queue to [`TELEMETRY_QUEUE_BYTES`] (a newer state of a trace
+//!   `…[truncated N bytes]` marker), each run's record to [`TRACE_RUN_BYTES`] (later steps run
+//!   but are only counted, in [`STEPS_NOT_RECORDED`]), the stored traces to
+//!   [`TRACE_STORE_BYTES`] in all (oldest evicted), and the export queue to [`TELEMETRY_QUEUE_BYTES`] (a newer state of a trace
 //!   replaces its queued older one; beyond the budget the oldest are dropped and counted).
 //!
 //! It serves no HTTP itself and knows no web framework; the servers wrap it.
@@ -71,12 +72,14 @@ mod telemetry;
 mod trace;
 
 pub use error::{FlowError, StatusCode};
+pub use record::STEPS_NOT_RECORDED;
 pub use registry::{ActionDesc, Registry, RunOptions, TRACE_HISTORY};
 pub use run::{FlowContext, FlowRun};
 pub use stats::{FLOW_DURATION_BUCKETS, FlowStats};
 pub use telemetry::TELEMETRY_QUEUE_BYTES;
 pub use trace::{
-    InstrumentationLibrary, SpanData, SpanStatus, TRACE_STORE_BYTES, TRACE_VALUE_BYTES, TraceData,
+    InstrumentationLibrary, SpanData, SpanStatus, TRACE_RUN_BYTES, TRACE_STORE_BYTES,
+    TRACE_VALUE_BYTES, TraceData,
 };
 
 /// The Reflection API version the runtime reports (v1's `/api/notify` and discovery file, v2's

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::trace::{
-    InstrumentationLibrary, SpanData, SpanStatus, TRACE_VALUE_BYTES, TraceData, now_ms,
-    truncate_text,
+    InstrumentationLibrary, SpanData, SpanStatus, TRACE_RUN_BYTES, TRACE_VALUE_BYTES, TraceData,
+    now_ms, truncate_text,
 };
 
 /// A run's record as it keeps changing, shared by the run and the store: publishing a new
@@ -93,14 +93,24 @@ pub(crate) struct RunRecord {
     pub(crate) input: String,
     pub(crate) root: SpanRecord,
     /// Every span is a child of the root: steps started inside steps too, as Genkit's own
-    /// runtimes record flow steps.
-    pub(crate) steps: Vec<SpanRecord>,
+    /// runtimes record flow steps. Changed only by [`open_step`](Self::open_step) and
+    /// [`close_step`](Self::close_step), which keep `steps_bytes`.
+    steps: Vec<SpanRecord>,
+    /// What `steps` weigh in the store's budget, kept as they change: weighing a record that
+    /// grows by a step at a time costs no walk over its steps.
+    steps_bytes: usize,
+    /// Steps begun once the record weighed [`TRACE_RUN_BYTES`]: they ran, unrecorded.
+    steps_unrecorded: u64,
 }
+
+/// The root attribute counting a run's unrecorded steps, once there are any.
+pub const STEPS_NOT_RECORDED: &str = "multi-server:stepsNotRecorded";
 
 /// An attribute's value, as the document will hold it.
 enum Attribute<'a> {
     Text(Cow<'a, str>),
     Flag(bool),
+    Count(u64),
 }
 
 impl<'a> Attribute<'a> {
@@ -110,6 +120,54 @@ impl<'a> Attribute<'a> {
 }
 
 impl RunRecord {
+    /// A run's record as it begins: no steps yet.
+    pub(crate) fn new(
+        trace_id: Arc<str>,
+        labels: BTreeMap<String, String>,
+        input: String,
+        root: SpanRecord,
+    ) -> Self {
+        RunRecord {
+            trace_id,
+            labels,
+            input,
+            root,
+            steps: Vec::new(),
+            steps_bytes: 0,
+            steps_unrecorded: 0,
+        }
+    }
+
+    /// Records `step` as begun, and returns its index for [`close_step`](Self::close_step);
+    /// `None` once the record weighs [`TRACE_RUN_BYTES`] (the step is only counted, in the
+    /// root's [`STEPS_NOT_RECORDED`]).
+    pub(crate) fn open_step(&mut self, step: SpanRecord) -> Option<usize> {
+        let bytes = self.span_bytes(&step);
+        if self.stored_bytes() + bytes > TRACE_RUN_BYTES {
+            self.steps_unrecorded += 1;
+            return None;
+        }
+        self.steps_bytes += bytes;
+        self.steps.push(step);
+        Some(self.steps.len() - 1)
+    }
+
+    /// Closes the step [`open_step`](Self::open_step) gave `index` with `outcome` (once).
+    pub(crate) fn close_step(&mut self, index: usize, outcome: Outcome) {
+        let before = self.span_bytes(&self.steps[index]);
+        self.steps[index].close(outcome);
+        self.steps_bytes = self.steps_bytes - before + self.span_bytes(&self.steps[index]);
+    }
+
+    /// Closes every step still open with `outcome`.
+    pub(crate) fn close_open_steps(&mut self, outcome: impl Fn() -> Outcome) {
+        for index in 0..self.steps.len() {
+            if self.steps[index].is_open() {
+                self.close_step(index, outcome());
+            }
+        }
+    }
+
     /// Genkit's `TraceData` of this state: what the Dev UI, the tools and the telemetry server
     /// read.
     pub(crate) fn to_trace(&self) -> TraceData {
@@ -125,6 +183,7 @@ impl RunRecord {
                     let value = match value {
                         Attribute::Text(text) => Value::String(text.into_owned()),
                         Attribute::Flag(flag) => Value::Bool(flag),
+                        Attribute::Count(count) => Value::from(count),
                     };
                     attributes.insert(key.to_owned(), value);
                 });
@@ -159,38 +218,37 @@ impl RunRecord {
     /// about ([`stored_bytes`](crate::trace::stored_bytes) of [`to_trace`](Self::to_trace)),
     /// counted without building it.
     pub(crate) fn stored_bytes(&self) -> usize {
+        self.span_bytes(&self.root) + self.steps_bytes + self.trace_id.len() + self.root.name.len()
+    }
+
+    /// What one span of this record weighs in its document: the root, or a step (recorded or
+    /// about to be).
+    fn span_bytes(&self, span: &SpanRecord) -> usize {
         let per_span = crate::trace::SPAN_OVERHEAD
             + self.trace_id.len()
             + InstrumentationLibrary::GENKIT_NAME.len()
             + InstrumentationLibrary::GENKIT_VERSION.len()
             + SPAN_KIND.len();
-        std::iter::once(&self.root)
-            .chain(&self.steps)
-            .map(|span| {
-                let mut attributes = 0;
-                self.each_attribute(span, |key, value| {
-                    attributes += crate::trace::ATTRIBUTE_OVERHEAD
-                        + key.len()
-                        + match value {
-                            Attribute::Text(text) => text.len(),
-                            Attribute::Flag(_) => crate::trace::SCALAR_BYTES,
-                        };
-                });
-                let parent = if std::ptr::eq(span, &self.root) {
-                    0
-                } else {
-                    self.root.span_id.len()
+        let mut attributes = 0;
+        self.each_attribute(span, |key, value| {
+            attributes += crate::trace::ATTRIBUTE_OVERHEAD
+                + key.len()
+                + match value {
+                    Attribute::Text(text) => text.len(),
+                    Attribute::Flag(_) | Attribute::Count(_) => crate::trace::SCALAR_BYTES,
                 };
-                let message = match &span.outcome {
-                    Some(Outcome::Failure(message)) => message.len(),
-                    _ => 0,
-                };
-                // The span id twice: the map's key and the span's field.
-                per_span + 2 * span.span_id.len() + parent + span.name.len() + message + attributes
-            })
-            .sum::<usize>()
-            + self.trace_id.len()
-            + self.root.name.len()
+        });
+        let parent = if std::ptr::eq(span, &self.root) {
+            0
+        } else {
+            self.root.span_id.len()
+        };
+        let message = match &span.outcome {
+            Some(Outcome::Failure(message)) => message.len(),
+            _ => 0,
+        };
+        // The span id twice: the map's key and the span's field.
+        per_span + 2 * span.span_id.len() + parent + span.name.len() + message + attributes
     }
 
     /// Whether the root span's document sets `key` itself (in its current state).
@@ -203,6 +261,7 @@ impl RunRecord {
             | "genkit:name"
             | "genkit:path" => true,
             "genkit:output" => matches!(self.root.outcome, Some(Outcome::Success(_))),
+            STEPS_NOT_RECORDED => self.steps_unrecorded > 0,
             "genkit:state" => !self.root.is_open(),
             _ => false,
         }
@@ -224,6 +283,9 @@ impl RunRecord {
             f("genkit:metadata:subtype", Attribute::text("flow"));
             f("genkit:isRoot", Attribute::Flag(true));
             f("genkit:input", Attribute::text(&self.input));
+            if self.steps_unrecorded > 0 {
+                f(STEPS_NOT_RECORDED, Attribute::Count(self.steps_unrecorded));
+            }
         } else {
             f("genkit:type", Attribute::text("flowStep"));
         }

@@ -270,13 +270,12 @@ impl Registry {
         for value in labels.values_mut() {
             *value = truncate_text(std::mem::take(value));
         }
-        let mut record = RunRecord {
-            trace_id: trace_id.clone(),
+        let mut record = RunRecord::new(
+            trace_id.clone(),
             labels,
-            input: truncate_text(json_text(&input)),
-            root: SpanRecord::open(span_id.clone(), name, root_path),
-            steps: Vec::new(),
-        };
+            truncate_text(json_text(&input)),
+            SpanRecord::open(span_id.clone(), name, root_path),
+        );
 
         let job = match prepare(&input) {
             Ok(job) => job,

@@ -258,13 +258,11 @@ impl RunShared {
             Err(error) => Err(error.message.as_str()),
         };
         self.update(|record| {
-            for step in record.steps.iter_mut().filter(|step| step.is_open()) {
-                let message = match &output {
-                    Ok(_) => "flow ended while this step was running",
-                    Err(message) => message,
-                };
-                step.close(Outcome::of(Err(message)));
-            }
+            let message = match &output {
+                Ok(_) => "flow ended while this step was running",
+                Err(message) => message,
+            };
+            record.close_open_steps(|| Outcome::of(Err(message)));
             record.root.close(Outcome::of(output));
         });
         // Counted here, once: a step a clone of the context runs after the end publishes the
@@ -365,14 +363,15 @@ impl FlowContext {
         let span_id = new_span_id();
         let index = self.shared.update(|record| {
             let path = format!("{}/{{{step_name},t:flowStep}}", record.root.path);
-            record
-                .steps
-                .push(SpanRecord::open(span_id, step_name.into(), path.into()));
-            record.steps.len() - 1
+            record.open_step(SpanRecord::open(span_id, step_name.into(), path.into()))
         });
 
         let outcome = step.await;
 
+        // Past the run's budget the step ran unrecorded: nothing to close.
+        let Some(index) = index else {
+            return outcome;
+        };
         let recorded = match &outcome {
             Ok(value) => Ok(serde_json::to_string(value)
                 .unwrap_or_else(|e| format!("<output cannot be encoded as JSON: {e}>"))),
@@ -380,7 +379,7 @@ impl FlowContext {
         };
         self.shared.update(|record| {
             // Steps are only ever added, so the index still names this one.
-            record.steps[index].close(Outcome::of(recorded));
+            record.close_step(index, Outcome::of(recorded));
         });
         outcome
     }

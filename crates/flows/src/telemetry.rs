@@ -488,13 +488,12 @@ mod tests {
             "/{t,t:action,s:flow}".into(),
         );
         root.start_time = 1.0;
-        crate::record::RunRecord {
-            trace_id: trace_id.into(),
-            labels: std::collections::BTreeMap::new(),
-            input: "p".repeat(pad),
+        crate::record::RunRecord::new(
+            trace_id.into(),
+            std::collections::BTreeMap::new(),
+            "p".repeat(pad),
             root,
-            steps: Vec::new(),
-        }
+        )
         .to_trace()
     }
 

@@ -809,3 +809,62 @@ async fn many_huge_runs_stay_within_the_trace_budget() {
         .sum();
     assert!(json <= total, "{json} > {total}");
 }
+
+/// A flow that loops over steps records them up to its run's budget, then only counts them;
+/// it runs every step either way.
+#[tokio::test]
+async fn a_run_records_steps_up_to_its_budget_then_counts_them() {
+    const STEPS: u64 = 5_000;
+    let registry = Registry::with_env_telemetry(None);
+    registry.define_flow(
+        "loop",
+        "many steps",
+        |n: u64, ctx: FlowContext| async move {
+            let mut ran = 0;
+            for i in 0..n {
+                ran += ctx.run("tick", async { Ok::<_, FlowError>(i % 2) }).await?;
+            }
+            Ok::<_, FlowError>(ran)
+        },
+    );
+    let run = registry
+        .start("/flow/loop", json!(STEPS), RunOptions::default())
+        .unwrap();
+    let trace_id = run.trace_id.to_string();
+    let result = timeout(WAIT, run.result()).await.unwrap().unwrap();
+    assert_eq!(result, json!(STEPS / 2), "every step ran");
+    let trace = registry.trace(&trace_id).unwrap();
+    let recorded = trace.spans.len() as u64 - 1;
+    assert!(
+        recorded > 100 && recorded < STEPS,
+        "{recorded} steps recorded"
+    );
+    let root = trace
+        .spans
+        .values()
+        .find(|s| s.parent_span_id.is_none())
+        .unwrap();
+    assert_eq!(
+        root.attributes[crate::STEPS_NOT_RECORDED],
+        json!(STEPS - recorded)
+    );
+    let weight = crate::trace::stored_bytes(&trace);
+    assert!(
+        weight <= crate::TRACE_RUN_BYTES + 64 * 1024,
+        "{weight} bytes recorded"
+    );
+    // A run with room records every step, and no count.
+    let run = registry
+        .start("/flow/loop", json!(3), RunOptions::default())
+        .unwrap();
+    let trace_id = run.trace_id.to_string();
+    timeout(WAIT, run.result()).await.unwrap().unwrap();
+    let trace = registry.trace(&trace_id).unwrap();
+    assert_eq!(trace.spans.len(), 4);
+    assert!(
+        trace
+            .spans
+            .values()
+            .all(|s| !s.attributes.contains_key(crate::STEPS_NOT_RECORDED))
+    );
+}

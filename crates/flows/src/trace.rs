@@ -30,6 +30,14 @@ pub const TRACE_VALUE_BYTES: usize = 16 * 1024;
 /// The newest trace is always kept, even alone over budget, so a running flow stays visible.
 pub const TRACE_STORE_BYTES: usize = 8 * 1024 * 1024;
 
+/// The most one run's record weighs (counted as [`TRACE_STORE_BYTES`] counts), plus the step
+/// that crosses it: a flow that loops over [`FlowContext::run`](crate::FlowContext::run)
+/// records its steps up to here, then only counts the rest (the root span's
+/// `multi-server:stepsNotRecorded`). A run's record lives as long as the run, evicted from the
+/// store or not, so the store's budget alone would not bound it. 1 MiB holds some 1,700 steps
+/// with short outputs, or 60 of the longest.
+pub const TRACE_RUN_BYTES: usize = 1024 * 1024;
+
 /// The marker that ends a truncated value, with the number of bytes cut.
 pub(crate) fn truncated_marker(cut: usize) -> String {
     format!("…[truncated {cut} bytes]")
@@ -424,13 +432,12 @@ mod tests {
 
     /// An open run whose input is `bytes` long.
     fn record_of(bytes: usize) -> RunRecord {
-        RunRecord {
-            trace_id: new_trace_id(),
-            labels: BTreeMap::new(),
-            input: "p".repeat(bytes),
-            root: SpanRecord::open(new_span_id(), "t".into(), "/{t,t:action,s:flow}".into()),
-            steps: Vec::new(),
-        }
+        RunRecord::new(
+            new_trace_id(),
+            BTreeMap::new(),
+            "p".repeat(bytes),
+            SpanRecord::open(new_span_id(), "t".into(), "/{t,t:action,s:flow}".into()),
+        )
     }
 
     #[test]
@@ -519,12 +526,17 @@ mod tests {
         record.labels.insert("batch".into(), "b7".into());
         let open = record.stored_bytes();
         assert_eq!(open, stored_bytes(&record.to_trace()));
-        record.steps.push(SpanRecord::open(
-            new_span_id(),
-            "compose".into(),
-            "/{t}/{compose}".into(),
-        ));
-        record.steps[0].close(Outcome::of(Err("no luck")));
+        let step = record
+            .open_step(SpanRecord::open(
+                new_span_id(),
+                "compose".into(),
+                "/{t}/{compose}".into(),
+            ))
+            .unwrap();
+        // Kept as the steps change, it still equals the weight of the whole document.
+        assert_eq!(record.stored_bytes(), stored_bytes(&record.to_trace()));
+        record.close_step(step, Outcome::of(Err("no luck")));
+        assert_eq!(record.stored_bytes(), stored_bytes(&record.to_trace()));
         record
             .root
             .close(Outcome::of(Ok("\"a result\"".to_owned())));
