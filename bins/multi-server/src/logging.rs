@@ -495,16 +495,28 @@ fn push_timestamp(buf: &mut Vec<u8>, cached: &mut (u64, [u8; 20]), now: std::tim
         *cached = (second, civil_second(second));
     }
     buf.extend_from_slice(&cached.1);
-    let micros = since.subsec_micros();
-    let mut digits = [b'0'; 6];
-    let mut rest = micros;
-    for digit in digits.iter_mut().rev() {
-        *digit = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    buf.extend_from_slice(&digits);
-    buf.push(b'Z');
+    // Two digits at a time from a table, and the `Z` with them: one copy.
+    let micros = since.subsec_micros() as usize;
+    let pair = |n: usize| [PAIRS[2 * n], PAIRS[2 * n + 1]];
+    let ([a, b], [c, d], [e, f]) = (
+        pair(micros / 10_000),
+        pair(micros / 100 % 100),
+        pair(micros % 100),
+    );
+    buf.extend_from_slice(&[a, b, c, d, e, f, b'Z']);
 }
+
+/// `00` to `99`, two bytes each.
+static PAIRS: [u8; 200] = {
+    let mut table = [0; 200];
+    let mut n = 0;
+    while n < 100 {
+        table[2 * n] = b'0' + (n / 10) as u8;
+        table[2 * n + 1] = b'0' + (n % 10) as u8;
+        n += 1;
+    }
+    table
+};
 
 /// `YYYY-MM-DDTHH:MM:SS.` of a Unix second (Howard Hinnant's `civil_from_days`).
 fn civil_second(second: u64) -> [u8; 20] {
@@ -802,6 +814,17 @@ mod tests {
             ours[..17] == before[..17] || ours[..17] == after[..17],
             "{ours} vs {before} / {after}"
         );
+        for (micros, text) in [
+            (45, "2026-12-01T15:38:43.000045Z"),
+            (100_000, "2026-12-01T15:38:43.100000Z"),
+            (999_999, "2026-12-01T15:38:43.999999Z"),
+            (12_340, "2026-12-01T15:38:43.012340Z"),
+        ] {
+            let at = std::time::UNIX_EPOCH + Duration::from_micros(1_796_139_523_000_000 + micros);
+            let mut line = Vec::new();
+            push_timestamp(&mut line, &mut cache.second, at);
+            assert_eq!(String::from_utf8(line).unwrap(), text);
+        }
         for (second, text) in [
             (0, "1970-01-01T00:00:00."),
             (951_782_400, "2000-02-29T00:00:00."),
