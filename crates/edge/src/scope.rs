@@ -30,6 +30,12 @@ impl RequestScope {
         self.guard.id()
     }
 
+    /// The request's path, without the query (kept by the scope, so a middleware need not
+    /// keep the request's URI for its error answers).
+    pub fn path(&self) -> &str {
+        self.guard.path()
+    }
+
     /// The `x-request-id` value.
     pub fn request_id(&self) -> HeaderValue {
         let mut buffer = itoa::Buffer::new();

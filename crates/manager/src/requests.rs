@@ -273,6 +273,11 @@ impl RequestGuard {
         self.id
     }
 
+    /// The request's path, without the query.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// Whether the response must ask the client to close the connection (the server's
     /// socket has stopped listening: see [`RequestTracker::closes_connections`]).
     pub fn closes_connection(&self) -> bool {

@@ -148,14 +148,13 @@ async fn around<E: Endpoint>(edge: &Edge, inner: &E, req: Request) -> Response {
     let (scope, mut res) = match begun {
         Begun::Answered(scope, reply) => (scope, api::reply(reply)),
         Begun::Route(scope) => {
-            let uri = req.uri().clone();
             let res = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
                 Ok(Ok(res)) => res.into_response(),
                 // poem hands 404/405 (and extractor failures) to middleware as errors.
                 Ok(Err(err)) => api::reply(edge::errors::for_status(
                     err.status(),
-                    uri.path(),
-                    api::allow(uri.path()),
+                    scope.path(),
+                    api::allow(scope.path()),
                 )),
                 Err(panic) => api::reply(edge::errors::panicked(
                     edge.ctx().name(),
