@@ -1,6 +1,7 @@
 //! `ReflectionApi`: the poem server, its one middleware (the edge), its acceptor, and the
 //! discovery file's lifecycle.
 
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::AssertUnwindSafe;
@@ -132,8 +133,10 @@ struct Edged<E> {
 impl<E: Endpoint> Endpoint for Edged<E> {
     type Output = Response;
 
-    async fn call(&self, req: Request) -> poem::Result<Response> {
-        Ok(around(&self.edge, &self.inner, req).await)
+    /// [`around`]'s future itself: an `async` wrapper here would move the request and the
+    /// routes' future once more (memcpy).
+    fn call(&self, req: Request) -> impl Future<Output = poem::Result<Response>> + Send {
+        around(&self.edge, &self.inner, req)
     }
 }
 
@@ -142,7 +145,7 @@ impl<E: Endpoint> Endpoint for Edged<E> {
 /// and poem's own 404/405 the edge's JSON errors. Every answer carries `x-genkit-version` and
 /// the scope's headers; a streamed body (`runAction`'s result follows its headers) keeps the
 /// request in flight until its last byte.
-async fn around<E: Endpoint>(edge: &Edge, inner: &E, req: Request) -> Response {
+async fn around<E: Endpoint>(edge: &Edge, inner: &E, req: Request) -> poem::Result<Response> {
     let peer = req.remote_addr().as_socket_addr().map(SocketAddr::ip);
     let begun = edge.begin(&edge.head_of(req.method(), req.uri(), req.headers(), peer));
     let (scope, mut res) = match begun {
@@ -181,7 +184,7 @@ async fn around<E: Endpoint>(edge: &Edge, inner: &E, req: Request) -> Response {
         let body = Body::from(body).into_bytes_stream();
         res.set_body(Body::from_bytes_stream(scope.finish_at_end(status, body)));
     }
-    res
+    Ok(res)
 }
 
 /// Accepts like poem's [`TcpAcceptor`], within the connection limit, with an [`HeadDeadline`]
