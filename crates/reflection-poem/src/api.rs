@@ -10,9 +10,7 @@ use futures_util::stream;
 use poem::http::StatusCode;
 use poem::http::header::{CONTENT_TYPE, HeaderName};
 use poem::web::Query;
-use poem::{
-    Body, Endpoint, FromRequest, Request, Response, ResponseParts, Route, get, handler, post,
-};
+use poem::{Body, Endpoint, Request, Response, ResponseParts, Route, get, handler, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -35,8 +33,8 @@ pub(crate) const ROUTES: &[&str] = &[
 
 pub(crate) fn routes(route: Route, state: &Arc<State>) -> Route {
     route
-        .at("/api/__health", get(Stateful::new(state, health)))
-        .at("/api/actions", get(Stateful::new(state, actions)))
+        .at("/api/__health", get(Answering::new(state, health)))
+        .at("/api/actions", get(Answering::new(state, actions)))
         .at("/api/runAction", post(Stateful::new(state, run_action)))
         .at(
             "/api/cancelAction",
@@ -47,7 +45,7 @@ pub(crate) fn routes(route: Route, state: &Arc<State>) -> Route {
         .at("/api/envs", get(envs))
         .at(
             "/api/__quitquitquit",
-            get(Stateful::new(state, quit)).post(Stateful::new(state, quit)),
+            get(Answering::new(state, quit)).post(Answering::new(state, quit)),
         )
 }
 
@@ -77,6 +75,33 @@ where
 
     fn call(&self, req: Request) -> impl Future<Output = poem::Result<Response>> + Send {
         (self.handle)(Arc::clone(&self.state), req)
+    }
+}
+
+/// A [`Stateful`] handler that answers without waiting: given the state by reference, its
+/// answer ready at once (no clone of the state, and a smaller future for poem to box).
+pub(crate) struct Answering<F> {
+    state: Arc<State>,
+    answer: F,
+}
+
+impl<F> Answering<F> {
+    pub(crate) fn new(state: &Arc<State>, answer: F) -> Self {
+        Answering {
+            state: Arc::clone(state),
+            answer,
+        }
+    }
+}
+
+impl<F> Endpoint for Answering<F>
+where
+    F: Fn(&State, &Request) -> poem::Result<Response> + Send + Sync,
+{
+    type Output = Response;
+
+    fn call(&self, req: Request) -> impl Future<Output = poem::Result<Response>> + Send {
+        std::future::ready((self.answer)(&self.state, &req))
     }
 }
 
@@ -161,8 +186,8 @@ struct HealthQuery {
     id: Option<String>,
 }
 
-async fn health(state: Arc<State>, req: Request) -> poem::Result<Response> {
-    let Query(query) = Query::<HealthQuery>::from_request_without_body(&req).await?;
+fn health(state: &State, req: &Request) -> poem::Result<Response> {
+    let query: HealthQuery = req.params()?;
     Ok(match query.id {
         Some(id) if id != state.runtime_id => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -175,7 +200,7 @@ async fn health(state: Arc<State>, req: Request) -> poem::Result<Response> {
     })
 }
 
-async fn actions(state: Arc<State>, _: Request) -> poem::Result<Response> {
+fn actions(state: &State, _: &Request) -> poem::Result<Response> {
     Ok(ok(&Value::Object(state.registry.actions_by_key())))
 }
 
@@ -197,7 +222,7 @@ struct StreamQuery {
 }
 
 async fn run_action(state: Arc<State>, mut req: Request) -> poem::Result<Response> {
-    let Query(query) = Query::<StreamQuery>::from_request_without_body(&req).await?;
+    let query: StreamQuery = req.params()?;
     let body = req.take_body();
     Ok(run_action_with(&state, &req, body, query).await)
 }
@@ -406,7 +431,7 @@ fn envs() -> Response {
 /// `GET|POST /api/__quitquitquit`, the Reflection API's own quit: the same graceful shutdown,
 /// under the same rule, as the edge's `POST /__quitquitquitz` (a loopback peer, never
 /// cross-site).
-async fn quit(state: Arc<State>, req: Request) -> poem::Result<Response> {
+fn quit(state: &State, req: &Request) -> poem::Result<Response> {
     let peer = req.remote_addr().as_socket_addr().map(SocketAddr::ip);
     let head = edge::RequestHead::of(req.method(), req.uri(), req.headers(), peer);
     Ok(reply(edge::admin::quit(state.edge.ctx(), &head)))
