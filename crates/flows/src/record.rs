@@ -101,10 +101,27 @@ pub(crate) struct RunRecord {
     steps_bytes: usize,
     /// Steps begun once the record weighed [`TRACE_RUN_BYTES`]: they ran, unrecorded.
     steps_unrecorded: u64,
+    /// Recorded steps not closed yet: each keeps room for its end ([`END_ROOM`]).
+    steps_open: usize,
 }
 
-/// The root attribute counting a run's unrecorded steps, once there are any.
+/// The most a step's weight grows when it ends with [`NOT_RECORDED`] for its output or error:
+/// the room each open step keeps, so that the record never passes [`TRACE_RUN_BYTES`] however
+/// many steps end together.
+const END_ROOM: usize = 2 * crate::trace::ATTRIBUTE_OVERHEAD
+    + "genkit:output".len()
+    + "genkit:state".len()
+    + "success".len()
+    + NOT_RECORDED.len()
+    + 2;
+
+/// The root attribute counting a run's unrecorded steps, once there are any (reserved: a
+/// telemetry label of that name is not recorded).
 pub const STEPS_NOT_RECORDED: &str = "multi-server:stepsNotRecorded";
+
+/// What a step's output (as a JSON string) or error says when the run's record had no room
+/// left for it.
+pub(crate) const NOT_RECORDED: &str = "…[not recorded: the run's trace is full]";
 
 /// An attribute's value, as the document will hold it.
 enum Attribute<'a> {
@@ -135,6 +152,7 @@ impl RunRecord {
             steps: Vec::new(),
             steps_bytes: 0,
             steps_unrecorded: 0,
+            steps_open: 0,
         }
     }
 
@@ -143,20 +161,39 @@ impl RunRecord {
     /// root's [`STEPS_NOT_RECORDED`]).
     pub(crate) fn open_step(&mut self, step: SpanRecord) -> Option<usize> {
         let bytes = self.span_bytes(&step);
-        if self.stored_bytes() + bytes > TRACE_RUN_BYTES {
+        if self.stored_bytes() + bytes + (self.steps_open + 1) * END_ROOM > TRACE_RUN_BYTES {
             self.steps_unrecorded += 1;
             return None;
         }
+        self.steps_open += 1;
         self.steps_bytes += bytes;
         self.steps.push(step);
         Some(self.steps.len() - 1)
     }
 
-    /// Closes the step [`open_step`](Self::open_step) gave `index` with `outcome` (once).
+    /// Closes the step [`open_step`](Self::open_step) gave `index` with `outcome`.
+    /// An output or message that would take the record past [`TRACE_RUN_BYTES`] is recorded
+    /// as [`NOT_RECORDED`] instead: steps that ran side by side were each let in while open
+    /// and small.
     pub(crate) fn close_step(&mut self, index: usize, outcome: Outcome) {
         let before = self.span_bytes(&self.steps[index]);
+        // Closed already when the run ended while the step ran (by another task): closed
+        // again with what it did, its room given back once.
+        if self.steps[index].is_open() {
+            self.steps_open -= 1;
+        }
         self.steps[index].close(outcome);
-        self.steps_bytes = self.steps_bytes - before + self.span_bytes(&self.steps[index]);
+        let mut after = self.span_bytes(&self.steps[index]);
+        // The other open steps' room stays kept.
+        if self.stored_bytes() - before + after + self.steps_open * END_ROOM > TRACE_RUN_BYTES {
+            let step = &mut self.steps[index];
+            step.outcome = Some(match step.outcome.take() {
+                Some(Outcome::Success(_)) => Outcome::Success(format!("\"{NOT_RECORDED}\"")),
+                _ => Outcome::Failure(NOT_RECORDED.to_owned()),
+            });
+            after = self.span_bytes(&self.steps[index]);
+        }
+        self.steps_bytes = self.steps_bytes - before + after;
     }
 
     /// Closes every step still open with `outcome`.
@@ -261,7 +298,7 @@ impl RunRecord {
             | "genkit:name"
             | "genkit:path" => true,
             "genkit:output" => matches!(self.root.outcome, Some(Outcome::Success(_))),
-            STEPS_NOT_RECORDED => self.steps_unrecorded > 0,
+            STEPS_NOT_RECORDED => true,
             "genkit:state" => !self.root.is_open(),
             _ => false,
         }

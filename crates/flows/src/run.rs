@@ -226,9 +226,14 @@ impl RunShared {
     }
 
     fn update<R>(&self, change: impl FnOnce(&mut RunRecord) -> R) -> R {
+        self.update_if(|record| (change(record), true))
+    }
+
+    /// [`update`](Self::update), publishing only when `change` says the state is worth it.
+    fn update_if<R>(&self, change: impl FnOnce(&mut RunRecord) -> (R, bool)) -> R {
         let mut record = lock(&self.record);
-        let changed = change(&mut record);
-        if self.announced.load(Ordering::Relaxed) {
+        let (changed, publish) = change(&mut record);
+        if publish && self.announced.load(Ordering::Relaxed) {
             self.registry.publish(&self.record, &record, false);
         }
         changed
@@ -361,9 +366,12 @@ impl FlowContext {
         Fut: Future<Output = Result<T, FlowError>>,
     {
         let span_id = new_span_id();
-        let index = self.shared.update(|record| {
+        // A step not recorded changes only a count, which the next published state shows:
+        // publishing the whole record for it would cost a document per step past the budget.
+        let index = self.shared.update_if(|record| {
             let path = format!("{}/{{{step_name},t:flowStep}}", record.root.path);
-            record.open_step(SpanRecord::open(span_id, step_name.into(), path.into()))
+            let index = record.open_step(SpanRecord::open(span_id, step_name.into(), path.into()));
+            (index, index.is_some())
         });
 
         let outcome = step.await;

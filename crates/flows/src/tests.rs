@@ -868,3 +868,65 @@ async fn a_run_records_steps_up_to_its_budget_then_counts_them() {
             .all(|s| !s.attributes.contains_key(crate::STEPS_NOT_RECORDED))
     );
 }
+
+/// Steps that run side by side are each let in while open and small; those that end with no
+/// room left record a marker for their output, so the run's record stays within its budget.
+#[tokio::test]
+async fn steps_side_by_side_keep_the_run_within_its_budget() {
+    const STEPS: usize = 3_000;
+    let registry = Registry::with_env_telemetry(None);
+    registry.define_flow(
+        "wide",
+        "many steps at once",
+        |n: usize, ctx: FlowContext| async move {
+            let steps = (0..n).map(|_| {
+                ctx.run("big", async {
+                    // Every step is open before any ends.
+                    tokio::task::yield_now().await;
+                    Ok::<_, FlowError>("x".repeat(crate::TRACE_VALUE_BYTES))
+                })
+            });
+            let outputs = futures_util::future::try_join_all(steps).await?;
+            Ok::<_, FlowError>(outputs.len())
+        },
+    );
+    let run = registry
+        .start("/flow/wide", json!(STEPS), RunOptions::default())
+        .unwrap();
+    let trace_id = run.trace_id.to_string();
+    let result = timeout(WAIT, run.result()).await.unwrap().unwrap();
+    assert_eq!(result, json!(STEPS), "every step ran");
+    let trace = registry.trace(&trace_id).unwrap();
+    let weight = crate::trace::stored_bytes(&trace);
+    // The root's own end (its output, a number here, and the count) is all that may come on
+    // top.
+    assert!(
+        weight <= crate::TRACE_RUN_BYTES + 512,
+        "{weight} bytes recorded"
+    );
+    let outputs: Vec<&Value> = trace
+        .spans
+        .values()
+        .filter(|s| s.parent_span_id.is_some())
+        .filter_map(|s| s.attributes.get("genkit:output"))
+        .collect();
+    let marker = format!("\"{}\"", crate::record::NOT_RECORDED);
+    let marked = outputs
+        .iter()
+        .filter(|o| o.as_str() == Some(&marker))
+        .count();
+    let recorded = trace.spans.len() - 1;
+    // Every step was open before any ended, so the open ones filled the budget first: each
+    // recorded step has an output, whole or marked, and more than a few are marked.
+    assert_eq!(outputs.len(), recorded);
+    assert!(marked > 100, "{marked} of {recorded} outputs marked");
+    let root = trace
+        .spans
+        .values()
+        .find(|s| s.parent_span_id.is_none())
+        .unwrap();
+    assert_eq!(
+        root.attributes[crate::STEPS_NOT_RECORDED],
+        json!(STEPS - recorded)
+    );
+}

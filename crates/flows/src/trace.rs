@@ -30,12 +30,13 @@ pub const TRACE_VALUE_BYTES: usize = 16 * 1024;
 /// The newest trace is always kept, even alone over budget, so a running flow stays visible.
 pub const TRACE_STORE_BYTES: usize = 8 * 1024 * 1024;
 
-/// The most one run's record weighs (counted as [`TRACE_STORE_BYTES`] counts), plus the step
-/// that crosses it: a flow that loops over [`FlowContext::run`](crate::FlowContext::run)
-/// records its steps up to here, then only counts the rest (the root span's
-/// `multi-server:stepsNotRecorded`). A run's record lives as long as the run, evicted from the
-/// store or not, so the store's budget alone would not bound it. 1 MiB holds some 1,700 steps
-/// with short outputs, or 60 of the longest.
+/// The most one run's record weighs (counted as [`TRACE_STORE_BYTES`] counts), plus the root
+/// span's end (the run's output, and the count of steps not recorded): a flow that loops over [`FlowContext::run`](crate::FlowContext::run) records
+/// its steps up to here, then only counts the rest (the root span's
+/// `multi-server:stepsNotRecorded`); a step that ends with no room left for its output (steps
+/// run side by side are let in while they are open) records a marker instead. A run's record
+/// lives as long as the run, evicted from the store or not, so the store's budget alone would
+/// not bound it. 1 MiB holds some 1,300 steps with short outputs, or 60 of the longest.
 pub const TRACE_RUN_BYTES: usize = 1024 * 1024;
 
 /// The marker that ends a truncated value, with the number of bytes cut.
