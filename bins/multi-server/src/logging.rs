@@ -422,8 +422,9 @@ fn write_line<F: LineFormat>(
     buf.extend_from_slice(numbers.format(line.status).as_bytes());
     buf.extend_from_slice(F::LATENCY);
     // In u64 (584 years of nanoseconds): u128 division is a library call.
-    let nanos = line.latency.as_secs() * 1_000_000_000 + u64::from(line.latency.subsec_nanos());
-    push_millis(buf, (nanos + 500) / 1000);
+    let nanos = (line.latency.as_secs().saturating_mul(1_000_000_000))
+        .saturating_add(u64::from(line.latency.subsec_nanos()));
+    push_millis(buf, nanos.saturating_add(500) / 1000);
     buf.extend_from_slice(F::END);
 }
 
