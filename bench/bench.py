@@ -7,9 +7,11 @@ Prints a markdown table and writes the same figures as JSON (path printed at the
 """
 
 import argparse
+import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -46,6 +48,15 @@ def http_get(addr, path, timeout=2.0):
         return int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else None
     except OSError:
         return None
+
+
+def scratch_dir(prefix):
+    """A directory for the servers' logs (every request is logged: gigabytes over a full
+    run), removed when the bench exits; kept with BENCH_KEEP_LOGS=1, to read after a failure."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    if not os.environ.get("BENCH_KEEP_LOGS"):
+        atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 class Ours:
@@ -349,7 +360,7 @@ def main():
     ap.add_argument("--runs", type=int, default=10, help="start/stop runs for the medians")
     ap.add_argument("--out", default=str(TARGET / "bench" / "results.json"))
     args = ap.parse_args()
-    workdir = tempfile.mkdtemp(prefix="multi-server-bench-")
+    workdir = scratch_dir("multi-server-bench-")
 
     over, memory = overhead(workdir, args.seconds, args.rounds)
     start = startup(workdir, args.runs)

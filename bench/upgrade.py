@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -31,7 +30,7 @@ PR_SET_CHILD_SUBREAPER = 36
 def start(extra=()):
     """The release binary in dev mode with the admin listener (bench.Ours), JSON logs; its
     stdout drained from then on (successors print their banner there too)."""
-    ours = bench.Ours(tempfile.mkdtemp(prefix="upgrade-bench-"),
+    ours = bench.Ours(bench.scratch_dir("upgrade-bench-"),
                       extra=["--log-format", "json", *extra], admin=True)
     threading.Thread(target=ours.proc.stdout.read, daemon=True).start()
     urls = {name: ours.url(name, "") for name in ours.urls}
@@ -177,7 +176,7 @@ def five_in_a_row():
 
 
 def failing(label, script, timeout):
-    path = os.path.join(tempfile.mkdtemp(prefix="upgrade-bench-"), "new-binary")
+    path = os.path.join(bench.scratch_dir("upgrade-bench-"), "new-binary")
     with open(path, "w") as f:
         f.write(f"#!/bin/sh\n{script}\n")
     os.chmod(path, 0o755)
