@@ -107,6 +107,22 @@ async fn wait_finished(registry: &Registry, trace_id: &str) -> TraceData {
     .expect("trace never finished")
 }
 
+/// Runs `key` on `input` to its end: its result and its trace.
+async fn finished_run(registry: &Arc<Registry>, key: &str, input: Value) -> (Value, TraceData) {
+    let run = registry.start(key, input, RunOptions::default()).unwrap();
+    let trace_id = run.trace_id.to_string();
+    let result = timeout(WAIT, run.result()).await.unwrap().unwrap();
+    (result, registry.trace(&trace_id).unwrap())
+}
+
+fn root_of(trace: &TraceData) -> &crate::SpanData {
+    trace
+        .spans
+        .values()
+        .find(|s| s.parent_span_id.is_none())
+        .expect("a root span")
+}
+
 fn attr<'a>(span: &'a crate::SpanData, key: &str) -> &'a str {
     span.attributes
         .get(key)
@@ -827,25 +843,15 @@ async fn a_run_records_steps_up_to_its_budget_then_counts_them() {
             Ok::<_, FlowError>(ran)
         },
     );
-    let run = registry
-        .start("/flow/loop", json!(STEPS), RunOptions::default())
-        .unwrap();
-    let trace_id = run.trace_id.to_string();
-    let result = timeout(WAIT, run.result()).await.unwrap().unwrap();
+    let (result, trace) = finished_run(&registry, "/flow/loop", json!(STEPS)).await;
     assert_eq!(result, json!(STEPS / 2), "every step ran");
-    let trace = registry.trace(&trace_id).unwrap();
     let recorded = trace.spans.len() as u64 - 1;
     assert!(
         recorded > 100 && recorded < STEPS,
         "{recorded} steps recorded"
     );
-    let root = trace
-        .spans
-        .values()
-        .find(|s| s.parent_span_id.is_none())
-        .unwrap();
     assert_eq!(
-        root.attributes[crate::STEPS_NOT_RECORDED],
+        root_of(&trace).attributes[crate::STEPS_NOT_RECORDED],
         json!(STEPS - recorded)
     );
     let weight = crate::trace::stored_bytes(&trace);
@@ -854,12 +860,7 @@ async fn a_run_records_steps_up_to_its_budget_then_counts_them() {
         "{weight} bytes recorded"
     );
     // A run with room records every step, and no count.
-    let run = registry
-        .start("/flow/loop", json!(3), RunOptions::default())
-        .unwrap();
-    let trace_id = run.trace_id.to_string();
-    timeout(WAIT, run.result()).await.unwrap().unwrap();
-    let trace = registry.trace(&trace_id).unwrap();
+    let (_, trace) = finished_run(&registry, "/flow/loop", json!(3)).await;
     assert_eq!(trace.spans.len(), 4);
     assert!(
         trace
@@ -890,13 +891,8 @@ async fn steps_side_by_side_keep_the_run_within_its_budget() {
             Ok::<_, FlowError>(outputs.len())
         },
     );
-    let run = registry
-        .start("/flow/wide", json!(STEPS), RunOptions::default())
-        .unwrap();
-    let trace_id = run.trace_id.to_string();
-    let result = timeout(WAIT, run.result()).await.unwrap().unwrap();
+    let (result, trace) = finished_run(&registry, "/flow/wide", json!(STEPS)).await;
     assert_eq!(result, json!(STEPS), "every step ran");
-    let trace = registry.trace(&trace_id).unwrap();
     let weight = crate::trace::stored_bytes(&trace);
     // The root's own end (its output, a number here, and the count) is all that may come on
     // top.
@@ -920,13 +916,8 @@ async fn steps_side_by_side_keep_the_run_within_its_budget() {
     // recorded step has an output, whole or marked, and more than a few are marked.
     assert_eq!(outputs.len(), recorded);
     assert!(marked > 100, "{marked} of {recorded} outputs marked");
-    let root = trace
-        .spans
-        .values()
-        .find(|s| s.parent_span_id.is_none())
-        .unwrap();
     assert_eq!(
-        root.attributes[crate::STEPS_NOT_RECORDED],
+        root_of(&trace).attributes[crate::STEPS_NOT_RECORDED],
         json!(STEPS - recorded)
     );
 }
