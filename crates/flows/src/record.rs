@@ -103,6 +103,10 @@ pub(crate) struct RunRecord {
     steps_unrecorded: u64,
     /// Recorded steps not closed yet: each keeps room for its end ([`END_ROOM`]).
     steps_open: usize,
+    /// Whether the run has been made visible (`RunShared::announce`): from then on, every
+    /// change is published. Kept in the locked record, so a change and the question whether
+    /// to publish it are read together.
+    pub(crate) announced: bool,
 }
 
 /// The most a step's weight grows when it ends with [`NOT_RECORDED`] for its output or error:
@@ -153,6 +157,7 @@ impl RunRecord {
             steps_bytes: 0,
             steps_unrecorded: 0,
             steps_open: 0,
+            announced: false,
         }
     }
 

@@ -5,7 +5,6 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
 
@@ -302,7 +301,6 @@ impl Registry {
             context: options.context,
             cancel: std::sync::OnceLock::new(),
             record: Arc::new(Mutex::new(record)),
-            announced: AtomicBool::new(false),
         });
 
         // Most flows do their work and return without waiting on anything: polled once here,

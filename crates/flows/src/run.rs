@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -196,9 +195,6 @@ pub(crate) struct RunShared {
     /// The run as it stands; every change is published while this lock is held, so the
     /// history, the feed and the telemetry server see the states in order.
     pub(crate) record: LiveRecord,
-    /// Whether [`announce`](Self::announce) has made the run visible (read and written only
-    /// under `record`'s lock).
-    pub(crate) announced: AtomicBool,
 }
 
 impl RunShared {
@@ -219,10 +215,9 @@ impl RunShared {
     /// first poll, inside `start`) changes are only recorded, so a run that finishes there is
     /// published once, finished.
     pub(crate) fn announce(&self) {
-        let record = lock(&self.record);
+        let mut record = lock(&self.record);
         self.registry.publish(&self.record, &record, true);
-        // Under the record's lock, as every reader of the flag: no change is left unpublished.
-        self.announced.store(true, Ordering::Relaxed);
+        record.announced = true;
     }
 
     fn update<R>(&self, change: impl FnOnce(&mut RunRecord) -> R) -> R {
@@ -233,7 +228,7 @@ impl RunShared {
     fn update_if<R>(&self, change: impl FnOnce(&mut RunRecord) -> (R, bool)) -> R {
         let mut record = lock(&self.record);
         let (changed, publish) = change(&mut record);
-        if publish && self.announced.load(Ordering::Relaxed) {
+        if publish && record.announced {
             self.registry.publish(&self.record, &record, false);
         }
         changed
