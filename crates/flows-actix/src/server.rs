@@ -98,13 +98,20 @@ impl FlowsApi {
         let edge = web::Data::new(edge);
         let registry = web::Data::new(Arc::clone(&self.registry));
         let extra = self.extra_routes.clone();
+        // Once, not in each worker's app factory (which would copy every flow's description).
+        let flow_keys: Arc<[String]> = self
+            .registry
+            .actions()
+            .into_iter()
+            .map(|action| action.key)
+            .collect();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(edge.clone())
                 .app_data(registry.clone())
                 .app_data(routes::query_config())
                 .configure(|cfg| extra.iter().for_each(|configure| configure(cfg)))
-                .configure(|cfg| routes::mount(cfg, &registry))
+                .configure(|cfg| routes::mount(cfg, &flow_keys))
                 .default_service(web::to(routes::not_found))
                 .wrap(Track(edge.clone()))
         })
