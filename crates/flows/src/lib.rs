@@ -23,8 +23,9 @@
 //! - **Memory budgets**: each recorded value is cut to [`TRACE_VALUE_BYTES`] (with a
 //!   `…[truncated N bytes]` marker), each run's record to [`TRACE_RUN_BYTES`] (later steps run
 //!   but are only counted, in [`STEPS_NOT_RECORDED`]), the stored traces to
-//!   [`TRACE_STORE_BYTES`] in all (oldest evicted), and the export queue to [`TELEMETRY_QUEUE_BYTES`] (a newer state of a trace
-//!   replaces its queued older one; beyond the budget the oldest are dropped and counted).
+//!   [`TRACE_STORE_BYTES`] in all (oldest evicted), and the export queue to
+//!   [`TELEMETRY_QUEUE_BYTES`] (a newer state of a trace replaces its queued older one; beyond
+//!   the budget the oldest are dropped and counted).
 //!
 //! It serves no HTTP itself and knows no web framework; the servers wrap it.
 //! A run's first poll happens inside [`Registry::start`], in the context of the tokio runtime

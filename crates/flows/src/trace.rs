@@ -31,12 +31,13 @@ pub const TRACE_VALUE_BYTES: usize = 16 * 1024;
 pub const TRACE_STORE_BYTES: usize = 8 * 1024 * 1024;
 
 /// The most one run's record weighs (counted as [`TRACE_STORE_BYTES`] counts), plus the root
-/// span's end (the run's output, and the count of steps not recorded): a flow that loops over [`FlowContext::run`](crate::FlowContext::run) records
-/// its steps up to here, then only counts the rest (the root span's
-/// `multi-server:stepsNotRecorded`); a step that ends with no room left for its output (steps
-/// run side by side are let in while they are open) records a marker instead. A run's record
-/// lives as long as the run, evicted from the store or not, so the store's budget alone would
-/// not bound it. 1 MiB holds some 1,300 steps with short outputs, or 60 of the longest.
+/// span's end (the run's output, and the count of steps not recorded): a flow that loops over
+/// [`FlowContext::run`](crate::FlowContext::run) records its steps up to here, then only counts
+/// the rest (the root span's `multi-server:stepsNotRecorded`); a step that ends with no room
+/// left for its output (steps run side by side are let in while they are open) records a
+/// marker instead. A run's record lives as long as the run, evicted from the store or not, so
+/// the store's budget alone would not bound it. 1 MiB holds some 1,300 steps with short
+/// outputs, or 60 of the longest.
 pub const TRACE_RUN_BYTES: usize = 1024 * 1024;
 
 /// The marker that ends a truncated value, with the number of bytes cut.
@@ -295,9 +296,9 @@ fn hex(bytes: &[u8]) -> String {
     hex_into(bytes, &mut [0; 32]).to_owned()
 }
 
-/// [`hex`] of at most 16 bytes, written into `text`: without the formatting machinery, and
-/// as bytes checked once rather than a `char` pushed at a time (a run's two ids, random
-/// draws included, went from 1,499 instructions to 858, then to ~300, callgrind).
+/// [`hex`] of at most 16 bytes, written into `text`: without the formatting machinery (a
+/// run's two ids, random draws included, went from 1,499 instructions to 858, callgrind), and
+/// as bytes checked once rather than a `char` pushed at a time.
 fn hex_into<'a>(bytes: &[u8], text: &'a mut [u8; 32]) -> &'a str {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let text = &mut text[..2 * bytes.len()];
