@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flows::{FlowError, FlowRun, RunOptions, StatusCode as FlowCode};
-use futures_util::stream;
+use futures_util::{FutureExt, stream};
 use poem::http::StatusCode;
 use poem::http::header::{CONTENT_TYPE, HeaderName};
 use poem::web::Query;
@@ -49,9 +49,9 @@ pub(crate) fn routes(route: Route, state: &Arc<State>) -> Route {
         )
 }
 
-/// A route's handler, given the server's [`State`] with each request. Not poem's `Data`: that
-/// puts the state into every request's extensions, a map and a box per request (~420
-/// instructions per health check, callgrind).
+/// A route's handler, given the server's [`State`], the request and its body with each
+/// request. Not poem's `Data`: that puts the state into every request's extensions, a map and
+/// a box per request (~420 instructions per health check, callgrind).
 pub(crate) struct Stateful<F> {
     state: Arc<State>,
     handle: F,
@@ -68,14 +68,28 @@ impl<F> Stateful<F> {
 
 impl<F, Fut> Endpoint for Stateful<F>
 where
-    F: Fn(Arc<State>, Request) -> Fut + Send + Sync,
-    Fut: Future<Output = poem::Result<Response>> + Send,
+    F: Fn(Arc<State>, Request, Body) -> Fut + Send + Sync,
+    Fut: Future<Output = Response> + Send,
 {
     type Output = Response;
 
-    fn call(&self, req: Request) -> impl Future<Output = poem::Result<Response>> + Send {
-        (self.handle)(Arc::clone(&self.state), req)
+    fn call(&self, mut req: Request) -> impl Future<Output = poem::Result<Response>> + Send {
+        let body = req.take_body();
+        (self.handle)(Arc::clone(&self.state), req, body).map(Ok)
     }
+}
+
+/// The query string as `T`, or the answer the middleware gives poem's own refusal of it (a
+/// JSON 400).
+fn parse_query<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Response> {
+    req.params()
+        .map_err(|err| poem_error(&poem::Error::from(err), req.uri().path()))
+}
+
+/// The JSON answer to an error poem raised on `path` (a 404 or 405 from its router, an
+/// extractor's refusal).
+pub(crate) fn poem_error(err: &poem::Error, path: &str) -> Response {
+    reply(edge::errors::for_status(err.status(), path, allow(path)))
 }
 
 /// A [`Stateful`] handler that answers without waiting: given the state by reference, its
@@ -221,14 +235,12 @@ struct StreamQuery {
     stream: Option<String>,
 }
 
-async fn run_action(state: Arc<State>, mut req: Request) -> poem::Result<Response> {
-    let query: StreamQuery = req.params()?;
-    let body = req.take_body();
-    Ok(run_action_with(&state, &req, body, query).await)
-}
-
-async fn run_action_with(state: &State, req: &Request, body: Body, query: StreamQuery) -> Response {
-    let body = match read_json_body(state, req, body).await {
+async fn run_action(state: Arc<State>, req: Request, body: Body) -> Response {
+    let query: StreamQuery = match parse_query(&req) {
+        Ok(query) => query,
+        Err(refusal) => return refusal,
+    };
+    let body = match read_json_body(&state, &req, body).await {
         Ok(body) => body,
         Err(res) => return res,
     };
@@ -341,13 +353,8 @@ struct CancelBody {
     trace_id: Option<String>,
 }
 
-async fn cancel_action(state: Arc<State>, mut req: Request) -> poem::Result<Response> {
-    let body = req.take_body();
-    Ok(cancel_action_with(&state, &req, body).await)
-}
-
-async fn cancel_action_with(state: &State, req: &Request, body: Body) -> Response {
-    let body = match read_json_body(state, req, body).await {
+async fn cancel_action(state: Arc<State>, req: Request, body: Body) -> Response {
+    let body = match read_json_body(&state, &req, body).await {
         Ok(body) => body,
         Err(res) => return res,
     };
@@ -375,13 +382,8 @@ struct NotifyBody {
     reflection_api_spec_version: Option<Value>,
 }
 
-async fn notify(state: Arc<State>, mut req: Request) -> poem::Result<Response> {
-    let body = req.take_body();
-    Ok(notify_with(&state, &req, body).await)
-}
-
-async fn notify_with(state: &State, req: &Request, body: Body) -> Response {
-    let body = match read_json_body(state, req, body).await {
+async fn notify(state: Arc<State>, req: Request, body: Body) -> Response {
+    let body = match read_json_body(&state, &req, body).await {
         Ok(body) => body,
         Err(res) => return res,
     };

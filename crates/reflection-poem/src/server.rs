@@ -154,11 +154,7 @@ async fn around<E: Endpoint>(edge: &Edge, inner: &E, req: Request) -> poem::Resu
             let res = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
                 Ok(Ok(res)) => res.into_response(),
                 // poem hands 404/405 (and extractor failures) to middleware as errors.
-                Ok(Err(err)) => api::reply(edge::errors::for_status(
-                    err.status(),
-                    scope.path(),
-                    api::allow(scope.path()),
-                )),
+                Ok(Err(err)) => api::poem_error(&err, scope.path()),
                 Err(panic) => api::reply(edge::errors::panicked(
                     edge.ctx().name(),
                     scope.id(),
@@ -518,6 +514,10 @@ pub(crate) mod tests {
                 "Content-Type: text/plain\r\n",
                 400,
             ),
+            // A query string that does not parse, in a handler that answers at once and in
+            // one that reads a body.
+            ("GET", "/api/__health?id=a&id=b", "", 400),
+            ("POST", "/api/runAction?stream=a&stream=b", "", 400),
         ] {
             let (got, headers, body) = raw(&addr, ask(method, path, extra)).await;
             assert_eq!(got, status, "{method} {path}: {body}");
@@ -533,6 +533,9 @@ pub(crate) mod tests {
             }
             match path {
                 "/nope" => assert_eq!(json(&body)["path"], "/nope"),
+                "/api/__health?id=a&id=b" | "/api/runAction?stream=a&stream=b" => {
+                    assert_eq!(json(&body)["error"], "Bad Request");
+                }
                 "/api/runAction" => assert_eq!(header(&headers, "allow"), Some("POST")),
                 "/boom" => assert_eq!(json(&body)["error"], "internal error"),
                 "/api/cancelAction" => {
@@ -545,7 +548,7 @@ pub(crate) mod tests {
             }
         }
         ids.dedup();
-        assert_eq!(ids.len(), 7, "one id per request: {ids:?}");
+        assert_eq!(ids.len(), 9, "one id per request: {ids:?}");
 
         let foreign = format!(
             "GET /api/actions HTTP/1.1\r\nHost: rebind.evil:{}\r\nConnection: close\r\n\r\n",

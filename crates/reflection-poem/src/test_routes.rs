@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use poem::http::StatusCode;
 use poem::web::Query;
-use poem::{Request, Response, Route, get, handler, post};
+use poem::{Body, Request, Response, Route, get, handler, post};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -60,15 +60,12 @@ fn panic() -> Response {
 }
 
 /// Reads the whole body within the limits and says how long it was.
-async fn echo(state: Arc<State>, mut req: Request) -> poem::Result<Response> {
+async fn echo(state: Arc<State>, req: Request, body: Body) -> Response {
     let declared = edge::content_length(req.headers());
-    let body = req.take_body().into_bytes_stream();
-    Ok(
-        match edge::read_body(body, declared, state.edge.limits()).await {
-            Ok(body) => json(&json!({ "bytes": body.len() })),
-            Err(err) => reply(err.reply()),
-        },
-    )
+    match edge::read_body(body.into_bytes_stream(), declared, state.edge.limits()).await {
+        Ok(body) => json(&json!({ "bytes": body.len() })),
+        Err(err) => reply(err.reply()),
+    }
 }
 
 #[cfg(test)]
