@@ -79,13 +79,6 @@ where
     }
 }
 
-/// The query string as `T`, or the answer the middleware gives poem's own refusal of it (a
-/// JSON 400).
-fn parse_query<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Response> {
-    req.params()
-        .map_err(|err| poem_error(&poem::Error::from(err), req.uri().path()))
-}
-
 /// The JSON answer to an error poem raised on `path` (a 404 or 405 from its router, an
 /// extractor's refusal).
 pub(crate) fn poem_error(err: &poem::Error, path: &str) -> Response {
@@ -236,9 +229,11 @@ struct StreamQuery {
 }
 
 async fn run_action(state: Arc<State>, req: Request, body: Body) -> Response {
-    let query: StreamQuery = match parse_query(&req) {
+    // A query string that does not parse gets the answer the middleware gives poem's own
+    // refusal of it (a JSON 400).
+    let query: StreamQuery = match req.params() {
         Ok(query) => query,
-        Err(refusal) => return refusal,
+        Err(err) => return poem_error(&err.into(), req.uri().path()),
     };
     let body = match read_json_body(&state, &req, body).await {
         Ok(body) => body,
