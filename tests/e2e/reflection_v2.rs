@@ -181,7 +181,10 @@ fn a_url_that_is_not_a_loopback_ws_url_is_one_line_and_exit_2() {
             ("GENKIT_ENV", "prod"),
         ],
     );
-    assert!(p.stderr().contains("dev mode is off"), "{}", p.stderr());
+    // Logged at the start, and written out a moment later (the log writer batches).
+    eventually("the warning that dev mode is off", || {
+        p.stderr().contains("dev mode is off").then_some(())
+    });
     p.signal("TERM");
     assert!(p.wait_exit(EXIT_WAIT).success());
 }
