@@ -168,6 +168,22 @@ def wrk_summary(out):
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_costed(url, seconds, pid):
+    """`wrk` on url, with the CPU time the server process `pid` spent per request meanwhile:
+    the cost of a request whatever share of the cores the scheduler gave the server."""
+    before = cpu_seconds(pid)
+    run = wrk(url, seconds)
+    run["cpu_us"] = (cpu_seconds(pid) - before) * 1e6 / max(run["requests"], 1)
+    return run
+
+
 def median_of(runs, key):
     values = [r[key] for r in runs if r.get(key) is not None]
     return statistics.median(values) if values else None
@@ -180,7 +196,14 @@ CONTENDERS = ("bare", "peer", "ours", "ours_quiet")
 def overhead(workdir, seconds, rounds):
     """Per framework: the bare server, its peer (the bare server with the framework's own
     request logging), ours with every request logged and ours with RUST_LOG=warn, taking
-    turns in every round, same machine, same run."""
+    turns in every round (in reverse order every other round, so that a drift of the machine
+    does not favour one), same machine, same run.
+
+    A ratio is the median over rounds of that round's req/s over bare's in the same round:
+    on a 2-core machine shared with wrk, medians of the contenders taken apart moved by up to
+    0.25 between runs of the same code, while neighbouring runs move together. `cpu_us` is
+    the server's CPU time per request (user + system, all threads), which depends less on
+    how the scheduler shared the cores."""
     cases = [("flows", "/greet", "bare-actix", "actix-web"),
              ("reflection", "/api/__health", "bare-poem", "poem"),
              ("devui", "/__healthz", "bare-salvo", "salvo"),
@@ -195,13 +218,15 @@ def overhead(workdir, seconds, rounds):
             bare, peer = Bare(bare_name), Bare(bare_name, log_to=peer_log)
             urls = {"bare": bare.url(path), "peer": peer.url(path),
                     "ours": ours.url(server, path), "ours_quiet": quiet.url(server, path)}
+            pids = {"bare": bare.proc.pid, "peer": peer.proc.pid, "ours": ours.proc.pid,
+                    "ours_quiet": quiet.proc.pid}
             runs = {c: [] for c in CONTENDERS}
             try:
                 for c in CONTENDERS:
                     wrk(urls[c], 1)  # warm-up
-                for _ in range(rounds):
-                    for c in CONTENDERS:
-                        runs[c].append(wrk(urls[c], seconds))
+                for i in range(rounds):
+                    for c in CONTENDERS if i % 2 == 0 else reversed(CONTENDERS):
+                        runs[c].append(wrk_costed(urls[c], seconds, pids[c]))
             finally:
                 bare.stop()
                 peer.stop()
@@ -210,8 +235,11 @@ def overhead(workdir, seconds, rounds):
                    "errors": sum(sum(r["socket_errors"].values()) + r["non_2xx"]
                                  for c in ("ours", "ours_quiet") for r in runs[c])}
             for c in CONTENDERS:
-                row[c] = {k: median_of(runs[c], k) for k in ("rps", "p50_ms", "p99_ms")}
-                row[c]["ratio"] = row[c]["rps"] / row["bare"]["rps"]
+                row[c] = {k: median_of(runs[c], k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us")}
+                paired = [r["rps"] / b["rps"] for r, b in zip(runs[c], runs["bare"])]
+                row[c]["ratio"] = statistics.median(paired)
+                quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+                row[c]["ratio_quartiles"] = [quartiles[0], quartiles[2]]
             row["ratio"] = row["ours"]["ratio"]
             results.append(row)
         rss_loaded = rss_mib(ours.proc.pid)
@@ -355,8 +383,8 @@ def fmt(v, digits=0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating runs per comparison")
+    ap.add_argument("--seconds", type=int, default=2, help="length of each wrk run")
+    ap.add_argument("--rounds", type=int, default=9, help="alternating runs per comparison")
     ap.add_argument("--runs", type=int, default=10, help="start/stop runs for the medians")
     ap.add_argument("--out", default=str(TARGET / "bench" / "results.json"))
     args = ap.parse_args()
@@ -380,13 +408,20 @@ def main():
           f"{args.seconds}s x {args.rounds} alternating rounds, medians)\n")
     print("### 1. Manager overhead: bare, peer (bare + the framework's own request logger, to a file), "
           "ours (manager + edge + every request logged to a file), ours with RUST_LOG=warn\n")
+    print("Ratios: the median over rounds of req/s / bare's req/s in the same round, with the "
+          "quartiles. CPU: the server's CPU time per request (user + system, all threads).\n")
     print("| server | endpoint | bare req/s | peer req/s (ratio) | ours req/s (ratio, goal >= 0.95) "
-          "| ours quiet req/s (ratio) | p99 ms bare / peer / ours / quiet |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+          "| ours quiet req/s (ratio) | p99 ms bare / peer / ours / quiet "
+          "| CPU us/req bare / peer / ours / quiet |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in over:
-        cells = " | ".join(f"{fmt(r[c]['rps'])} ({r[c]['ratio']:.3f})" for c in CONTENDERS[1:])
+        cells = " | ".join(
+            f"{fmt(r[c]['rps'])} ({r[c]['ratio']:.3f}; {r[c]['ratio_quartiles'][0]:.2f}-"
+            f"{r[c]['ratio_quartiles'][1]:.2f})" for c in CONTENDERS[1:])
         p99 = " / ".join(fmt(r[c]["p99_ms"], 2) for c in CONTENDERS)
-        print(f"| {r['framework']} | {r['endpoint']} | {fmt(r['bare']['rps'])} | {cells} | {p99} |")
+        cpu = " / ".join(f"{r[c]['cpu_us']:.2f}" for c in CONTENDERS)
+        print(f"| {r['framework']} | {r['endpoint']} | {fmt(r['bare']['rps'])} | {cells} | {p99} "
+              f"| {cpu} |")
     print(f"\nErrors during our load runs: {sum(r['errors'] for r in over)}; "
           f"request log lines written: ours {memory['log_lines']:,}, peers "
           f"{sum(r['peer_log_lines'] for r in over):,}\n")

@@ -3,11 +3,11 @@
 # manager overhead vs bare servers per framework, startup, shutdown (idle and loaded),
 # memory, scale to 512 servers, and the reflection API's runAction.
 #
-#   bench/run.sh [--seconds 5] [--rounds 3] [--runs 10]
+#   bench/run.sh [--seconds 2] [--rounds 9] [--runs 10]
 #
 # Needs wrk (apt-get install wrk) and python3. Prints a markdown table and writes JSON to
 # target/bench/results.json (CARGO_TARGET_DIR is honoured: binaries and JSON live under it).
-# Takes about 7 minutes with the defaults (the overhead table alone about 4). The servers log
+# Takes about 10 minutes with the defaults (the overhead table alone about 5). The servers log
 # every request into a temporary directory (about 2 GB over a run), removed at the end;
 # BENCH_KEEP_LOGS=1 keeps it.
 #
