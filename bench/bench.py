@@ -238,7 +238,9 @@ def overhead(workdir, seconds, rounds):
                 row[c] = {k: median_of(runs[c], k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us")}
                 paired = [r["rps"] / b["rps"] for r, b in zip(runs[c], runs["bare"])]
                 row[c]["ratio"] = statistics.median(paired)
-                quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+                # Inclusive: the quartiles stay within the rounds' ratios, however few.
+                quartiles = (statistics.quantiles(paired, n=4, method="inclusive")
+                             if len(paired) > 1 else paired * 3)
                 row[c]["ratio_quartiles"] = [quartiles[0], quartiles[2]]
             row["ratio"] = row["ours"]["ratio"]
             results.append(row)
@@ -388,6 +390,8 @@ def main():
     ap.add_argument("--runs", type=int, default=10, help="start/stop runs for the medians")
     ap.add_argument("--out", default=str(TARGET / "bench" / "results.json"))
     args = ap.parse_args()
+    if args.rounds < 1 or args.seconds < 1 or args.runs < 1:
+        ap.error("--seconds, --rounds and --runs must be at least 1")
     workdir = scratch_dir("multi-server-bench-")
 
     over, memory = overhead(workdir, args.seconds, args.rounds)

@@ -6,7 +6,8 @@
 //! the allocations and futex wake-ups cost more than formatting the line (measured with
 //! `perf` and `bench/run.sh`). Here a line is one copy into a shared buffer under a mutex; the
 //! writer thread is woken only when the buffer goes from empty to non-empty, lingers a
-//! millisecond so a batch gathers, and writes the batch with one `write(2)`.
+//! millisecond (10 while lines come fast) so a batch gathers, and writes the batch with one
+//! `write(2)`.
 //!
 //! A logger never waits for the output: when stderr is a pipe nobody reads (`multi-server |
 //! less`, a stuck log shipper) the writer thread blocks in `write(2)`, the buffer reaches its
@@ -37,8 +38,8 @@ use crate::cli::LogFormat;
 /// counted (loggers never wait for the output).
 const HIGH_WATER: usize = 1 << 20;
 /// How long the writer lets a batch gather once woken (cut short by the close: the exit waits
-/// for the flush): while lines come slowly, a line waits at most this long to reach the
-/// output.
+/// for the flush). A line waits this long to reach the output, plus the previous batch's
+/// `write`, or [`BUSY_LINGER`] right after a large batch.
 const LINGER: Duration = Duration::from_millis(1);
 /// How long it gathers while lines come fast (the last batch was at least [`BUSY_BATCH`]).
 /// Each batch costs the writer a wake-up, a wait and a `write`: under `wrk` on actix `/greet`

@@ -185,10 +185,12 @@ pub struct HeadDeadline<T> {
     /// poem, callgrind).
     deadline: Instant,
     timer: Pin<Box<Sleep>>,
-    /// The waker the timer was last polled pending with, until it elapses: while the same
-    /// task looks again, the timer will wake it, so looking needs no poll (a poll per answer
-    /// and per idle read: ~110 instructions a request on poem, callgrind). Another task (the
-    /// connection moved) polls it again, or the wake would go to the old one.
+    /// The waker the timer holds: it was last polled pending with it, with budget left (a
+    /// task out of tokio's budget gets `Pending` without the timer registering its waker).
+    /// While the same task looks again and the timer has not elapsed, it will wake that task,
+    /// so looking needs no poll (a poll per answer and per idle read: ~110 instructions a
+    /// request on poem, callgrind). Another task (the connection moved) polls it again, or
+    /// the wake would go to the old one.
     timer_waker: Option<std::task::Waker>,
     busy: Option<Busy>,
 }
@@ -267,7 +269,10 @@ impl<T> HeadDeadline<T> {
             }
             self.timer.as_mut().reset(self.deadline);
         }
-        if !waits_for_this_task(&self.timer_waker, cx) {
+        if !tokio::task::coop::has_budget_remaining() {
+            // The poll may have been refused by the budget, registering nothing.
+            self.timer_waker = None;
+        } else if !waits_for_this_task(&self.timer_waker, cx) {
             self.timer_waker = Some(cx.waker().clone());
         }
         false
@@ -326,7 +331,13 @@ impl<T> HeadDeadline<T> {
         }
     }
 
-    fn wrote(&mut self, cx: Option<&mut Context<'_>>) {
+    /// The server writes `bytes`: once they begin its answer (not an interim `1xx`, such as
+    /// the `100 Continue` before a body, which is still to be read, not a next head), the
+    /// connection's next bytes are a next request's head.
+    fn wrote(&mut self, cx: Option<&mut Context<'_>>, bytes: &[u8]) {
+        if self.phase == (Phase::Request { answered: false }) && is_interim(bytes) {
+            return;
+        }
         if let Phase::Request { answered } = &mut self.phase {
             *answered = true;
             if self.busy.is_some() {
@@ -339,6 +350,11 @@ impl<T> HeadDeadline<T> {
             }
         }
     }
+}
+
+/// Whether `bytes` begin an interim (`1xx`) HTTP/1 answer.
+fn is_interim(bytes: &[u8]) -> bool {
+    bytes.len() > 9 && bytes.starts_with(b"HTTP/1.") && bytes[9] == b'1'
 }
 
 fn too_slow() -> io::Error {
@@ -391,7 +407,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.wrote(Some(cx));
+        this.wrote(Some(cx), buf);
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
@@ -401,7 +417,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.wrote(Some(cx));
+        let first = bufs.iter().find(|buf| !buf.is_empty());
+        this.wrote(Some(cx), first.map_or(&[], |buf| &buf[..]));
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -488,7 +505,7 @@ mod tests {
         assert_eq!(conn.phase, Phase::Request { answered: false });
         conn.saw(b"more body");
         assert_eq!(conn.phase, Phase::Request { answered: false });
-        conn.wrote(None);
+        conn.wrote(None, b"HTTP/1.1 200 OK\r\n");
         conn.saw(b"GET /next HTTP/1.1\n");
         assert_eq!(conn.phase, Phase::Head { newlines: 1 });
         conn.saw(b"\n");
@@ -524,6 +541,43 @@ mod tests {
             "a bare PRI keeps the deadline"
         );
         assert_eq!(h2.phase, Phase::Transparent);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_after_100_continue_is_not_held_to_the_head_deadline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (server, mut client) = tokio::io::duplex(1024);
+        let mut conn = HeadDeadline::new(server, Duration::from_secs(1));
+        let head = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 8\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        let mut buf = [0u8; 128];
+        assert_eq!(conn.read(&mut buf).await.unwrap(), head.len());
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(conn.phase, Phase::Request { answered: false });
+        // The body, slower than the head deadline and with no blank line in it.
+        client.write_all(b"abcd").await.unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 4);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        client.write_all(b"efgh").await.unwrap();
+        assert_eq!(
+            conn.read(&mut buf).await.unwrap(),
+            4,
+            "the body is still read"
+        );
+        conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert_eq!(conn.phase, Phase::Request { answered: true });
+        let mut answered = HeadDeadline::new((), Duration::from_secs(1));
+        answered.saw(b"GET / HTTP/1.1\r\n\r\n");
+        answered.wrote(None, b"HTTP/1.0 101 Switching");
+        assert_eq!(
+            answered.phase,
+            Phase::Request { answered: false },
+            "any 1xx"
+        );
+        answered.wrote(None, b"HTTP/1.1 204 No Content\r\n");
+        assert_eq!(answered.phase, Phase::Request { answered: true });
     }
 
     #[tokio::test(start_paused = true)]
