@@ -7,7 +7,7 @@
 #
 # Needs wrk (apt-get install wrk) and python3. Prints a markdown table and writes JSON to
 # target/bench/results.json (CARGO_TARGET_DIR is honoured: binaries and JSON live under it).
-# Takes about 10 minutes with the defaults (the overhead table alone about 5). The servers log
+# Takes about 9 minutes with the defaults (the overhead table alone about 5). The servers log
 # every request into a temporary directory (about 2 GB over a run), removed at the end;
 # BENCH_KEEP_LOGS=1 keeps it.
 #

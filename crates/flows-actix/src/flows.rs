@@ -50,15 +50,15 @@ pub(crate) fn resource_of(key: &str) -> Option<actix_web::Resource> {
     if name.is_empty() || !name.bytes().all(plain) {
         return None;
     }
-    let key: Arc<str> = Arc::from(key);
+    let shared_key: Arc<str> = Arc::from(key);
     Some(crate::routes::post(
-        &key.clone(),
+        key,
         move |req: HttpRequest,
               query: Query<RunQuery>,
               body: Payload,
               registry: Data<Arc<Registry>>,
               edge: Data<Edge>| {
-            let key = Arc::clone(&key);
+            let key = Arc::clone(&shared_key);
             async move { run_flow(req, &key, query, body, registry, edge).await }
         },
     ))

@@ -20,9 +20,8 @@ pub(crate) const ROUTES: &[&str] = &[
 /// Every route of the server, mounted in one place so `configure` can also be used by tests.
 /// Each flow of `flow_keys` (the registry's when the server is built) gets a resource of its
 /// own path, which actix matches by comparing text; `/flow/{name}` takes the rest, such as
-/// flows defined later. (Its regex,
-/// `Path` extractor and key built with `format!` cost ~3,500 instructions a flow run,
-/// callgrind.)
+/// flows defined later. (Its regex, `Path` extractor and key built with `format!` cost ~3,500
+/// instructions a flow run, callgrind.)
 pub(crate) fn mount(cfg: &mut web::ServiceConfig, flow_keys: &[String]) {
     cfg.service(get("/greet", greet))
         .service(get("/flow/run", flow_run));

@@ -115,14 +115,6 @@ async fn finished_run(registry: &Arc<Registry>, key: &str, input: Value) -> (Val
     (result, registry.trace(&trace_id).unwrap())
 }
 
-fn root_of(trace: &TraceData) -> &crate::SpanData {
-    trace
-        .spans
-        .values()
-        .find(|s| s.parent_span_id.is_none())
-        .expect("a root span")
-}
-
 fn attr<'a>(span: &'a crate::SpanData, key: &str) -> &'a str {
     span.attributes
         .get(key)
@@ -851,7 +843,7 @@ async fn a_run_records_steps_up_to_its_budget_then_counts_them() {
         "{recorded} steps recorded"
     );
     assert_eq!(
-        root_of(&trace).attributes[crate::STEPS_NOT_RECORDED],
+        trace.root_span().unwrap().attributes[crate::STEPS_NOT_RECORDED],
         json!(STEPS - recorded)
     );
     let weight = crate::trace::stored_bytes(&trace);
@@ -917,7 +909,7 @@ async fn steps_side_by_side_keep_the_run_within_its_budget() {
     assert_eq!(outputs.len(), recorded);
     assert!(marked > 100, "{marked} of {recorded} outputs marked");
     assert_eq!(
-        root_of(&trace).attributes[crate::STEPS_NOT_RECORDED],
+        trace.root_span().unwrap().attributes[crate::STEPS_NOT_RECORDED],
         json!(STEPS - recorded)
     );
 }
