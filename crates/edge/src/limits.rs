@@ -302,6 +302,13 @@ impl<T> HeadDeadline<T> {
         let Phase::Head { mut newlines } = self.phase else {
             return;
         };
+        // A head ends at or before the end of bytes that end like one, and what follows a head
+        // is not looked at: most reads are a whole head (~250 instructions of memchr calls a
+        // request less on poem, callgrind).
+        if bytes.ends_with(b"\n\r\n") || bytes.ends_with(b"\n\n") {
+            self.phase = Phase::Request { answered: false };
+            return;
+        }
         // The head ends at a line end, any `\r`s, and another line end. Line ends are found with
         // memchr: a loop over every byte cost ~8 instructions a byte of each head (callgrind).
         let mut rest = bytes;
@@ -517,6 +524,11 @@ mod tests {
             &[&b"GET / HTTP/1.1\r\nA: b\r"[..], b"\n\r", b"\n"][..],
             &[b"GET / HTTP/1.1\n\r", b"\r", b"\r\n"],
             &[b"GET / HTTP/1.1\r\n", b"\r", b"X: y\r\n\r\n"],
+            // Whole heads, one pipelined after another, and a blank line split in two.
+            &[b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"],
+            &[b"GET / HTTP/1.1\n\n"],
+            &[b"GET / HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"],
+            &[b"GET / HTTP/1.1\r\nA: b\r", b"\n\r\n"],
         ] {
             let mut conn = HeadDeadline::new((), Duration::from_secs(10));
             for (i, read) in reads.iter().enumerate() {

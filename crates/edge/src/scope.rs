@@ -11,6 +11,27 @@ use manager::requests::RequestGuard;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Bytes of the blocks request ids are cut from: ids of up to 20 digits, ~500 of today's.
+const ID_BLOCK: usize = 4096;
+
+/// See [`RequestScope::request_id_digits`].
+fn id_digits(id: u64) -> Bytes {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(id).as_bytes();
+    ID_DIGITS.with_borrow_mut(|block| {
+        if block.capacity() < digits.len() {
+            *block = bytes::BytesMut::with_capacity(ID_BLOCK);
+        }
+        block.extend_from_slice(digits);
+        block.split().freeze()
+    })
+}
+
+thread_local! {
+    static ID_DIGITS: std::cell::RefCell<bytes::BytesMut> =
+        std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
 /// One request in flight: counted by the manager (in flight, served, 5xx, latency), logged
 /// once when it finishes, and logged as aborted (client gone, or cut by the drain deadline)
 /// when it is dropped unfinished.
@@ -38,8 +59,15 @@ impl RequestScope {
 
     /// The `x-request-id` value.
     pub fn request_id(&self) -> HeaderValue {
-        let mut buffer = itoa::Buffer::new();
-        HeaderValue::from_str(buffer.format(self.guard.id())).expect("digits are a valid value")
+        HeaderValue::from_maybe_shared(self.request_id_digits()).expect("digits are a valid value")
+    }
+
+    /// The id's digits, for a framework on other `http` types. Cut from a per-thread block
+    /// shared by many ids, where a value of their own costs each answer an allocation and a
+    /// free (~130 instructions a request, callgrind); a block lives while a value cut from it
+    /// does, so a value kept for long keeps [`ID_BLOCK`] bytes.
+    pub fn request_id_digits(&self) -> Bytes {
+        id_digits(self.guard.id())
     }
 
     /// Whether the response must carry `Connection: close` (the server is draining).
@@ -99,5 +127,26 @@ where
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids cut from one block and across blocks keep their own digits, also while earlier
+    /// ones are held.
+    #[test]
+    fn request_id_digits_are_each_ids_own() {
+        let ids: Vec<u64> = (0..3 * ID_BLOCK as u64)
+            .map(|n| n * 7919)
+            .chain([u64::MAX])
+            .collect();
+        let held: Vec<Bytes> = ids.iter().map(|&id| id_digits(id)).collect();
+        for (id, digits) in ids.iter().zip(&held) {
+            assert_eq!(digits, id.to_string().as_bytes());
+        }
+        let value = HeaderValue::from_maybe_shared(id_digits(42)).unwrap();
+        assert_eq!(value, "42");
     }
 }

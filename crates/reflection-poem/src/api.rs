@@ -194,7 +194,11 @@ struct HealthQuery {
 }
 
 fn health(state: &State, req: &Request) -> poem::Result<Response> {
-    let query: HealthQuery = req.params()?;
+    // Most checks carry no query: no deserializer (~330 instructions a request, callgrind).
+    let query: HealthQuery = match req.uri().query() {
+        None => HealthQuery { id: None },
+        Some(_) => req.params()?,
+    };
     Ok(match query.id {
         Some(id) if id != state.runtime_id => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
