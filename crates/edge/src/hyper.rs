@@ -145,10 +145,8 @@ where
             }
             Begun::Route(scope) => scope,
         };
-        let path = req.uri().path().to_owned();
         // hyper sends no body for HEAD and never polls it: finished at the head.
         let head_only = req.method() == http::Method::HEAD;
-        let server = self.edge.ctx().name().to_owned();
         let answer = AssertUnwindSafe(self.inner.call(req)).catch_unwind();
         Box::pin(async move {
             let res = match answer.await {
@@ -157,7 +155,7 @@ where
                 // the request as aborted.
                 Ok(Err(err)) => return Err(err),
                 Err(panic) => {
-                    let reply = errors::panicked(&server, scope.id(), &*panic);
+                    let reply = errors::panicked(scope.server(), scope.id(), &*panic);
                     let res = reply.map(|bytes| EdgeBody::Reply(Some(bytes)));
                     return Ok(stamped(scope, res));
                 }
@@ -168,7 +166,7 @@ where
                     .headers()
                     .get(http::header::ALLOW)
                     .and_then(|a| a.to_str().ok());
-                let reply = errors::for_status(status, &path, allow);
+                let reply = errors::for_status(status, scope.path(), allow);
                 // The inner answer's headers stay (`WWW-Authenticate`, `Retry-After`...); the
                 // body and its type are the edge's.
                 let (mut parts, _) = res.into_parts();

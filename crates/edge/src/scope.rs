@@ -57,6 +57,11 @@ impl RequestScope {
         self.guard.path()
     }
 
+    /// The name of the server it came to (for its error answers, as [`path`](Self::path)).
+    pub fn server(&self) -> &str {
+        self.guard.server()
+    }
+
     /// The `x-request-id` value.
     pub fn request_id(&self) -> HeaderValue {
         HeaderValue::from_maybe_shared(self.request_id_digits()).expect("digits are a valid value")

@@ -45,8 +45,29 @@ fn next_request_id() -> u64 {
 struct InFlight(AtomicUsize);
 
 /// Counts the requests of one server. Shared by the server's middleware and the manager.
+///
+/// Each request's guard holds a handle of its thread's shard, not the tracker: a reference
+/// count every serving thread changed on every request would move one cache line between the
+/// cores twice a request (perf, under `wrk` on two cores: `begin`'s clone and the line's
+/// other fields were the costliest loads of the request accounting).
 #[derive(Debug)]
 pub struct RequestTracker {
+    state: Arc<TrackerState>,
+    /// One per in-flight shard, each on a cache line of its own.
+    handles: Box<[Arc<ShardHandle>]>,
+}
+
+/// What a [`RequestGuard`] holds: the shared state and the shard that counts it. Threads of
+/// the same shard share it; others never touch its reference count.
+#[repr(align(128))]
+#[derive(Debug)]
+struct ShardHandle {
+    state: Arc<TrackerState>,
+    shard: usize,
+}
+
+#[derive(Debug)]
+struct TrackerState {
     server: Arc<str>,
     /// Per-thread shards (the metrics' [`my_shard`](crate::metrics::my_shard)): a request is
     /// counted in the shard of the thread that began it and uncounted there, wherever it
@@ -70,7 +91,7 @@ pub struct RequestTracker {
 
 impl RequestTracker {
     pub(crate) fn new(server: Arc<str>, feed: Arc<RequestFeed>) -> Self {
-        RequestTracker {
+        let state = Arc::new(TrackerState {
             feed,
             server,
             in_flight: (0..crate::metrics::SHARDS)
@@ -84,17 +105,27 @@ impl RequestTracker {
             deadline: std::sync::OnceLock::new(),
             idle: Notify::new(),
             http: crate::metrics::HttpMetrics::default(),
-        }
+        });
+        let handles = (0..crate::metrics::SHARDS)
+            .map(|shard| {
+                Arc::new(ShardHandle {
+                    state: Arc::clone(&state),
+                    shard,
+                })
+            })
+            .collect();
+        RequestTracker { state, handles }
     }
 
     /// Starts accounting for one request; call [`RequestGuard::finish`] with the status when the
     /// response is ready. A guard dropped without `finish` is logged as aborted.
-    pub fn begin(self: &Arc<Self>, method: &str, path: &str) -> RequestGuard {
-        let shard = crate::metrics::my_shard();
-        self.in_flight[shard].0.fetch_add(1, Ordering::SeqCst);
+    pub fn begin(&self, method: &str, path: &str) -> RequestGuard {
+        let handle = &self.handles[crate::metrics::my_shard()];
+        handle.state.in_flight[handle.shard]
+            .0
+            .fetch_add(1, Ordering::SeqCst);
         RequestGuard {
-            tracker: Arc::clone(self),
-            shard,
+            handle: Arc::clone(handle),
             id: next_request_id(),
             method: static_method(method)
                 .map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed),
@@ -107,30 +138,95 @@ impl RequestTracker {
 
     /// Requests that have begun and not yet finished.
     pub fn in_flight(&self) -> usize {
+        self.state.in_flight()
+    }
+
+    /// Requests answered (any status).
+    pub fn served(&self) -> u64 {
+        self.state.http.totals().served
+    }
+
+    /// Requests answered with a 5xx status.
+    pub fn server_errors(&self) -> u64 {
+        self.state.http.totals().server_errors
+    }
+
+    /// Requests that ended without a response (client gone, or cut by the drain deadline).
+    pub fn aborted(&self) -> u64 {
+        self.state.aborted.load(Ordering::Relaxed)
+    }
+
+    /// Requests cut by the drain deadline: dropped unanswered once it had passed, plus any
+    /// still in flight after it.
+    pub fn cut_by_deadline(&self) -> u64 {
+        self.state.cut_by_deadline()
+    }
+
+    /// True from the start of the drain delay (when there is one), else once the server's
+    /// socket has stopped listening: responses must now ask clients to close their connection
+    /// (`Connection: close`). With no delay not earlier: a client told to close reconnects at
+    /// once, and before the socket stops listening that new connection would wait in the
+    /// backlog only to be reset; from then on it is refused and the client can go elsewhere.
+    pub fn closes_connections(&self) -> bool {
+        self.state.closes_connections()
+    }
+
+    /// The latency histogram of answered requests, now.
+    pub fn latency(&self) -> LatencyHistogram {
+        self.state.http.totals().latency
+    }
+
+    /// The duration histograms per method, status and route (`/__metrics`).
+    pub fn http_metrics(&self) -> &crate::metrics::HttpMetrics {
+        &self.state.http
+    }
+
+    pub(crate) fn close_connections(&self) {
+        self.state.closing.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn start_draining_until(&self, deadline: tokio::time::Instant) {
+        let _ = self.state.deadline.set(deadline);
+        self.start_draining();
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.state.drain_started.store(true, Ordering::SeqCst);
+    }
+
+    /// Records that the drain deadline passed; returns how many requests it has cut.
+    pub(crate) fn deadline_passed(&self) -> u64 {
+        self.state.deadline_passed.store(true, Ordering::SeqCst);
+        self.cut_by_deadline()
+    }
+
+    /// Resolves once no request is in flight. Only meaningful after draining started, since
+    /// only then does the tracker wake waiters.
+    ///
+    /// # Cancellation safety
+    /// Cancel-safe: it holds no state between polls.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.state.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl TrackerState {
+    fn in_flight(&self) -> usize {
         self.in_flight
             .iter()
             .map(|shard| shard.0.load(Ordering::SeqCst))
             .sum()
     }
 
-    /// Requests answered (any status).
-    pub fn served(&self) -> u64 {
-        self.http.totals().served
-    }
-
-    /// Requests answered with a 5xx status.
-    pub fn server_errors(&self) -> u64 {
-        self.http.totals().server_errors
-    }
-
-    /// Requests that ended without a response (client gone, or cut by the drain deadline).
-    pub fn aborted(&self) -> u64 {
-        self.aborted.load(Ordering::Relaxed)
-    }
-
-    /// Requests cut by the drain deadline: dropped unanswered once it had passed, plus any
-    /// still in flight after it.
-    pub fn cut_by_deadline(&self) -> u64 {
+    fn cut_by_deadline(&self) -> u64 {
         let still_running = if self.deadline_passed.load(Ordering::SeqCst) {
             self.in_flight() as u64
         } else {
@@ -147,59 +243,8 @@ impl RequestTracker {
                 .is_some_and(|deadline| tokio::time::Instant::now() >= *deadline)
     }
 
-    /// True from the start of the drain delay (when there is one), else once the server's
-    /// socket has stopped listening: responses must now ask clients to close their connection
-    /// (`Connection: close`). With no delay not earlier: a client told to close reconnects at
-    /// once, and before the socket stops listening that new connection would wait in the
-    /// backlog only to be reset; from then on it is refused and the client can go elsewhere.
-    pub fn closes_connections(&self) -> bool {
+    fn closes_connections(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
-    }
-
-    /// The latency histogram of answered requests, now.
-    pub fn latency(&self) -> LatencyHistogram {
-        self.http.totals().latency
-    }
-
-    /// The duration histograms per method, status and route (`/__metrics`).
-    pub fn http_metrics(&self) -> &crate::metrics::HttpMetrics {
-        &self.http
-    }
-
-    pub(crate) fn close_connections(&self) {
-        self.closing.store(true, Ordering::Relaxed);
-    }
-
-    pub(crate) fn start_draining_until(&self, deadline: tokio::time::Instant) {
-        let _ = self.deadline.set(deadline);
-        self.start_draining();
-    }
-
-    pub(crate) fn start_draining(&self) {
-        self.drain_started.store(true, Ordering::SeqCst);
-    }
-
-    /// Records that the drain deadline passed; returns how many requests it has cut.
-    pub(crate) fn deadline_passed(&self) -> u64 {
-        self.deadline_passed.store(true, Ordering::SeqCst);
-        self.cut_by_deadline()
-    }
-
-    /// Resolves once no request is in flight. Only meaningful after draining started, since
-    /// only then does the tracker wake waiters.
-    ///
-    /// # Cancellation safety
-    /// Cancel-safe: it holds no state between polls.
-    pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.in_flight() == 0 {
-                return;
-            }
-            notified.await;
-        }
     }
 
     fn end(&self, shard: usize) {
@@ -255,9 +300,7 @@ pub fn set_request_log(log: impl RequestLog) -> bool {
 #[derive(Debug)]
 #[must_use = "a guard dropped at once logs the request as aborted"]
 pub struct RequestGuard {
-    tracker: Arc<RequestTracker>,
-    /// The in-flight shard that counts it.
-    shard: usize,
+    handle: Arc<ShardHandle>,
     id: u64,
     method: Cow<'static, str>,
     /// Inline up to 24 bytes (most paths): no allocation per request.
@@ -278,10 +321,15 @@ impl RequestGuard {
         &self.path
     }
 
+    /// The name of the server it came to.
+    pub fn server(&self) -> &str {
+        &self.handle.state.server
+    }
+
     /// Whether the response must ask the client to close the connection (the server's
     /// socket has stopped listening: see [`RequestTracker::closes_connections`]).
     pub fn closes_connection(&self) -> bool {
-        self.tracker.closes_connections()
+        self.handle.state.closes_connections()
     }
 
     /// The route template the request matched (e.g. `/flow/{name}`), its `http_route` label
@@ -294,7 +342,7 @@ impl RequestGuard {
     /// Records the response status and logs the request.
     pub fn finish(mut self, status: u16) {
         self.finished = true;
-        let tracker = &self.tracker;
+        let tracker = &*self.handle.state;
         let latency = self.started.elapsed();
         let method = match &self.method {
             Cow::Borrowed(method) => method,
@@ -347,7 +395,7 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         if !self.finished {
-            let tracker = &self.tracker;
+            let tracker = &*self.handle.state;
             tracker.aborted.fetch_add(1, Ordering::Relaxed);
             let reason = if tracker.is_past_deadline() {
                 tracker.cut_by_deadline.fetch_add(1, Ordering::Relaxed);
@@ -377,7 +425,7 @@ impl Drop for RequestGuard {
                 at_ms: epoch_ms(),
             });
         }
-        self.tracker.end(self.shard);
+        self.handle.state.end(self.handle.shard);
     }
 }
 
@@ -604,6 +652,33 @@ mod tests {
         assert_eq!(t.served(), 2);
         assert_eq!(t.server_errors(), 1);
         assert_eq!(t.aborted(), 1);
+    }
+
+    #[test]
+    fn guards_hold_their_shard_not_the_shared_state_and_may_outlive_the_tracker() {
+        let feed = Arc::new(RequestFeed::default());
+        let t = RequestTracker::new("t".into(), Arc::clone(&feed));
+        let shared = Arc::strong_count(&t.state);
+        let handle = Arc::clone(&t.handles[crate::metrics::my_shard()]);
+        let handle_count = Arc::strong_count(&handle);
+        let guards: Vec<_> = (0..3).map(|_| t.begin("GET", "/a")).collect();
+        assert_eq!(
+            Arc::strong_count(&t.state),
+            shared,
+            "no request changes the count every thread shares"
+        );
+        assert_eq!(Arc::strong_count(&handle), handle_count + 3);
+        let mut rx = feed.subscribe();
+        let counts = Arc::clone(&t.state);
+        drop(t);
+        let mut guards = guards.into_iter();
+        guards.next().unwrap().finish(200);
+        drop(guards);
+        assert_eq!(counts.in_flight(), 0);
+        assert_eq!(counts.http.totals().served, 1);
+        assert_eq!(counts.aborted.load(Ordering::Relaxed), 2);
+        assert_eq!(rx.try_recv().unwrap().status, Some(200));
+        assert_eq!(rx.try_recv().unwrap().aborted, Some("client gone"));
     }
 
     #[test]
