@@ -287,26 +287,101 @@ struct DirectRequestLog {
 }
 
 thread_local! {
-    static DIRECT: std::cell::RefCell<(Vec<u8>, LineCache)> =
-        std::cell::RefCell::new((Vec::with_capacity(256), LineCache::default()));
+    static DIRECT: std::cell::RefCell<Direct> = std::cell::RefCell::new(Direct::default());
+}
+
+/// A thread's request lines: the buffers they are formatted in, and what repeats from one to
+/// the next.
+struct Direct {
+    /// The usual line (see [`ShortLine`]).
+    short: [u8; SHORT_LINE],
+    /// A line with a field to escape, or too long for `short`.
+    long: Vec<u8>,
+    cache: LineCache,
+}
+
+impl Default for Direct {
+    fn default() -> Self {
+        Direct {
+            short: [0; SHORT_LINE],
+            long: Vec::with_capacity(256),
+            cache: LineCache::default(),
+        }
+    }
+}
+
+impl Direct {
+    /// `line`, formatted as `F` at `now` (since the Unix epoch).
+    fn format<F: LineFormat>(
+        &mut self,
+        line: &manager::requests::RequestLine<'_>,
+        now: Duration,
+    ) -> &[u8] {
+        let Direct { short, long, cache } = self;
+        let server = cache.server.text::<F>(line.server);
+        if ShortLine::fits::<F>(line, server.len()) {
+            let mut sink = ShortLine {
+                bytes: short,
+                len: 0,
+            };
+            write_line::<F, _>(&mut sink, &mut cache.second, server, line, now);
+            let len = sink.len;
+            &short[..len]
+        } else {
+            long.clear();
+            write_line::<F, _>(long, &mut cache.second, server, line, now);
+            long
+        }
+    }
 }
 
 /// What repeats from one request line to the next on a thread, kept formatted.
 struct LineCache {
     /// The second last formatted, and its `YYYY-MM-DDTHH:MM:SS.` (20 bytes).
     second: (u64, [u8; 20]),
-    /// The last server's name, in which format, and the line's text from after the
-    /// timestamp through ` id=` for it: a thread serves one server, or a few, so this is
-    /// copied, not quoted again (~100 instructions a line, callgrind).
-    server: (String, bool, Vec<u8>),
+    server: ServerPart,
 }
 
 impl Default for LineCache {
     fn default() -> Self {
         LineCache {
             second: (u64::MAX, [0; 20]),
-            server: (String::new(), false, Vec::new()),
+            server: ServerPart {
+                name: None,
+                json: false,
+                text: Vec::new(),
+            },
         }
+    }
+}
+
+/// The last server's name, in which format, and the line's text from after the timestamp
+/// through ` id=` for it: a thread serves one server, or a few, so this is copied, not quoted
+/// again (~100 instructions a line, callgrind). The name is matched by its `Arc`'s address,
+/// not its text (~30 instructions); kept, so no other name can take that address.
+struct ServerPart {
+    name: Option<Arc<str>>,
+    json: bool,
+    text: Vec<u8>,
+}
+
+impl ServerPart {
+    /// The text for `server` in format `F`.
+    fn text<F: LineFormat>(&mut self, server: &Arc<str>) -> &[u8] {
+        if !self
+            .name
+            .as_ref()
+            .is_some_and(|name| Arc::ptr_eq(name, server))
+            || self.json != F::JSON
+        {
+            self.name = Some(Arc::clone(server));
+            self.json = F::JSON;
+            self.text.clear();
+            self.text.extend_from_slice(F::SERVER);
+            F::push_str(&mut self.text, server);
+            self.text.extend_from_slice(F::ID);
+        }
+        &self.text
     }
 }
 
@@ -316,27 +391,92 @@ impl manager::requests::RequestLog for DirectRequestLog {
     }
 
     fn write(&self, line: &manager::requests::RequestLine<'_>) {
-        DIRECT.with_borrow_mut(|(buf, cache)| {
-            buf.clear();
-            format_request_line(buf, cache, line, self.json, std::time::SystemTime::now());
-            let _ = (&self.writer).write_all(buf);
+        DIRECT.with_borrow_mut(|direct| {
+            let now = manager::clock::since_epoch();
+            let bytes = if self.json {
+                direct.format::<Json>(line, now)
+            } else {
+                direct.format::<Text>(line, now)
+            };
+            let _ = (&self.writer).write_all(bytes);
         });
     }
 }
 
-fn format_request_line(
-    buf: &mut Vec<u8>,
-    cache: &mut LineCache,
-    line: &manager::requests::RequestLine<'_>,
-    json: bool,
-    now: std::time::SystemTime,
-) {
-    if json {
-        write_line::<Json>(buf, cache, line, now);
-    } else {
-        write_line::<Text>(buf, cache, line, now);
+/// Where [`write_line`] puts a line's bytes.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+    /// `value`, quoted as `F` quotes a string.
+    fn put_str<F: LineFormat>(&mut self, value: &str);
+}
+
+impl Sink for Vec<u8> {
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    #[inline(always)]
+    fn put_str<F: LineFormat>(&mut self, value: &str) {
+        F::push_str(self, value);
     }
 }
+
+/// Bytes of the buffer the usual request line is formatted in.
+const SHORT_LINE: usize = 320;
+
+/// The usual request line, formatted in a fixed per-thread buffer, its length kept in a
+/// register: a `Vec`'s length is reloaded and checked against its capacity at every field
+/// (~100 instructions a line more, callgrind). Only for a line that [`fits`](Self::fits).
+struct ShortLine<'a> {
+    bytes: &'a mut [u8; SHORT_LINE],
+    len: usize,
+}
+
+impl ShortLine<'_> {
+    /// Whether `line` goes in a `ShortLine`, with a server part of `server` bytes: its
+    /// method and path need no escaping, and the line with every number at its longest fits.
+    fn fits<F: LineFormat>(line: &manager::requests::RequestLine<'_>, server: usize) -> bool {
+        let longest = F::START.len()
+            + TIMESTAMP
+            + server
+            + 20 // id (u64)
+            + F::METHOD.len()
+            + line.method.len()
+            + 2
+            + F::PATH.len()
+            + line.path.len()
+            + 2
+            + F::STATUS.len()
+            + 5 // u16
+            + F::LATENCY.len()
+            + 24 // u64 milliseconds and three decimals
+            + F::END.len();
+        longest <= SHORT_LINE
+            && (F::method_part(line.method).is_some() || plain(line.method))
+            && plain(line.path)
+    }
+}
+
+impl Sink for ShortLine<'_> {
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        // Always in range: `fits` counted the longest line.
+        if let Some(to) = self.bytes.get_mut(self.len..self.len + bytes.len()) {
+            to.copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+    #[inline(always)]
+    fn put_str<F: LineFormat>(&mut self, value: &str) {
+        // Plain, as `fits` checked: the text format's `{:?}` and JSON both quote it as is.
+        self.put(b"\"");
+        self.put(value.as_bytes());
+        self.put(b"\"");
+    }
+}
+
+/// Bytes of `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+const TIMESTAMP: usize = 27;
 
 /// A request line's format: the text around its fields, and how a string is quoted. Constants
 /// of a type parameter, not a table read at run time: each format still compiles to straight
@@ -374,6 +514,7 @@ impl LineFormat for Text {
     const LATENCY: &'static [u8] = b" latency_ms=";
     const END: &'static [u8] = b"\n";
     const JSON: bool = false;
+    #[inline(always)]
     fn push_str(buf: &mut Vec<u8>, value: &str) {
         push_debug_str(buf, value);
     }
@@ -397,6 +538,7 @@ impl LineFormat for Json {
     const LATENCY: &'static [u8] = b",\"latency_ms\":";
     const END: &'static [u8] = b",\"target\":\"request\"}\n";
     const JSON: bool = true;
+    #[inline(always)]
     fn push_str(buf: &mut Vec<u8>, value: &str) {
         push_json_str(buf, value);
     }
@@ -410,51 +552,57 @@ impl LineFormat for Json {
     }
 }
 
-fn write_line<F: LineFormat>(
-    buf: &mut Vec<u8>,
-    cache: &mut LineCache,
+fn write_line<F: LineFormat, S: Sink>(
+    buf: &mut S,
+    second: &mut (u64, [u8; 20]),
+    server: &[u8],
     line: &manager::requests::RequestLine<'_>,
-    now: std::time::SystemTime,
+    now: Duration,
 ) {
     let mut numbers = itoa::Buffer::new();
-    buf.extend_from_slice(F::START);
-    push_timestamp(buf, &mut cache.second, now);
-    let (server, json, text) = &mut cache.server;
-    if *server != line.server || *json != F::JSON {
-        server.clear();
-        server.push_str(line.server);
-        *json = F::JSON;
-        text.clear();
-        text.extend_from_slice(F::SERVER);
-        F::push_str(text, line.server);
-        text.extend_from_slice(F::ID);
-    }
-    buf.extend_from_slice(text);
-    buf.extend_from_slice(numbers.format(line.id).as_bytes());
+    buf.put(F::START);
+    push_timestamp(buf, second, now);
+    buf.put(server);
+    buf.put(numbers.format(line.id).as_bytes());
     if let Some(part) = F::method_part(line.method) {
-        buf.extend_from_slice(part);
+        buf.put(part);
     } else {
-        buf.extend_from_slice(F::METHOD);
-        F::push_str(buf, line.method);
-        buf.extend_from_slice(F::PATH);
+        buf.put(F::METHOD);
+        buf.put_str::<F>(line.method);
+        buf.put(F::PATH);
     }
-    F::push_str(buf, line.path);
-    buf.extend_from_slice(F::STATUS);
-    buf.extend_from_slice(numbers.format(line.status).as_bytes());
-    buf.extend_from_slice(F::LATENCY);
+    buf.put_str::<F>(line.path);
+    buf.put(F::STATUS);
+    push_status(buf, line.status);
+    buf.put(F::LATENCY);
     // In u64 (584 years of nanoseconds): u128 division is a library call.
     let nanos = (line.latency.as_secs().saturating_mul(1_000_000_000))
         .saturating_add(u64::from(line.latency.subsec_nanos()));
     push_millis(buf, nanos.saturating_add(500) / 1000);
-    buf.extend_from_slice(F::END);
+    buf.put(F::END);
+}
+
+/// An HTTP status: three digits, written out from [`PAIRS`] (`itoa`'s general loop, for
+/// any `u16`, cost ~20 instructions a line more, callgrind).
+fn push_status(buf: &mut impl Sink, status: u16) {
+    if (100..1000).contains(&status) {
+        let rest = usize::from(status % 100);
+        buf.put(&[
+            b'0' + (status / 100) as u8,
+            PAIRS[2 * rest],
+            PAIRS[2 * rest + 1],
+        ]);
+    } else {
+        buf.put(itoa::Buffer::new().format(status).as_bytes());
+    }
 }
 
 /// Milliseconds with three decimals, from microseconds (what `{:.3}` prints of the f64).
-fn push_millis(buf: &mut Vec<u8>, micros: u64) {
+fn push_millis(buf: &mut impl Sink, micros: u64) {
     let mut numbers = itoa::Buffer::new();
-    buf.extend_from_slice(numbers.format(micros / 1000).as_bytes());
+    buf.put(numbers.format(micros / 1000).as_bytes());
     let fraction = u16::try_from(micros % 1000).unwrap_or(0);
-    buf.extend_from_slice(&[
+    buf.put(&[
         b'.',
         b'0' + (fraction / 100) as u8,
         b'0' + (fraction / 10 % 10) as u8,
@@ -480,7 +628,9 @@ static PLAIN: [bool; 256] = {
 };
 
 /// `value` quoted: copied when it is [`plain`], else escaped by `escape` (cut at
-/// [`MAX_FIELD`] first), straight into `buf`.
+/// [`MAX_FIELD`] first), straight into `buf`. Inline, so that the plain copy (most paths) is
+/// not a call through a function pointer.
+#[inline(always)]
 fn push_quoted(buf: &mut Vec<u8>, value: &str, escape: fn(&mut Vec<u8>, &str)) {
     if plain(value) {
         buf.push(b'"');
@@ -492,6 +642,7 @@ fn push_quoted(buf: &mut Vec<u8>, value: &str, escape: fn(&mut Vec<u8>, &str)) {
 }
 
 /// As `{:?}` prints a `str` (the text format).
+#[inline(always)]
 fn push_debug_str(buf: &mut Vec<u8>, value: &str) {
     push_quoted(buf, value, |buf, text| {
         use std::io::Write as _;
@@ -500,6 +651,7 @@ fn push_debug_str(buf: &mut Vec<u8>, value: &str) {
 }
 
 /// As a JSON string.
+#[inline(always)]
 fn push_json_str(buf: &mut Vec<u8>, value: &str) {
     push_quoted(buf, value, |buf, text| {
         let _ = serde_json::to_writer(&mut *buf, text);
@@ -507,16 +659,16 @@ fn push_json_str(buf: &mut Vec<u8>, value: &str) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds), as `tracing_subscriber`'s `SystemTime`
-/// prints it; the date and time of the second are computed once a second per thread.
-fn push_timestamp(buf: &mut Vec<u8>, cached: &mut (u64, [u8; 20]), now: std::time::SystemTime) {
-    let since = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+/// prints it, of `since` the Unix epoch; the date and time of the second are computed once a
+/// second per thread. Inline: called once a line, and a call's register saves cost ~20
+/// instructions.
+#[inline(always)]
+fn push_timestamp(buf: &mut impl Sink, cached: &mut (u64, [u8; 20]), since: Duration) {
     let second = since.as_secs();
     if cached.0 != second {
         *cached = (second, civil_second(second));
     }
-    buf.extend_from_slice(&cached.1);
+    buf.put(&cached.1);
     // Two digits at a time from a table, and the `Z` with them: one copy.
     let micros = since.subsec_micros() as usize;
     let pair = |n: usize| [PAIRS[2 * n], PAIRS[2 * n + 1]];
@@ -525,7 +677,7 @@ fn push_timestamp(buf: &mut Vec<u8>, cached: &mut (u64, [u8; 20]), now: std::tim
         pair(micros / 100 % 100),
         pair(micros % 100),
     );
-    buf.extend_from_slice(&[a, b, c, d, e, f, b'Z']);
+    buf.put(&[a, b, c, d, e, f, b'Z']);
 }
 
 /// `00` to `99`, two bytes each.
@@ -740,7 +892,7 @@ mod tests {
     /// The line of the `tracing` event and of the direct writer, without the timestamp; the
     /// direct one with `cache` as a thread's earlier lines left it.
     fn both_lines(
-        cache: &mut LineCache,
+        direct: &mut Direct,
         json: bool,
         (server, method, path): (&str, &str, &str),
         latency: Duration,
@@ -756,23 +908,32 @@ mod tests {
                 path = path, status = 200u16, latency_ms = latency.as_secs_f64() * 1e3);
         });
         let event = String::from_utf8(shared.lock().buffer.clone()).unwrap();
-        let mut direct = Vec::new();
+        // One `Arc` per name, as the manager keeps one per server.
+        thread_local! {
+            static NAMES: std::cell::RefCell<Vec<Arc<str>>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let name = NAMES.with_borrow_mut(|names| {
+            if let Some(name) = names.iter().find(|name| &***name == server) {
+                return Arc::clone(name);
+            }
+            names.push(Arc::from(server));
+            Arc::clone(names.last().expect("just pushed"))
+        });
         let line = manager::requests::RequestLine {
-            server,
+            server: &name,
             id: 7,
             method,
             path,
             status: 200,
             latency,
         };
-        format_request_line(
-            &mut direct,
-            cache,
-            &line,
-            json,
-            std::time::SystemTime::now(),
-        );
-        let direct = String::from_utf8(direct).unwrap();
+        let now = manager::clock::since_epoch();
+        let direct = String::from_utf8(if json {
+            direct.format::<Json>(&line, now).to_vec()
+        } else {
+            direct.format::<Text>(&line, now).to_vec()
+        })
+        .unwrap();
         let cut = |line: &str| {
             if json {
                 line.split_once("\",\"level")
@@ -787,14 +948,46 @@ mod tests {
         (cut(&event), cut(&direct))
     }
 
+    /// Which lines the short buffer takes: plain fields, and the longest line within it.
+    #[test]
+    fn short_lines_are_the_plain_ones_that_fit() {
+        let server_name: Arc<str> = Arc::from("flows");
+        let fits = |method: &str, path: &str, server| {
+            let line = manager::requests::RequestLine {
+                server: &server_name,
+                id: 1,
+                method,
+                path,
+                status: 200,
+                latency: Duration::ZERO,
+            };
+            ShortLine::fits::<Text>(&line, server) && ShortLine::fits::<Json>(&line, server)
+        };
+        assert!(fits("GET", "/greet", 40));
+        assert!(fits("PATCH", &"/y".repeat(40), 40));
+        assert!(!fits("GET", &"/y".repeat(140), 40));
+        assert!(!fits("GET", "/greet", SHORT_LINE));
+        assert!(!fits("GET", "/a\"b", 40));
+        assert!(!fits("G\u{7}T", "/greet", 40));
+    }
+
     #[test]
     fn the_direct_request_line_is_the_event_line_byte_for_byte() {
         let long = "/x".repeat(400);
+        // Plain, but too long for a short line.
+        let longish = "/y".repeat(140);
         // One cache through every line, as a thread keeps it: the servers and formats change
-        // from line to line, and the methods go from written-out to quoted.
-        let mut cache = LineCache::default();
+        // from line to line, the methods go from written-out to quoted, and the lines from the
+        // short buffer to the long one and back.
+        let mut direct = Direct::default();
         for json in [false, true] {
-            for path in ["/greet", "/a\"b\\c", "/caf\u{e9}/\u{7}", long.as_str()] {
+            for path in [
+                "/greet",
+                "/a\"b\\c",
+                "/caf\u{e9}/\u{7}",
+                long.as_str(),
+                longish.as_str(),
+            ] {
                 for latency in [
                     Duration::from_micros(91),
                     Duration::from_nanos(1_234_567),
@@ -809,7 +1002,7 @@ mod tests {
                         ("flows", "GET"),
                     ] {
                         let (event, direct) =
-                            both_lines(&mut cache, json, (server, method, path), latency);
+                            both_lines(&mut direct, json, (server, method, path), latency);
                         assert_eq!(
                             event, direct,
                             "json={json} server={server:?} method={method} path={path:?} \
@@ -828,7 +1021,11 @@ mod tests {
         };
         let before = theirs();
         let mut ours = Vec::new();
-        push_timestamp(&mut ours, &mut cache.second, std::time::SystemTime::now());
+        push_timestamp(
+            &mut ours,
+            &mut direct.cache.second,
+            manager::clock::since_epoch(),
+        );
         let after = theirs();
         let ours = String::from_utf8(ours).unwrap();
         assert_eq!(ours.len(), before.len(), "{ours} vs {before}");
@@ -842,9 +1039,9 @@ mod tests {
             (999_999, "2026-12-01T15:38:43.999999Z"),
             (12_340, "2026-12-01T15:38:43.012340Z"),
         ] {
-            let at = std::time::UNIX_EPOCH + Duration::from_micros(1_796_139_523_000_000 + micros);
+            let at = Duration::from_micros(1_796_139_523_000_000 + micros);
             let mut line = Vec::new();
-            push_timestamp(&mut line, &mut cache.second, at);
+            push_timestamp(&mut line, &mut direct.cache.second, at);
             assert_eq!(String::from_utf8(line).unwrap(), text);
         }
         for (second, text) in [

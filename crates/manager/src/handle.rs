@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
@@ -203,7 +203,7 @@ impl ManagerHandle {
     pub fn health(&self) -> Health {
         Health {
             status: "ok",
-            timestamp: epoch_seconds(SystemTime::now()),
+            timestamp: crate::clock::since_epoch().as_secs_f64(),
             uptime_seconds: self.shared.started.elapsed().as_secs_f64(),
         }
     }

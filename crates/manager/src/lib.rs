@@ -59,6 +59,7 @@
 pub mod admin;
 mod argv;
 mod client;
+pub mod clock;
 mod error;
 mod handle;
 mod inherited;

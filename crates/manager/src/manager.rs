@@ -51,7 +51,7 @@ impl ServerManager {
         let (add_tx, add_rx) = mpsc::unbounded_channel();
         let shared = Shared {
             settings: Mutex::default(),
-            started: Instant::now(),
+            started: crate::clock::Monotonic::now(),
             started_wall: SystemTime::now(),
             state: watch::Sender::new(ProcessState::Starting),
             readiness_forced_fail: Default::default(),

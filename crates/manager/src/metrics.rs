@@ -192,9 +192,16 @@ pub(crate) fn my_shard() -> usize {
 }
 
 impl HttpMetrics {
-    /// Records one answered request.
+    /// Records one answered request, in this thread's shard.
+    #[cfg(test)]
     pub(crate) fn record(&self, key: SeriesKey, duration: Duration) {
-        let mut shard = self.shards[my_shard()]
+        self.record_in(my_shard(), key, duration);
+    }
+
+    /// Records one answered request in `shard` (the recording thread's [`my_shard`], which
+    /// the request's guard already holds).
+    pub(crate) fn record_in(&self, shard: usize, key: SeriesKey, duration: Duration) {
+        let mut shard = self.shards[shard % SHARDS]
             .0
             .lock()
             .unwrap_or_else(|e| e.into_inner());

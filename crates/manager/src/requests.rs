@@ -9,10 +9,12 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use compact_str::CompactString;
 use tokio::sync::Notify;
+
+use crate::clock::Monotonic;
 
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -130,7 +132,7 @@ impl RequestTracker {
                 .map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed),
             path: CompactString::new(path),
             route: "",
-            started: Instant::now(),
+            started: Monotonic::now(),
             finished: false,
         }
     }
@@ -260,8 +262,9 @@ impl TrackerState {
 /// One answered request, as its log line says it.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLine<'a> {
-    /// The server's name.
-    pub server: &'a str,
+    /// The server's name: the same `Arc` on every line of one server, so that a log may keep
+    /// what it formats of it, keyed by the address (which the `Arc` it keeps holds on to).
+    pub server: &'a Arc<str>,
     /// The process-unique request id.
     pub id: u64,
     /// The method as sent.
@@ -305,7 +308,7 @@ pub struct RequestGuard {
     /// Inline up to 24 bytes (most paths): no allocation per request.
     path: CompactString,
     route: &'static str,
-    started: Instant,
+    started: Monotonic,
     finished: bool,
 }
 
@@ -352,7 +355,7 @@ impl RequestGuard {
             status,
             route: self.route,
         };
-        tracker.http.record(key, latency);
+        tracker.http.record_in(self.handle.shard, key, latency);
         let line = RequestLine {
             server: &tracker.server,
             id: self.id,
@@ -369,7 +372,7 @@ impl RequestGuard {
             }
             None => tracing::info!(
                 target: "request",
-                server = line.server,
+                server = &**line.server,
                 id = line.id,
                 method = line.method,
                 path = line.path,

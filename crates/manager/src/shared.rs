@@ -100,7 +100,7 @@ pub(crate) struct Started {
 
 pub(crate) struct Shared {
     pub(crate) settings: Mutex<Settings>,
-    pub(crate) started: Instant,
+    pub(crate) started: crate::clock::Monotonic,
     pub(crate) started_wall: SystemTime,
     pub(crate) state: watch::Sender<ProcessState>,
     pub(crate) readiness_forced_fail: std::sync::atomic::AtomicBool,
