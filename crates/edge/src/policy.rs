@@ -180,7 +180,12 @@ pub fn is_loopback_host(host: &str) -> bool {
             _ => return false,
         }
     } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
+        // A byte scan from the end, over the port's few digits: `rsplit_once`'s searcher cost
+        // ~100 instructions a request (callgrind).
+        match host.bytes().rposition(|b| b == b':') {
+            Some(colon) => &host[..colon],
+            None => host,
+        }
     };
     // The names tools send (the genkit CLI, browsers on the printed URLs) first: parsing an
     // address costs some 200 instructions a request.
@@ -352,6 +357,7 @@ mod tests {
             "127.0.0.1",
             "[::1]:4000",
             "LOCALHOST",
+            "127.1.2.3:8080",
         ] {
             assert!(is_loopback_host(host), "{host}");
         }
@@ -363,6 +369,8 @@ mod tests {
             "localhost.",
             "[::1]evil.example",
             "[::1]:",
+            "127.0.0.1:80:90",
+            "::1",
         ] {
             assert!(!is_loopback_host(host), "{host}");
         }
