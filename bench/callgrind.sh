@@ -288,7 +288,7 @@ for name in "${targets[@]}"; do
 done
 elapsed=$((SECONDS - started))
 
-ratio() { [[ -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo "-"; }
+ratio() { [[ -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }' || echo "-"; }
 commas() { [[ -n $1 ]] && sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1" || echo "-"; }
 
 vg_version=$(valgrind --version)

@@ -460,7 +460,11 @@ impl ShortLine<'_> {
 impl Sink for ShortLine<'_> {
     #[inline(always)]
     fn put(&mut self, bytes: &[u8]) {
-        // Always in range: `fits` counted the longest line.
+        // Always in range: `fits` counted the longest line (a test formats one).
+        debug_assert!(
+            self.len + bytes.len() <= SHORT_LINE,
+            "ShortLine::fits undercounted"
+        );
         if let Some(to) = self.bytes.get_mut(self.len..self.len + bytes.len()) {
             to.copy_from_slice(bytes);
             self.len += bytes.len();
@@ -951,24 +955,90 @@ mod tests {
     /// Which lines the short buffer takes: plain fields, and the longest line within it.
     #[test]
     fn short_lines_are_the_plain_ones_that_fit() {
-        let server_name: Arc<str> = Arc::from("flows");
-        let fits = |method: &str, path: &str, server| {
-            let line = manager::requests::RequestLine {
-                server: &server_name,
-                id: 1,
-                method,
-                path,
-                status: 200,
-                latency: Duration::ZERO,
-            };
-            ShortLine::fits::<Text>(&line, server) && ShortLine::fits::<Json>(&line, server)
-        };
-        assert!(fits("GET", "/greet", 40));
-        assert!(fits("PATCH", &"/y".repeat(40), 40));
-        assert!(!fits("GET", &"/y".repeat(140), 40));
-        assert!(!fits("GET", "/greet", SHORT_LINE));
-        assert!(!fits("GET", "/a\"b", 40));
-        assert!(!fits("G\u{7}T", "/greet", 40));
+        fn fits<F: LineFormat>(method: &str, path: &str, server: usize) -> bool {
+            let name: Arc<str> = Arc::from("flows");
+            ShortLine::fits::<F>(&line(&name, method, path), server)
+        }
+        for fits in [fits::<Text>, fits::<Json>] {
+            assert!(fits("GET", "/greet", 40));
+            assert!(fits("PATCH", &"/y".repeat(40), 40));
+            assert!(!fits("GET", &"/y".repeat(140), 40));
+            assert!(!fits("GET", "/greet", SHORT_LINE));
+            assert!(!fits("GET", "/a\"b", 40));
+            assert!(!fits("G\u{7}T", "/greet", 40));
+        }
+        for method in ["GET", "PATCH"] {
+            longest_short_line::<Text>(method);
+            longest_short_line::<Json>(method);
+        }
+    }
+
+    fn line<'a>(
+        server: &'a Arc<str>,
+        method: &'a str,
+        path: &'a str,
+    ) -> manager::requests::RequestLine<'a> {
+        manager::requests::RequestLine {
+            server,
+            id: u64::MAX,
+            method,
+            path,
+            status: u16::MAX,
+            latency: Duration::MAX,
+        }
+    }
+
+    /// The longest line `fits` lets into the short buffer, every number at its longest: the
+    /// same bytes as the `Vec` path writes, whole; one byte more of path goes to the `Vec`.
+    fn longest_short_line<F: LineFormat>(method: &str) {
+        let server: Arc<str> = Arc::from("flows");
+        let mut direct = Direct::default();
+        let server_part = direct.cache.server.text::<F>(&server).len();
+        let path = |n| format!("/{}", "p".repeat(n));
+        let longest = (0..SHORT_LINE)
+            .take_while(|&n| ShortLine::fits::<F>(&line(&server, method, &path(n)), server_part))
+            .last()
+            .expect("a short path fits");
+        assert!(!ShortLine::fits::<F>(
+            &line(&server, method, &path(longest + 1)),
+            server_part
+        ));
+        let path = path(longest);
+        let now = manager::clock::since_epoch();
+        let short = direct
+            .format::<F>(&line(&server, method, &path), now)
+            .to_vec();
+        let mut long = Vec::new();
+        let LineCache {
+            second,
+            server: part,
+        } = &mut direct.cache;
+        write_line::<F, _>(
+            &mut long,
+            second,
+            part.text::<F>(&server),
+            &line(&server, method, &path),
+            now,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&short),
+            String::from_utf8_lossy(&long)
+        );
+        assert!(
+            short.ends_with(F::END) && short.len() <= SHORT_LINE,
+            "{}",
+            short.len()
+        );
+    }
+
+    /// Every `u16`, as `itoa` writes it.
+    #[test]
+    fn statuses_are_their_digits() {
+        for status in 0..=u16::MAX {
+            let mut ours = Vec::new();
+            push_status(&mut ours, status);
+            assert_eq!(ours, status.to_string().as_bytes());
+        }
     }
 
     #[test]

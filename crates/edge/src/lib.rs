@@ -302,7 +302,7 @@ impl Edge {
 
     /// The facts [`Edge::begin`] needs of a request: [`RequestHead::from_parts`], the headers
     /// read only when [`Edge::reads_headers`] says so (and their iterator made only then:
-    /// actix's costs ~70 instructions to start, callgrind). A route that checks a change
+    /// actix's costs ~60 instructions to start, callgrind). A route that checks a change
     /// itself (a framework's own quit endpoint) builds its full head with [`RequestHead::of`].
     pub fn head<'a, V: policy::HeaderText<'a>, I: Iterator<Item = (&'a str, V)>>(
         &self,

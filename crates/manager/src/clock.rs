@@ -1,5 +1,6 @@
-//! The two clocks a request reads, as plain integers: `Instant`'s (`CLOCK_MONOTONIC`) and
-//! `SystemTime`'s (`CLOCK_REALTIME`), read through `clock_gettime` (the vDSO, no syscall).
+//! The two clocks a request reads, as plain integers: `CLOCK_MONOTONIC` and `CLOCK_REALTIME`
+//! (on Linux, `Instant`'s and `SystemTime`'s), read through `clock_gettime` (the vDSO, no
+//! syscall).
 //! The std types read the same clocks; their checked arithmetic on two timespecs cost ~60
 //! instructions a reading more on every request (callgrind), for a latency, a log line's
 //! timestamp and `/__healthz`.
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use rustix::time::{ClockId, clock_gettime};
 
-/// A moment on the monotonic clock (`Instant`'s), in nanoseconds since an unspecified start
+/// A moment on the monotonic clock (`Instant`'s on Linux), in nanoseconds since an unspecified start
 /// (boot): one integer, so that a latency is one subtraction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Monotonic(u64);
@@ -34,10 +35,10 @@ impl Monotonic {
 /// The wall clock, since the Unix epoch (zero on a clock set before 1970).
 pub fn since_epoch() -> Duration {
     let now = clock_gettime(ClockId::Realtime);
-    Duration::new(
-        u64::try_from(now.tv_sec).unwrap_or(0),
-        u32::try_from(now.tv_nsec).unwrap_or(0),
-    )
+    match (u64::try_from(now.tv_sec), u32::try_from(now.tv_nsec)) {
+        (Ok(secs), Ok(nanos)) => Duration::new(secs, nanos),
+        _ => Duration::ZERO,
+    }
 }
 
 #[cfg(test)]

@@ -198,8 +198,9 @@ impl HttpMetrics {
         self.record_in(my_shard(), key, duration);
     }
 
-    /// Records one answered request in `shard` (the recording thread's [`my_shard`], which
-    /// the request's guard already holds).
+    /// Records one answered request in `shard`: the [`my_shard`] of the thread that began it,
+    /// which its guard holds (the finishing thread's too, unless a work-stealing runtime moved
+    /// the request; the shard's lock keeps that correct).
     pub(crate) fn record_in(&self, shard: usize, key: SeriesKey, duration: Duration) {
         let mut shard = self.shards[shard % SHARDS]
             .0
