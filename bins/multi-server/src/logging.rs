@@ -287,52 +287,8 @@ struct DirectRequestLog {
 }
 
 thread_local! {
-    static DIRECT: std::cell::RefCell<Direct> = std::cell::RefCell::new(Direct::default());
-}
-
-/// A thread's request lines: the buffers they are formatted in, and what repeats from one to
-/// the next.
-struct Direct {
-    /// The usual line (see [`ShortLine`]).
-    short: [u8; SHORT_LINE],
-    /// A line with a field to escape, or too long for `short`.
-    long: Vec<u8>,
-    cache: LineCache,
-}
-
-impl Default for Direct {
-    fn default() -> Self {
-        Direct {
-            short: [0; SHORT_LINE],
-            long: Vec::with_capacity(256),
-            cache: LineCache::default(),
-        }
-    }
-}
-
-impl Direct {
-    /// `line`, formatted as `F` at `now` (since the Unix epoch).
-    fn format<F: LineFormat>(
-        &mut self,
-        line: &manager::requests::RequestLine<'_>,
-        now: Duration,
-    ) -> &[u8] {
-        let Direct { short, long, cache } = self;
-        let server = cache.server.text::<F>(line.server);
-        if ShortLine::fits::<F>(line, server.len()) {
-            let mut sink = ShortLine {
-                bytes: short,
-                len: 0,
-            };
-            write_line::<F, _>(&mut sink, &mut cache.second, server, line, now);
-            let len = sink.len;
-            &short[..len]
-        } else {
-            long.clear();
-            write_line::<F, _>(long, &mut cache.second, server, line, now);
-            long
-        }
-    }
+    static DIRECT: std::cell::RefCell<(Vec<u8>, LineCache)> =
+        std::cell::RefCell::new((Vec::with_capacity(256), LineCache::default()));
 }
 
 /// What repeats from one request line to the next on a thread, kept formatted.
@@ -358,7 +314,7 @@ impl Default for LineCache {
 /// The last server's name, in which format, and the line's text from after the timestamp
 /// through ` id=` for it: a thread serves one server, or a few, so this is copied, not quoted
 /// again (~100 instructions a line, callgrind). The name is matched by its `Arc`'s address,
-/// not its text (~30 instructions); kept, so no other name can take that address.
+/// not its text (~20 instructions); kept, so no other name can take that address.
 struct ServerPart {
     name: Option<Arc<str>>,
     json: bool,
@@ -391,96 +347,28 @@ impl manager::requests::RequestLog for DirectRequestLog {
     }
 
     fn write(&self, line: &manager::requests::RequestLine<'_>) {
-        DIRECT.with_borrow_mut(|direct| {
-            let now = manager::clock::since_epoch();
-            let bytes = if self.json {
-                direct.format::<Json>(line, now)
-            } else {
-                direct.format::<Text>(line, now)
-            };
-            let _ = (&self.writer).write_all(bytes);
+        DIRECT.with_borrow_mut(|(buf, cache)| {
+            buf.clear();
+            format_request_line(buf, cache, line, self.json, manager::clock::since_epoch());
+            let _ = (&self.writer).write_all(buf);
         });
     }
 }
 
-/// Where [`write_line`] puts a line's bytes.
-trait Sink {
-    fn put(&mut self, bytes: &[u8]);
-    /// `value`, quoted as `F` quotes a string.
-    fn put_str<F: LineFormat>(&mut self, value: &str);
-}
-
-impl Sink for Vec<u8> {
-    #[inline(always)]
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-    #[inline(always)]
-    fn put_str<F: LineFormat>(&mut self, value: &str) {
-        F::push_str(self, value);
+/// `line` in `buf`, as JSON or text, at `now` (since the Unix epoch).
+fn format_request_line(
+    buf: &mut Vec<u8>,
+    cache: &mut LineCache,
+    line: &manager::requests::RequestLine<'_>,
+    json: bool,
+    now: Duration,
+) {
+    if json {
+        write_line::<Json>(buf, cache, line, now);
+    } else {
+        write_line::<Text>(buf, cache, line, now);
     }
 }
-
-/// Bytes of the buffer the usual request line is formatted in.
-const SHORT_LINE: usize = 320;
-
-/// The usual request line, formatted in a fixed per-thread buffer, its length kept in a
-/// register: a `Vec`'s length is reloaded and checked against its capacity at every field
-/// (~100 instructions a line more, callgrind). Only for a line that [`fits`](Self::fits).
-struct ShortLine<'a> {
-    bytes: &'a mut [u8; SHORT_LINE],
-    len: usize,
-}
-
-impl ShortLine<'_> {
-    /// Whether `line` goes in a `ShortLine`, with a server part of `server` bytes: its
-    /// method and path need no escaping, and the line with every number at its longest fits.
-    fn fits<F: LineFormat>(line: &manager::requests::RequestLine<'_>, server: usize) -> bool {
-        let longest = F::START.len()
-            + TIMESTAMP
-            + server
-            + 20 // id (u64)
-            + F::METHOD.len()
-            + line.method.len()
-            + 2
-            + F::PATH.len()
-            + line.path.len()
-            + 2
-            + F::STATUS.len()
-            + 5 // u16
-            + F::LATENCY.len()
-            + 24 // u64 milliseconds and three decimals
-            + F::END.len();
-        longest <= SHORT_LINE
-            && (F::method_part(line.method).is_some() || plain(line.method))
-            && plain(line.path)
-    }
-}
-
-impl Sink for ShortLine<'_> {
-    #[inline(always)]
-    fn put(&mut self, bytes: &[u8]) {
-        // Always in range: `fits` counted the longest line (a test formats one).
-        debug_assert!(
-            self.len + bytes.len() <= SHORT_LINE,
-            "ShortLine::fits undercounted"
-        );
-        if let Some(to) = self.bytes.get_mut(self.len..self.len + bytes.len()) {
-            to.copy_from_slice(bytes);
-            self.len += bytes.len();
-        }
-    }
-    #[inline(always)]
-    fn put_str<F: LineFormat>(&mut self, value: &str) {
-        // Plain, as `fits` checked: the text format's `{:?}` and JSON both quote it as is.
-        self.put(b"\"");
-        self.put(value.as_bytes());
-        self.put(b"\"");
-    }
-}
-
-/// Bytes of `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-const TIMESTAMP: usize = 27;
 
 /// A request line's format: the text around its fields, and how a string is quoted. Constants
 /// of a type parameter, not a table read at run time: each format still compiles to straight
@@ -556,57 +444,56 @@ impl LineFormat for Json {
     }
 }
 
-fn write_line<F: LineFormat, S: Sink>(
-    buf: &mut S,
-    second: &mut (u64, [u8; 20]),
-    server: &[u8],
+fn write_line<F: LineFormat>(
+    buf: &mut Vec<u8>,
+    cache: &mut LineCache,
     line: &manager::requests::RequestLine<'_>,
     now: Duration,
 ) {
     let mut numbers = itoa::Buffer::new();
-    buf.put(F::START);
-    push_timestamp(buf, second, now);
-    buf.put(server);
-    buf.put(numbers.format(line.id).as_bytes());
+    buf.extend_from_slice(F::START);
+    push_timestamp(buf, &mut cache.second, now);
+    buf.extend_from_slice(cache.server.text::<F>(line.server));
+    buf.extend_from_slice(numbers.format(line.id).as_bytes());
     if let Some(part) = F::method_part(line.method) {
-        buf.put(part);
+        buf.extend_from_slice(part);
     } else {
-        buf.put(F::METHOD);
-        buf.put_str::<F>(line.method);
-        buf.put(F::PATH);
+        buf.extend_from_slice(F::METHOD);
+        F::push_str(buf, line.method);
+        buf.extend_from_slice(F::PATH);
     }
-    buf.put_str::<F>(line.path);
-    buf.put(F::STATUS);
+    F::push_str(buf, line.path);
+    buf.extend_from_slice(F::STATUS);
     push_status(buf, line.status);
-    buf.put(F::LATENCY);
+    buf.extend_from_slice(F::LATENCY);
     // In u64 (584 years of nanoseconds): u128 division is a library call.
     let nanos = (line.latency.as_secs().saturating_mul(1_000_000_000))
         .saturating_add(u64::from(line.latency.subsec_nanos()));
     push_millis(buf, nanos.saturating_add(500) / 1000);
-    buf.put(F::END);
+    buf.extend_from_slice(F::END);
 }
 
 /// An HTTP status: three digits, written out from [`PAIRS`] (`itoa`'s general loop, for
 /// any `u16`, cost ~20 instructions a line more, callgrind).
-fn push_status(buf: &mut impl Sink, status: u16) {
+fn push_status(buf: &mut Vec<u8>, status: u16) {
     if (100..1000).contains(&status) {
         let rest = usize::from(status % 100);
-        buf.put(&[
+        buf.extend_from_slice(&[
             b'0' + (status / 100) as u8,
             PAIRS[2 * rest],
             PAIRS[2 * rest + 1],
         ]);
     } else {
-        buf.put(itoa::Buffer::new().format(status).as_bytes());
+        buf.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     }
 }
 
 /// Milliseconds with three decimals, from microseconds (what `{:.3}` prints of the f64).
-fn push_millis(buf: &mut impl Sink, micros: u64) {
+fn push_millis(buf: &mut Vec<u8>, micros: u64) {
     let mut numbers = itoa::Buffer::new();
-    buf.put(numbers.format(micros / 1000).as_bytes());
+    buf.extend_from_slice(numbers.format(micros / 1000).as_bytes());
     let fraction = u16::try_from(micros % 1000).unwrap_or(0);
-    buf.put(&[
+    buf.extend_from_slice(&[
         b'.',
         b'0' + (fraction / 100) as u8,
         b'0' + (fraction / 10 % 10) as u8,
@@ -667,12 +554,12 @@ fn push_json_str(buf: &mut Vec<u8>, value: &str) {
 /// second per thread. Inline: called once a line, and a call's register saves cost ~20
 /// instructions.
 #[inline(always)]
-fn push_timestamp(buf: &mut impl Sink, cached: &mut (u64, [u8; 20]), since: Duration) {
+fn push_timestamp(buf: &mut Vec<u8>, cached: &mut (u64, [u8; 20]), since: Duration) {
     let second = since.as_secs();
     if cached.0 != second {
         *cached = (second, civil_second(second));
     }
-    buf.put(&cached.1);
+    buf.extend_from_slice(&cached.1);
     // Two digits at a time from a table, and the `Z` with them: one copy.
     let micros = since.subsec_micros() as usize;
     let pair = |n: usize| [PAIRS[2 * n], PAIRS[2 * n + 1]];
@@ -681,7 +568,7 @@ fn push_timestamp(buf: &mut impl Sink, cached: &mut (u64, [u8; 20]), since: Dura
         pair(micros / 100 % 100),
         pair(micros % 100),
     );
-    buf.put(&[a, b, c, d, e, f, b'Z']);
+    buf.extend_from_slice(&[a, b, c, d, e, f, b'Z']);
 }
 
 /// `00` to `99`, two bytes each.
@@ -896,7 +783,7 @@ mod tests {
     /// The line of the `tracing` event and of the direct writer, without the timestamp; the
     /// direct one with `cache` as a thread's earlier lines left it.
     fn both_lines(
-        direct: &mut Direct,
+        cache: &mut LineCache,
         json: bool,
         (server, method, path): (&str, &str, &str),
         latency: Duration,
@@ -932,12 +819,9 @@ mod tests {
             latency,
         };
         let now = manager::clock::since_epoch();
-        let direct = String::from_utf8(if json {
-            direct.format::<Json>(&line, now).to_vec()
-        } else {
-            direct.format::<Text>(&line, now).to_vec()
-        })
-        .unwrap();
+        let mut direct = Vec::new();
+        format_request_line(&mut direct, cache, &line, json, now);
+        let direct = String::from_utf8(direct).unwrap();
         let cut = |line: &str| {
             if json {
                 line.split_once("\",\"level")
@@ -950,85 +834,6 @@ mod tests {
             }
         };
         (cut(&event), cut(&direct))
-    }
-
-    /// Which lines the short buffer takes: plain fields, and the longest line within it.
-    #[test]
-    fn short_lines_are_the_plain_ones_that_fit() {
-        fn fits<F: LineFormat>(method: &str, path: &str, server: usize) -> bool {
-            let name: Arc<str> = Arc::from("flows");
-            ShortLine::fits::<F>(&line(&name, method, path), server)
-        }
-        for fits in [fits::<Text>, fits::<Json>] {
-            assert!(fits("GET", "/greet", 40));
-            assert!(fits("PATCH", &"/y".repeat(40), 40));
-            assert!(!fits("GET", &"/y".repeat(140), 40));
-            assert!(!fits("GET", "/greet", SHORT_LINE));
-            assert!(!fits("GET", "/a\"b", 40));
-            assert!(!fits("G\u{7}T", "/greet", 40));
-        }
-        for method in ["GET", "PATCH"] {
-            longest_short_line::<Text>(method);
-            longest_short_line::<Json>(method);
-        }
-    }
-
-    fn line<'a>(
-        server: &'a Arc<str>,
-        method: &'a str,
-        path: &'a str,
-    ) -> manager::requests::RequestLine<'a> {
-        manager::requests::RequestLine {
-            server,
-            id: u64::MAX,
-            method,
-            path,
-            status: u16::MAX,
-            latency: Duration::MAX,
-        }
-    }
-
-    /// The longest line `fits` lets into the short buffer, every number at its longest: the
-    /// same bytes as the `Vec` path writes, whole; one byte more of path goes to the `Vec`.
-    fn longest_short_line<F: LineFormat>(method: &str) {
-        let server: Arc<str> = Arc::from("flows");
-        let mut direct = Direct::default();
-        let server_part = direct.cache.server.text::<F>(&server).len();
-        let path = |n| format!("/{}", "p".repeat(n));
-        let longest = (0..SHORT_LINE)
-            .take_while(|&n| ShortLine::fits::<F>(&line(&server, method, &path(n)), server_part))
-            .last()
-            .expect("a short path fits");
-        assert!(!ShortLine::fits::<F>(
-            &line(&server, method, &path(longest + 1)),
-            server_part
-        ));
-        let path = path(longest);
-        let now = manager::clock::since_epoch();
-        let short = direct
-            .format::<F>(&line(&server, method, &path), now)
-            .to_vec();
-        let mut long = Vec::new();
-        let LineCache {
-            second,
-            server: part,
-        } = &mut direct.cache;
-        write_line::<F, _>(
-            &mut long,
-            second,
-            part.text::<F>(&server),
-            &line(&server, method, &path),
-            now,
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&short),
-            String::from_utf8_lossy(&long)
-        );
-        assert!(
-            short.ends_with(F::END) && short.len() <= SHORT_LINE,
-            "{}",
-            short.len()
-        );
     }
 
     /// Every `u16`, as `itoa` writes it.
@@ -1044,12 +849,11 @@ mod tests {
     #[test]
     fn the_direct_request_line_is_the_event_line_byte_for_byte() {
         let long = "/x".repeat(400);
-        // Plain, but too long for a short line.
+        // Plain, and long.
         let longish = "/y".repeat(140);
         // One cache through every line, as a thread keeps it: the servers and formats change
-        // from line to line, the methods go from written-out to quoted, and the lines from the
-        // short buffer to the long one and back.
-        let mut direct = Direct::default();
+        // from line to line, and the methods go from written-out to quoted.
+        let mut cache = LineCache::default();
         for json in [false, true] {
             for path in [
                 "/greet",
@@ -1072,7 +876,7 @@ mod tests {
                         ("flows", "GET"),
                     ] {
                         let (event, direct) =
-                            both_lines(&mut direct, json, (server, method, path), latency);
+                            both_lines(&mut cache, json, (server, method, path), latency);
                         assert_eq!(
                             event, direct,
                             "json={json} server={server:?} method={method} path={path:?} \
@@ -1091,11 +895,7 @@ mod tests {
         };
         let before = theirs();
         let mut ours = Vec::new();
-        push_timestamp(
-            &mut ours,
-            &mut direct.cache.second,
-            manager::clock::since_epoch(),
-        );
+        push_timestamp(&mut ours, &mut cache.second, manager::clock::since_epoch());
         let after = theirs();
         let ours = String::from_utf8(ours).unwrap();
         assert_eq!(ours.len(), before.len(), "{ours} vs {before}");
@@ -1111,7 +911,7 @@ mod tests {
         ] {
             let at = Duration::from_micros(1_796_139_523_000_000 + micros);
             let mut line = Vec::new();
-            push_timestamp(&mut line, &mut direct.cache.second, at);
+            push_timestamp(&mut line, &mut cache.second, at);
             assert_eq!(String::from_utf8(line).unwrap(), text);
         }
         for (second, text) in [

@@ -504,11 +504,7 @@ impl RequestFeed {
 }
 
 fn epoch_ms() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-        * 1e3
+    crate::clock::since_epoch().as_secs_f64() * 1e3
 }
 
 pub(crate) const BUCKETS: usize = 40;
