@@ -1,5 +1,7 @@
-//! Baseline for `bench/run.sh`: poem answering `GET /api/__health` with the same bytes as the
-//! reflection server, with no manager and no middleware. Usage: `bare-poem <port> [--log]`.
+//! Baseline for `bench/run.sh`: poem answering `GET /api/__health` with the reflection server's
+//! status, content type and body, with no manager and no middleware (so without the headers the
+//! edge and the Reflection API put on every answer: `x-request-id`, `x-genkit-version`). Usage:
+//! `bare-poem <port> [--log]`.
 //!
 //! `POST /api/runAction` is the floor of the flow path (`bench/callgrind.sh`'s flow table): a
 //! JSON body `{"key", "input"}` read and parsed, the greeting `multi_server_flow` makes,
