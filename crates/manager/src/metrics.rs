@@ -326,21 +326,34 @@ mod tests {
                 route,
             })
             .collect();
+        // Each key its own duration (so its own bucket) and its own count: series swapped
+        // between keys would show in either.
+        let durations = [1, 7, 300, 20_000].map(Duration::from_millis);
+        let buckets = [0, 1, 7, DURATION_BUCKETS.len()];
+        let runs = [3_usize, 7, 11, 19];
         let mut expected = [0_u64; 4];
-        for n in 0..200_usize {
-            // Runs of one key, then a key chosen by a step that interleaves all four.
-            let which = if n < 40 { n / 10 } else { (n * 7) % 4 };
-            metrics.record_in(3, keys[which], Duration::from_millis(1));
+        let mut record = |which: usize| {
+            metrics.record_in(3, keys[which], durations[which]);
             expected[which] += 1;
+        };
+        // Runs of one key, then a step that visits them in the order 0, 3, 2, 1, then 0, 1,
+        // 2, 3.
+        for (which, &run) in runs.iter().enumerate() {
+            (0..run).for_each(|_| record(which));
         }
+        (0..80_usize).for_each(|n| record((n * 3) % 4));
+        (0..40_usize).for_each(|n| record(n % 4));
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot.len(), 4);
         for (key, series) in &snapshot {
             let which = keys.iter().position(|k| k == key).unwrap();
             assert_eq!(series.count, expected[which], "{key:?}");
-            assert_eq!(series.buckets[0], expected[which], "{key:?}");
+            assert_eq!(series.buckets[buckets[which]], expected[which], "{key:?}");
+            let seconds = durations[which].as_secs_f64() * expected[which] as f64;
+            assert!((series.sum_seconds - seconds).abs() < 1e-9, "{key:?}");
         }
-        assert_eq!(metrics.totals().served, 200);
+        let served: u64 = expected.iter().sum();
+        assert_eq!(metrics.totals().served, served);
         assert_eq!(metrics.totals().server_errors, expected[3]);
     }
 }

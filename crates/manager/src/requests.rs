@@ -495,8 +495,10 @@ impl Default for RequestFeed {
 
 impl RequestFeed {
     pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RequestEvent> {
-        // After the receiver exists: a publisher that clears the flag and then counts the
-        // receivers sees this one, or this store comes after its clear.
+        // After the receiver exists. `subscribe`, `send` and `receiver_count` all take the
+        // channel's lock, which orders them: a publisher that cleared the flag either counts
+        // this receiver, or counted before it existed, and then this store comes after the
+        // clear. (A publisher on another thread may skip an event in that moment.)
         let receiver = self.sender.subscribe();
         self.subscribed.store(true, Ordering::SeqCst);
         receiver
@@ -717,7 +719,8 @@ mod tests {
     }
 
     /// Once the last subscriber has gone, requests build no events; a new subscriber gets
-    /// them again from its first request on.
+    /// them again from the next request on (one thread: the re-set for a subscriber that
+    /// comes between a failed send and the count is not reached here).
     #[test]
     fn the_feed_stops_when_its_last_subscriber_goes_and_starts_again() {
         let feed = Arc::new(RequestFeed::default());
