@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use multi_server_e2e::{Process, WAIT, get, temp_dir};
+use multi_server_e2e::{Process, TempDir, WAIT, get, temp_dir};
 use serde_json::{Value, json};
 
 use super::bin;
@@ -566,7 +566,9 @@ fn tool(var: &str, candidates: &[&str]) -> PathBuf {
 struct Driver {
     child: Child,
     url: String,
-    profile: PathBuf,
+    profile: TempDir,
+    /// Chromedriver's log.
+    _logs: TempDir,
 }
 
 impl Driver {
@@ -575,7 +577,8 @@ impl Driver {
             let probe = TcpListener::bind("127.0.0.1:0").expect("bind");
             probe.local_addr().expect("addr").port()
         };
-        let log = temp_dir("chromedriver").join("chromedriver.log");
+        let logs = temp_dir("chromedriver");
+        let log = logs.join("chromedriver.log");
         let mut command = Command::new(chromedriver);
         command
             .arg(format!("--port={port}"))
@@ -591,6 +594,7 @@ impl Driver {
             child,
             url: format!("http://127.0.0.1:{port}"),
             profile: temp_dir("chromium-profile"),
+            _logs: logs,
         };
         let deadline = Instant::now() + WAIT;
         loop {
@@ -664,8 +668,6 @@ impl Drop for Driver {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.profile);
-        }
+        // Then the profile and the log go, unless the test failed.
     }
 }

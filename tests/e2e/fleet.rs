@@ -457,7 +457,6 @@ fn a_fleet_behind_haproxy_restarts_and_upgrades_one_by_one_without_failing_a_req
             .all(|w| *w < WAIT)
     );
     drop(successors);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -498,5 +497,4 @@ fn the_haproxy_recipe_is_valid() {
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, recipe).unwrap();
     haproxy_check(&path);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -287,7 +287,8 @@ fn with_an_admin_token_every_change_needs_it_and_it_never_shows() {
 
 #[test]
 fn changes_can_be_left_to_the_admin_listener_and_a_bad_token_is_a_clear_error() {
-    let token_file = temp_dir("token").join("admin-token");
+    let tokens = temp_dir("token");
+    let token_file = tokens.join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let file = token_file.to_str().unwrap();
     let mut p = start(&["--changes-on-admin-only", "--admin-token-file", file]);
@@ -315,7 +316,7 @@ fn changes_can_be_left_to_the_admin_listener_and_a_bad_token_is_a_clear_error() 
     assert_eq!(answer.status, 403, "{}", answer.text);
     drop(old);
 
-    let short = temp_dir("token").join("short");
+    let short = tokens.join("short");
     std::fs::write(&short, "hunter2\n").unwrap();
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: [Case<'_>; 3] = [

@@ -790,8 +790,6 @@ fn the_discovery_file_goes_to_the_nearest_folder_the_cli_treats_as_root() {
     p.signal("TERM");
     assert_eq!(p.wait_exit(EXIT_WAIT).code(), Some(0), "{}", p.stderr());
     assert!(!path.exists(), "{path:?}");
-    drop(p);
-    fs::remove_dir_all(&base).unwrap();
 }
 
 #[test]
@@ -847,7 +845,6 @@ fn two_runtimes_in_one_folder_have_two_files_two_ports_and_their_own_ids() {
     assert_eq!(b.wait_exit(EXIT_WAIT).code(), Some(0), "{}", b.stderr());
     assert!(!path_b.exists());
     drop((a, b));
-    fs::remove_dir_all(&cwd).unwrap();
 }
 
 /// The trace posts for `trace_id` a recorder got, parsed, in arrival order.

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use multi_server_e2e::{Process, temp_dir};
+use multi_server_e2e::{Process, TempDir, temp_dir};
 
 use super::bin;
 
@@ -38,7 +38,8 @@ fn collect(socket: UnixDatagram, stop: mpsc::Receiver<()>) -> Vec<(Instant, Stri
 
 /// A stand-in for systemd's notify socket, read on a thread of its own.
 struct Notifications {
-    dir: std::path::PathBuf,
+    /// Holds the socket; goes with it.
+    _dir: TempDir,
     path: String,
     stop: mpsc::Sender<()>,
     reader: thread::JoinHandle<Vec<(Instant, String)>>,
@@ -53,7 +54,7 @@ impl Notifications {
         let reader = thread::spawn(move || collect(socket, stop_rx));
         Notifications {
             path: path.to_str().unwrap().to_owned(),
-            dir,
+            _dir: dir,
             stop,
             reader,
         }
@@ -63,7 +64,6 @@ impl Notifications {
     fn finish(self) -> Vec<(Instant, String)> {
         self.stop.send(()).unwrap();
         let got = self.reader.join().unwrap();
-        let _ = std::fs::remove_dir_all(&self.dir);
         got.iter()
             .flat_map(|(at, d)| d.lines().map(|l| (*at, l.to_owned())).collect::<Vec<_>>())
             .collect()
@@ -245,7 +245,6 @@ fn the_deploy_units_pass_systemd_analyze_verify() {
         .args(&units)
         .output()
         .expect("systemd-analyze (Debian package systemd; tests/run.sh installs it)");
-    let _ = std::fs::remove_dir_all(&dir);
     let said = String::from_utf8_lossy(&out.stderr);
     // An unknown key or a bad value is only a warning (exit 0): none about these units.
     let ours: Vec<&str> = said

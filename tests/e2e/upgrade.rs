@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use multi_server_e2e::{Adopted, Process, alive, eventually, get, post, temp_dir};
+use multi_server_e2e::{Adopted, Process, TempDir, alive, eventually, get, post, temp_dir};
 use serde_json::Value;
 
 use super::bin;
@@ -160,14 +160,14 @@ fn an_upgrade_under_load_refuses_nothing_and_the_successor_upgrades_again() {
     assert!(ok > 100, "only {ok} probe requests");
 }
 
-/// A script standing in for a new binary that fails.
-fn script(label: &str, body: &str) -> std::path::PathBuf {
+/// A script standing in for a new binary that fails, and the directory that holds it.
+fn script(label: &str, body: &str) -> (TempDir, std::path::PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let dir = temp_dir(label);
     let path = dir.join("new-binary");
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    (dir, path)
 }
 
 #[test]
@@ -191,7 +191,7 @@ fn a_new_binary_that_exits_or_hangs_leaves_the_old_process_serving() {
         ),
         ("hangs", "exec sleep 60", "1s", "not ready within"),
     ] {
-        let binary = script(label, body);
+        let (_dir, binary) = script(label, body);
         let binary = binary.to_str().unwrap();
         let mut p = start_dev(&["--upgrade-binary", binary, "--upgrade-timeout", timeout]);
         let admin = p.url("admin").to_owned();

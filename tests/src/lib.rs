@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::ops::Deref;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,12 +22,10 @@ pub const WAIT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct Process {
     child: Child,
-    dir: PathBuf,
+    dir: TempDir,
     /// Server name → base URL, read from the start-up banner.
     pub urls: BTreeMap<String, String>,
 }
-
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
 /// The resident set size of `pid`, in KiB (0 when it cannot be read).
 pub fn rss_kib(pid: u32) -> u64 {
@@ -39,15 +38,40 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A fresh temporary directory for one test.
-pub fn temp_dir(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "multi-server-e2e-{}-{}-{label}",
-        std::process::id(),
-        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+/// A fresh temporary directory for one test: removed when dropped, kept when the test fails
+/// (panics), to read after the failure. Derefs to its path.
+#[derive(Debug)]
+pub struct TempDir(tempfile::TempDir);
+
+impl Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        self.0.disable_cleanup(thread::panicking());
+    }
+}
+
+/// A fresh temporary directory for one test, named `multi-server-e2e-{label}-` and a random
+/// suffix. `tempfile` makes it the way `mkdtemp` does (a new name, created only if absent,
+/// mode 0700): a name guessed from the pid could be made first by another user of `/tmp`.
+pub fn temp_dir(label: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("multi-server-e2e-{label}-"))
+        .tempdir()
+        .map(TempDir)
+        .expect("create temp dir")
 }
 
 impl Process {
@@ -108,7 +132,7 @@ impl Process {
         let mut command = Command::new(binary);
         command
             .args(args)
-            .current_dir(cwd.unwrap_or(&dir))
+            .current_dir(cwd.unwrap_or(&*dir))
             .env_remove("GENKIT_ENV")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
@@ -229,9 +253,7 @@ impl Drop for Process {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if !thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        // Then `dir` goes, unless the test failed.
     }
 }
 
@@ -360,7 +382,7 @@ impl Process {
     /// The process's own temporary directory (its working directory when started with
     /// [`start`](Self::start), [`start_with_env`](Self::start_with_env) or
     /// [`spawn`](Self::spawn)).
-    pub fn dir(&self) -> &std::path::Path {
+    pub fn dir(&self) -> &Path {
         &self.dir
     }
 
