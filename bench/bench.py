@@ -8,6 +8,7 @@ Prints a markdown table and writes the same figures as JSON (path printed at the
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -63,17 +64,22 @@ class Ours:
     """multi-server in dev mode (flows, reflection, devui; admin too with admin=True), delays
     0, logging at `log` (info: every request) to a file."""
 
-    def __init__(self, workdir, extra=(), log="info", admin=False):
+    def __init__(self, workdir, extra=(), log="info", admin=False, cpu=None):
         self.log = open(Path(workdir) / f"multi-server-{time.monotonic_ns()}.log", "w")
         self.started = time.perf_counter()
         env = dict(os.environ, RUST_LOG=log)
         env.pop("GENKIT_TELEMETRY_SERVER", None)
+        if cpu is not None:
+            env["TOKIO_WORKER_THREADS"] = "1"
+            extra = ("--flows-workers", "1", *extra)
         admin_args = ["--admin-ports", "0"] if admin else []
         want = 4 if admin else 3
         self.proc = subprocess.Popen(
             [str(BINARY), "--dev", "--flows-ports", "0", "--reflection-ports", "0",
              "--devui-ports", "0", "--reflection-delay", "0s", *admin_args, *extra],
-            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
+            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            preexec_fn=on_cpu(cpu))
+        atexit.register(kill_if_running, self.proc)
         self.urls = {}
         deadline = time.time() + 20
         while len(self.urls) < want and time.time() < deadline:
@@ -107,14 +113,19 @@ class Ours:
 class Bare:
     """A bench-only bare server (no manager, no middleware) on an ephemeral port; with
     log_to (a path), the peer: the same server with its framework's own request logging
-    (`--log`, RUST_LOG=info), written to that file."""
+    (`--log`, RUST_LOG=info), written to that file. With cpu, on that CPU with one worker."""
 
-    def __init__(self, name, log_to=None):
+    def __init__(self, name, log_to=None, cpu=None):
         env = dict(os.environ, RUST_LOG="info")
         self.log = open(log_to, "w") if log_to else subprocess.DEVNULL
         args = [str(RELEASE / name), "0"] + (["--log"] if log_to else [])
+        if cpu is not None:
+            env["TOKIO_WORKER_THREADS"] = "1"
+            if name == "bare-actix":
+                args.insert(2, "1")  # its second argument: workers
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, env=env,
-                                     text=True)
+                                     text=True, preexec_fn=on_cpu(cpu))
+        atexit.register(kill_if_running, self.proc)
         line = self.proc.stdout.readline()
         m = re.match(r"http://([\d.]+):(\d+)", line)
         if not m:
@@ -136,6 +147,42 @@ class Bare:
             self.log.close()
 
 
+def kill_if_running(proc):
+    """At exit, whatever way the bench ends: a server it started and did not stop is killed
+    (by its pid, which is still ours until reaped)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def on_cpu(cpu):
+    """A preexec_fn that keeps the child (and every thread it starts) on CPU `cpu`; None for
+    no pinning."""
+    return None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+
+
+def on_cpu_ns(pid):
+    """Per thread of a process, the nanoseconds it has run on a CPU so far (schedstat: the
+    scheduler's own clock, finer than /proc's ticks), by thread id."""
+    times = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                times[tid] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended between the listing and the read
+    if not times:
+        sys.exit(f"cannot read the CPU time of process {pid} (/proc/{pid}/task/*/schedstat)")
+    return times
+
+
+def cpu_ns_since(pid, before):
+    """CPU nanoseconds the threads of `pid` ran since `before` (an `on_cpu_ns` snapshot);
+    a thread that started meanwhile counts from 0. A thread that ended meanwhile is missed:
+    the servers measured keep their threads."""
+    return sum(ns - before.get(tid, 0) for tid, ns in on_cpu_ns(pid).items())
+
+
 def parse_ms(text):
     value = float(re.match(r"[\d.]+", text).group(0))
     if text.endswith("us"):
@@ -153,6 +200,36 @@ def wrk(url, seconds, connections=50, script=None):
         cmd += ["-s", script]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 30).stdout
     return wrk_summary(out)
+
+
+def wrk_side_by_side(contenders, seconds, cpu):
+    """One `wrk -t1 -c50` per (url, pid) of `contenders`, all at once, all on the one CPU
+    `cpu` (started in turn, so the order is the caller's to alternate); each run's figures
+    with `cpu_ns`, the server's CPU time per request meanwhile, and `busy`, the share of one
+    CPU the server used."""
+    before = [on_cpu_ns(pid) for _, pid in contenders]
+    started = time.perf_counter()
+    procs = []
+    try:
+        for url, _ in contenders:
+            procs.append(subprocess.Popen(
+                ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", url],
+                stdout=subprocess.PIPE, text=True, preexec_fn=on_cpu(cpu)))
+        outs = [p.communicate(timeout=seconds + 30)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    wall = time.perf_counter() - started
+    runs = [wrk_summary(out) for out in outs]
+    for run, (url, pid), ns in zip(runs, contenders, before):
+        spent = cpu_ns_since(pid, ns)
+        if run["requests"] == 0 or spent <= 0:
+            sys.exit(f"no requests served or no CPU time used at {url} in a {seconds}s run")
+        run["cpu_ns"] = spent / run["requests"]
+        run["busy"] = spent / 1e9 / wall
+    return runs
 
 
 def wrk_summary(out):
@@ -238,10 +315,7 @@ def overhead(workdir, seconds, rounds):
                 row[c] = {k: median_of(runs[c], k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us")}
                 paired = [r["rps"] / b["rps"] for r, b in zip(runs[c], runs["bare"])]
                 row[c]["ratio"] = statistics.median(paired)
-                # Inclusive: the quartiles stay within the rounds' ratios, however few.
-                quartiles = (statistics.quantiles(paired, n=4, method="inclusive")
-                             if len(paired) > 1 else paired * 3)
-                row[c]["ratio_quartiles"] = [quartiles[0], quartiles[2]]
+                row[c]["ratio_quartiles"] = quartiles(paired)
             row["ratio"] = row["ours"]["ratio"]
             results.append(row)
         rss_loaded = rss_mib(ours.proc.pid)
@@ -251,6 +325,82 @@ def overhead(workdir, seconds, rounds):
         quiet.stop()
     return results, {"rss_after_start_mib": rss_start, "rss_after_load_mib": rss_loaded,
                      "log_lines": log_lines, "exit": code}
+
+
+# The contenders of the capacity table, each set against bare at the same moment.
+CAPACITY = ("bare_again", "ours", "ours_quiet")
+
+
+def capacity(workdir, seconds, rounds):
+    """Per framework: what a request costs a server that has one CPU and more work than it
+    can do. The contender and bare (one worker each) share one CPU, each loaded by its own
+    `wrk -t1 -c50`, both wrks on a second CPU, at the same time; so a change of the machine's
+    speed (on a VM it moves req/s by 25% between seconds) hits both alike. In each round,
+    capacity is bare's CPU time per request over the contender's (the req/s one CPU would
+    serve, relative to bare), with the contenders' req/s ratio next to it; medians over
+    rounds, the start order alternating. `bare_again` is a second bare server: the method's
+    own error. `server_cpu_busy` is the least share of the servers' CPU the two used in a
+    round: under 1, the servers waited for requests at times (both wrks share one CPU), and
+    the req/s ratio says less than the capacity, which is a cost per request either way.
+
+    None when fewer than two CPUs can be used."""
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        return None
+    server_cpu, load_cpu = sorted(os.sched_getaffinity(0))[:2]
+    cases = [("flows", "/greet", "bare-actix", "actix-web"),
+             ("reflection", "/api/__health", "bare-poem", "poem"),
+             ("devui", "/__healthz", "bare-salvo", "salvo"),
+             ("admin", "/__healthz", "bare-axum", "axum")]
+    results = []
+    with contextlib.ExitStack() as started:
+        ours = Ours(workdir, admin=True, cpu=server_cpu)
+        started.callback(ours.stop)
+        quiet = Ours(workdir, log="warn", admin=True, cpu=server_cpu)
+        started.callback(quiet.stop)
+        for server, path, bare_name, framework in cases:
+            with contextlib.ExitStack() as bares:
+                bare = Bare(bare_name, cpu=server_cpu)
+                bares.callback(bare.stop)
+                again = Bare(bare_name, cpu=server_cpu)
+                bares.callback(again.stop)
+                contender = {"bare_again": (again.url(path), again.proc.pid),
+                             "ours": (ours.url(server, path), ours.proc.pid),
+                             "ours_quiet": (quiet.url(server, path), quiet.proc.pid)}
+                baseline = (bare.url(path), bare.proc.pid)
+                runs = {c: [] for c in CAPACITY}
+                for c in CAPACITY:
+                    pair = [baseline, contender[c]]
+                    wrk_side_by_side(pair, 1, load_cpu)  # warm-up
+                    for i in range(rounds):
+                        order = pair if i % 2 == 0 else pair[::-1]
+                        got = wrk_side_by_side(order, seconds, load_cpu)
+                        base, run = got if i % 2 == 0 else got[::-1]
+                        runs[c].append((base, run))
+            row = {"framework": framework, "endpoint": f"GET {path}",
+                   "errors": sum(sum(r["socket_errors"].values()) + r["non_2xx"]
+                                 for c in CAPACITY for pair in runs[c] for r in pair),
+                   "server_cpu_busy": min(b["busy"] + r["busy"]
+                                          for c in CAPACITY for b, r in runs[c])}
+            for c in CAPACITY:
+                cap = [b["cpu_ns"] / r["cpu_ns"] for b, r in runs[c]]
+                rps = [r["rps"] / b["rps"] for b, r in runs[c]]
+                row[c] = {
+                    "capacity": statistics.median(cap),
+                    "capacity_quartiles": quartiles(cap),
+                    "rps_ratio": statistics.median(rps),
+                    "cpu_ns": statistics.median(r["cpu_ns"] for _, r in runs[c]),
+                    "bare_cpu_ns": statistics.median(b["cpu_ns"] for b, _ in runs[c]),
+                    "p99_ms": median_of([r for _, r in runs[c]], "p99_ms"),
+                    "bare_p99_ms": median_of([b for b, _ in runs[c]], "p99_ms"),
+                }
+            results.append(row)
+    return {"server_cpu": server_cpu, "load_cpu": load_cpu, "rows": results}
+
+
+def quartiles(values):
+    """First and third quartile (inclusive: within the values, however few)."""
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return [q[0], q[2]]
 
 
 def startup(workdir, runs):
@@ -395,6 +545,7 @@ def main():
     workdir = scratch_dir("multi-server-bench-")
 
     over, memory = overhead(workdir, args.seconds, args.rounds)
+    cap = capacity(workdir, args.seconds, args.rounds)
     start = startup(workdir, args.runs)
     idle = shutdown(workdir, args.runs, load=False)
     loaded = shutdown(workdir, args.runs, load=True)
@@ -402,7 +553,7 @@ def main():
     refl = reflection(workdir, args.seconds, args.rounds)
 
     results = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
-               "settings": vars(args), "overhead": over, "memory": memory, "startup": start,
+               "settings": vars(args), "overhead": over, "capacity": cap, "memory": memory, "startup": start,
                "shutdown_idle": idle, "shutdown_loaded": loaded, "scale": sizes,
                "reflection": refl, "original_python_sample": ORIGINAL}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -429,6 +580,30 @@ def main():
     print(f"\nErrors during our load runs: {sum(r['errors'] for r in over)}; "
           f"request log lines written: ours {memory['log_lines']:,}, peers "
           f"{sum(r['peer_log_lines'] for r in over):,}\n")
+    if cap is None:
+        print("### 1b. Capacity: left out (it needs two CPUs)\n")
+    else:
+        print(f"### 1b. Capacity on one CPU: each contender and bare share CPU {cap['server_cpu']}, "
+              f"loaded at the same time by a wrk -t1 -c50 each on CPU {cap['load_cpu']} "
+              "(one worker per server)\n")
+        print("Capacity: bare's CPU time per request over the contender's, in the same round "
+              "(median, quartiles): the req/s one CPU serves, relative to bare (goal >= 0.95). "
+              "A second bare server measures the method's own error.\n")
+        print("| server | endpoint | bare again | ours (req/s ratio) | ours quiet (req/s ratio) "
+              "| CPU ns/req bare / ours, same rounds | p99 ms bare / ours, same rounds "
+              "| servers' CPU busy, least |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for r in cap["rows"]:
+            cells = " | ".join(
+                f"{r[c]['capacity']:.3f} ({r[c]['capacity_quartiles'][0]:.3f}-"
+                f"{r[c]['capacity_quartiles'][1]:.3f})"
+                + ("" if c == "bare_again" else f" ({r[c]['rps_ratio']:.3f})") for c in CAPACITY)
+            # Only within one pairing: the machine's speed moves between pairings.
+            cpu = f"{r['ours']['bare_cpu_ns']:,.0f} / {r['ours']['cpu_ns']:,.0f}"
+            p99 = f"{fmt(r['ours']['bare_p99_ms'], 2)} / {fmt(r['ours']['p99_ms'], 2)}"
+            print(f"| {r['framework']} | {r['endpoint']} | {cells} | {cpu} | {p99} "
+                  f"| {r['server_cpu_busy']:.2f} |")
+        print(f"\nErrors during the capacity runs: {sum(r['errors'] for r in cap['rows'])}\n")
     print("### 2-4. Startup, shutdown, memory (original Python sample in brackets)\n")
     print("| measure | figure | goal |")
     print("|---|---:|---|")

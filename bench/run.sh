@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks, side by side with baselines measured in the same run (see bench/bench.py):
-# manager overhead vs bare servers per framework, startup, shutdown (idle and loaded),
-# memory, scale to 512 servers, and the reflection API's runAction.
+# manager overhead vs bare servers per framework (in turns on the shared cores, then as
+# capacity: each server and bare on one CPU at the same moment), startup, shutdown (idle and
+# loaded), memory, scale to 512 servers, and the reflection API's runAction.
 #
 #   bench/run.sh [--seconds 2] [--rounds 9] [--runs 10]
 #
 # Needs wrk (apt-get install wrk) and python3. Prints a markdown table and writes JSON to
 # target/bench/results.json (CARGO_TARGET_DIR is honoured: binaries and JSON live under it).
-# Takes about 9 minutes with the defaults (the overhead table alone about 5). The servers log
+# Takes about 13 minutes with the defaults (the overhead table about 5, capacity about 4). The servers log
 # every request into a temporary directory (about 2 GB over a run), removed at the end;
 # BENCH_KEEP_LOGS=1 keeps it.
 #
