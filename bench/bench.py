@@ -266,6 +266,12 @@ def median_of(runs, key):
     return statistics.median(values) if values else None
 
 
+# Per framework: our server's name, the path measured, its bare server and the framework.
+CASES = (("flows", "/greet", "bare-actix", "actix-web"),
+         ("reflection", "/api/__health", "bare-poem", "poem"),
+         ("devui", "/__healthz", "bare-salvo", "salvo"),
+         ("admin", "/__healthz", "bare-axum", "axum"))
+
 # The contenders of the overhead table, in the order each round runs them.
 CONTENDERS = ("bare", "peer", "ours", "ours_quiet")
 
@@ -281,16 +287,12 @@ def overhead(workdir, seconds, rounds):
     0.25 between runs of the same code, while neighbouring runs move together. `cpu_us` is
     the server's CPU time per request (user + system, all threads), which depends less on
     how the scheduler shared the cores."""
-    cases = [("flows", "/greet", "bare-actix", "actix-web"),
-             ("reflection", "/api/__health", "bare-poem", "poem"),
-             ("devui", "/__healthz", "bare-salvo", "salvo"),
-             ("admin", "/__healthz", "bare-axum", "axum")]
     ours = Ours(workdir, admin=True)
     quiet = Ours(workdir, log="warn", admin=True)
     rss_start = rss_mib(ours.proc.pid)
     results = []
     try:
-        for server, path, bare_name, framework in cases:
+        for server, path, bare_name, framework in CASES:
             peer_log = Path(workdir) / f"peer-{bare_name}.log"
             bare, peer = Bare(bare_name), Bare(bare_name, log_to=peer_log)
             urls = {"bare": bare.url(path), "peer": peer.url(path),
@@ -347,17 +349,13 @@ def capacity(workdir, seconds, rounds):
     if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
         return None
     server_cpu, load_cpu = sorted(os.sched_getaffinity(0))[:2]
-    cases = [("flows", "/greet", "bare-actix", "actix-web"),
-             ("reflection", "/api/__health", "bare-poem", "poem"),
-             ("devui", "/__healthz", "bare-salvo", "salvo"),
-             ("admin", "/__healthz", "bare-axum", "axum")]
     results = []
     with contextlib.ExitStack() as started:
         ours = Ours(workdir, admin=True, cpu=server_cpu)
         started.callback(ours.stop)
         quiet = Ours(workdir, log="warn", admin=True, cpu=server_cpu)
         started.callback(quiet.stop)
-        for server, path, bare_name, framework in cases:
+        for server, path, bare_name, framework in CASES:
             with contextlib.ExitStack() as bares:
                 bare = Bare(bare_name, cpu=server_cpu)
                 bares.callback(bare.stop)
@@ -553,8 +551,8 @@ def main():
     refl = reflection(workdir, args.seconds, args.rounds)
 
     results = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
-               "settings": vars(args), "overhead": over, "capacity": cap, "memory": memory, "startup": start,
-               "shutdown_idle": idle, "shutdown_loaded": loaded, "scale": sizes,
+               "settings": vars(args), "overhead": over, "capacity": cap, "memory": memory,
+               "startup": start, "shutdown_idle": idle, "shutdown_loaded": loaded, "scale": sizes,
                "reflection": refl, "original_python_sample": ORIGINAL}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
@@ -583,8 +581,9 @@ def main():
     if cap is None:
         print("### 1b. Capacity: left out (it needs two CPUs)\n")
     else:
-        print(f"### 1b. Capacity on one CPU: each contender and bare share CPU {cap['server_cpu']}, "
-              f"loaded at the same time by a wrk -t1 -c50 each on CPU {cap['load_cpu']} "
+        print("### 1b. Capacity on one CPU: each contender and bare share CPU "
+              f"{cap['server_cpu']}, loaded at the same time by a wrk -t1 -c50 each on CPU "
+              f"{cap['load_cpu']} "
               "(one worker per server)\n")
         print("Capacity: bare's CPU time per request over the contender's, in the same round "
               "(median, quartiles): the req/s one CPU serves, relative to bare (goal >= 0.95). "

@@ -8,9 +8,9 @@
 #
 # Needs wrk (apt-get install wrk) and python3. Prints a markdown table and writes JSON to
 # target/bench/results.json (CARGO_TARGET_DIR is honoured: binaries and JSON live under it).
-# Takes about 13 minutes with the defaults (the overhead table about 5, capacity about 4). The servers log
-# every request into a temporary directory (about 2 GB over a run), removed at the end;
-# BENCH_KEEP_LOGS=1 keeps it.
+# Takes about 13 minutes with the defaults (the overhead table about 5, capacity about 4).
+# The servers log every request into a temporary directory (about 2 GB over a run), removed
+# at the end; BENCH_KEEP_LOGS=1 keeps it.
 #
 # Then, when valgrind is installed, the figure that does not move with the machine's load:
 # bench/callgrind.sh counts instructions per request (valgrind's callgrind, one sequential
